@@ -1,0 +1,258 @@
+"""The ``rho`` command line (also ``python -m harness``).
+
+Every subcommand has its own ``--help``. User errors (a bad config key, a missing file, a
+bad manifest row) print one line naming the problem and the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from harness.config import ConfigError
+
+EPILOG = """examples:
+  rho data synth data/synth                       make the demo dataset (real H.264 mp4 files)
+  rho data check data/synth/train.csv             list unreadable videos
+  rho config show studies/experiments/demo.yaml data.clips=3
+  rho data inspect studies/experiments/demo.yaml  decode one batch and summarise it
+"""
+
+
+class UserError(Exception):
+    """An error in what the user asked for; printed without a traceback, exit status 2."""
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from harness.config import load_experiment
+
+    experiment = load_experiment(args.config, args.overrides, check_files=not args.no_check_files)
+    print(experiment.to_yaml(), end="")
+    return 0
+
+
+def _config_keys(args: argparse.Namespace) -> int:
+    from harness.config import describe
+
+    print(describe())
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from harness.data.synth import SynthSpec, synthesize
+
+    spec = SynthSpec(
+        train_videos=args.train,
+        val_videos=args.val,
+        classes=args.classes,
+        duration=args.duration,
+        fps=args.fps,
+        size=args.size,
+        seed=args.seed,
+        constant_nuisance=args.constant_nuisance,
+    )
+    started = time.monotonic()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 1.0:
+            last[0] = now
+            print(f"\rsynth: {done}/{total} videos", end="\n" if done == total else "", flush=True)
+
+    paths = synthesize(args.out, spec, workers=args.workers, progress=progress)
+    print(f"dataset in {args.out} ({time.monotonic() - started:.1f} s)")
+    for split, path in paths.items():
+        print(f"  {split:5} manifest: {path}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from harness.data.check import check_manifest
+
+    results = check_manifest(args.manifest, full=args.full, threads=args.threads)
+    bad = [r for r in results if not r.ok]
+    for result in bad:
+        print(f"BAD  {result.path}: {result.reason}")
+    print(f"{len(results) - len(bad)} of {len(results)} videos ok, {len(bad)} bad")
+    return 1 if bad else 0
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    from harness.data import importers
+
+    fmt = args.format
+    if fmt == "folders":
+        written = importers.from_folders(args.root, args.out, val_fraction=args.val_fraction, seed=args.seed)
+    elif fmt == "ucf101":
+        written = importers.from_ucf101(args.videos, args.splits, args.out, split=args.split)
+    elif fmt == "hmdb51":
+        written = importers.from_hmdb51(args.videos, args.splits, args.out, split=args.split)
+    elif fmt == "kinetics":
+        written = importers.from_kinetics(args.csv, args.videos, args.out)
+    else:
+        written = importers.from_ssv2(args.labels, args.split_json, args.videos, args.out)
+    for path in written if isinstance(written, (list, tuple)) else [written]:
+        print(f"wrote {path}")
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.config import load_experiment
+    from harness.data import MultiClipDataset, train_transform
+
+    experiment = load_experiment(args.config, args.overrides)
+    data = experiment.data
+    dataset = MultiClipDataset(
+        data.train,
+        data.clips,
+        data.frames,
+        data.stride,
+        data.t_max,
+        train_transform(data.crop, data.augment),
+        seed=experiment.runtime.seed,
+        fps=data.fps,
+        seek_threshold=data.seek_threshold,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=min(args.batch, len(dataset)), shuffle=True, num_workers=data.workers
+    )
+    started = time.monotonic()
+    batch = next(iter(loader))
+    elapsed = time.monotonic() - started
+    clips = batch["clips"]
+    span = (data.frames - 1) * data.stride + 1
+    print(f"manifest      {data.train} ({len(dataset)} videos)")
+    print(f"clips         {tuple(clips.shape)}  [B, V, C, T, H, W]  rho={data.clips} T={data.frames} stride={data.stride}")
+    print(f"clip span     {span} frames; t_max={data.t_max if data.t_max is not None else 'global'}")
+    print(f"values        mean {clips.mean():+.3f} std {clips.std():.3f} (normalised)")
+    print(f"labels        {batch['label'].tolist()}")
+    starts = batch["starts"]
+    gaps = (starts.max(1).values - starts.min(1).values).tolist()
+    print(f"start gaps    {', '.join(f'{g:.2f}' for g in gaps)} s (max distance between a video's clip starts)")
+    print(f"padded/skip   {int(batch['padded'].sum())} frames padded, {int(batch['skipped'].sum())} videos skipped")
+    print(f"decode time   {elapsed:.2f} s for one batch with {data.workers} workers")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rho",
+        description="rho-harness: studies of self-supervised video representation learning with ρ clips per video.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config = commands.add_parser("config", help="show and check experiment configs").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    show = config.add_parser(
+        "show",
+        help="print the resolved config (or the error)",
+        description="Load CONFIG, apply key=value overrides, validate, and print the resolved YAML.",
+    )
+    show.add_argument("config", help="experiment YAML, e.g. studies/experiments/demo.yaml")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.clips=3")
+    show.add_argument("--no-check-files", action="store_true", help="do not require manifests and benchmarks to exist")
+    show.set_defaults(func=_config_show)
+    keys = config.add_parser("keys", help="list every config key with its default and meaning")
+    keys.set_defaults(func=_config_keys)
+
+    data = commands.add_parser("data", help="make, import, check and inspect video datasets").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    synth = data.add_parser(
+        "synth",
+        help="generate the synthetic dataset (H.264 mp4 + manifests)",
+        description="Generate a labelled synthetic video dataset: a class-defining object whose pose, "
+        "motion, scale, colour, lighting, background and occluders drift over time. Cached: the same "
+        "options on an existing dataset do nothing.",
+    )
+    synth.add_argument("out", help="output folder (videos/, train.csv, val.csv, classes.txt)")
+    synth.add_argument("--train", type=int, default=320, help="training videos (default 320)")
+    synth.add_argument("--val", type=int, default=160, help="validation videos (default 160)")
+    synth.add_argument("--classes", type=int, default=8, help="classes (default 8)")
+    synth.add_argument("--duration", type=float, default=4.0, help="seconds per video (default 4)")
+    synth.add_argument("--fps", type=int, default=16, help="frame rate (default 16)")
+    synth.add_argument("--size", type=int, default=64, help="frame side in pixels, even (default 64)")
+    synth.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same files")
+    synth.add_argument(
+        "--constant-nuisance", action="store_true", help="the control: nuisances constant within each video"
+    )
+    synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    synth.set_defaults(func=_data_synth)
+
+    check = data.add_parser(
+        "check",
+        help="list unreadable, truncated or missing videos",
+        description="Open and decode every video of MANIFEST; print each bad one; exit 1 if any is bad.",
+    )
+    check.add_argument("manifest")
+    check.add_argument("--full", action="store_true", help="decode every frame, not just the first and last second")
+    check.add_argument("--threads", type=int, default=4, help="decoding threads (default 4)")
+    check.set_defaults(func=_data_check)
+
+    inspect = data.add_parser(
+        "inspect",
+        help="decode one training batch of a config and summarise it",
+        description="Build the training dataset of CONFIG, decode one batch and print its shapes and statistics.",
+    )
+    inspect.add_argument("config")
+    inspect.add_argument("overrides", nargs="*", metavar="key=value")
+    inspect.add_argument("--batch", type=int, default=8, help="videos in the batch (default 8)")
+    inspect.set_defaults(func=_data_inspect)
+
+    imports = data.add_parser("import", help="turn a public dataset layout into manifests").add_subparsers(
+        dest="format", metavar="FORMAT", required=True
+    )
+    folders = imports.add_parser("folders", help="class-per-folder tree: ROOT/<class>/<video>")
+    folders.add_argument("root")
+    folders.add_argument("out", help="folder for train.csv (and val.csv), classes.txt")
+    folders.add_argument("--val-fraction", type=float, default=0.0, help="stratified validation share")
+    folders.add_argument("--seed", type=int, default=0)
+    for name, label in (("ucf101", "UCF101"), ("hmdb51", "HMDB51")):
+        sub = imports.add_parser(name, help=f"{label} videos and official split files")
+        sub.add_argument("videos", help="folder of videos, <class>/<video>")
+        sub.add_argument("splits", help="folder of the split files")
+        sub.add_argument("out", help="folder for train.csv, val.csv, classes.txt")
+        sub.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+    kinetics = imports.add_parser("kinetics", help="a Kinetics CSV (label,youtube_id,time_start,time_end,split)")
+    kinetics.add_argument("csv")
+    kinetics.add_argument("videos", help="folder of videos, flat or <label>/<file>")
+    kinetics.add_argument("out", help="manifest CSV to write")
+    ssv2 = imports.add_parser("ssv2", help="Something-Something v2 JSON label files")
+    ssv2.add_argument("labels", help="labels.json")
+    ssv2.add_argument("split_json", help="train.json or validation.json")
+    ssv2.add_argument("videos", help="folder of <id>.webm")
+    ssv2.add_argument("out", help="manifest CSV to write")
+    for sub in imports.choices.values():
+        sub.set_defaults(func=_data_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rho``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from harness.data.manifest import ManifestError
+
+    try:
+        return args.func(args)
+    except (ConfigError, ManifestError, UserError, FileNotFoundError) as exc:
+        print(f"rho: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rho: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

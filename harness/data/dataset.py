@@ -1,0 +1,142 @@
+"""``MultiClipDataset``: ρ clips per video, decoded with PyAV, each clip augmented on its own.
+
+An item is a dict:
+
+- ``clips`` float [V, C, T, H, W] with V = max(ρ, 2): ρ clips in temporal order (earliest
+  start first); ρ = 1 gives two independently augmented views of one clip;
+- ``label`` int, ``index`` int (the manifest row actually used);
+- ``starts`` float [V], the clips' start times in seconds;
+- ``padded`` int, frames that repeat a video's last frame because it is shorter than a clip;
+- ``skipped`` int, unreadable videos passed over to produce this item.
+
+Randomness (clip starts and augmentation) comes from a generator seeded by
+(seed, epoch, index), so an item is the same whatever the worker count or order; pass
+``(epoch, index)`` as the key to vary it by epoch. An unreadable, truncated or zero-frame
+video is skipped with a warning and counted, and the item is taken from the next row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from harness.data.decode import BadVideo, decode_times, open_video, probe
+from harness.data.manifest import VideoEntry, read_manifest
+from harness.data.sampling import ClipTiming, clip_starts, grid_length
+from harness.data.transforms import ClipTransform
+
+log = logging.getLogger(__name__)
+
+MAX_SKIPS = 32
+
+
+class MultiClipDataset(Dataset):
+    """ρ clips of T frames at stride τ from each video of a manifest.
+
+    Args:
+        manifest: a manifest CSV path, or rows already read.
+        clips: ρ ≥ 1.
+        frames: T ≥ 1.
+        stride: τ ≥ 1, in frames of ``fps``.
+        t_max: the largest distance in seconds between two clip starts (None: global).
+        transform: per-clip transform, uint8 [T, H, W, 3] → float [C, T, H, W]; None gives
+            float [3, T, H, W] in [0, 1] without augmentation.
+        seed: base seed of the per-item generators.
+        fps: resample to this rate (None: each video's own rate).
+        seek_threshold: decoder gap (s) above which it seeks rather than decodes forward.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | Sequence[VideoEntry],
+        clips: int,
+        frames: int,
+        stride: int,
+        t_max: float | None = None,
+        transform: ClipTransform | None = None,
+        seed: int = 0,
+        fps: float | None = None,
+        seek_threshold: float = 1.0,
+    ):
+        if clips < 1 or frames < 1 or stride < 1:
+            raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
+        if t_max is not None and t_max < 0:
+            raise ValueError(f"t_max must be >= 0 or None, got {t_max}")
+        self.entries = list(read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest)
+        self.clips, self.frames, self.stride = clips, frames, stride
+        self.t_max, self.transform, self.seed = t_max, transform, seed
+        self.fps, self.seek_threshold = fps, seek_threshold
+        self.bad_files: set[Path] = set()
+
+    @property
+    def views(self) -> int:
+        """V, clips per item: max(ρ, 2)."""
+        return max(self.clips, 2)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        for skipped in range(min(MAX_SKIPS, len(self.entries))):
+            row = (index + skipped) % len(self.entries)
+            entry = self.entries[row]
+            rng = np.random.default_rng([self.seed, epoch, row])
+            try:
+                clips, starts, padded = self._load(entry, rng)
+            except BadVideo as exc:
+                if entry.path not in self.bad_files:
+                    self.bad_files.add(entry.path)
+                    log.warning("skipping unreadable video (%s); `rho data check` lists all such files", exc)
+                continue
+            return {
+                "clips": clips,
+                "label": entry.label,
+                "index": row,
+                "starts": torch.as_tensor(starts, dtype=torch.float32),
+                "padded": padded,
+                "skipped": skipped,
+            }
+        raise RuntimeError(
+            f"{MAX_SKIPS} videos in a row from row {index} could not be read "
+            f"(last: {self.entries[row].path}); run `rho data check` on the manifest"
+        )
+
+    def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, int]:
+        """Decode one video once and build its V transformed clips."""
+        container = open_video(entry.path)
+        try:
+            info = probe(container, entry.path)
+            fps = self.fps or info.fps
+            timing = ClipTiming(self.frames, self.stride, fps)
+            window_start, window_end = entry.window
+            offset = window_start or 0.0
+            duration = min(info.duration, window_end if window_end is not None else math.inf) - offset
+            if duration <= 0:
+                raise BadVideo(f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)")
+            t_max_frames = None if self.t_max is None else math.floor(self.t_max * fps + 1e-6)
+            starts = clip_starts(grid_length(duration, fps), self.clips, timing.span, t_max_frames, rng)
+            times = offset + np.concatenate([timing.frame_times(s) for s in starts])
+            frames, padded = decode_times(container, times, self.seek_threshold, entry.path)
+        finally:
+            container.close()
+        frames_per_clip = torch.from_numpy(frames).view(self.clips, self.frames, *frames.shape[1:])
+        if self.clips == 1:
+            frames_per_clip = frames_per_clip.expand(2, *frames_per_clip.shape[1:])
+            starts = np.repeat(starts, 2)
+        seconds = offset + starts / fps
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**63 - 1)))
+            clips = torch.stack([self._transform(clip) for clip in frames_per_clip])
+        return clips, seconds, padded
+
+    def _transform(self, clip: torch.Tensor) -> torch.Tensor:
+        if self.transform is None:
+            return clip.permute(3, 0, 1, 2).float().div_(255)
+        return self.transform(clip)

@@ -1,0 +1,146 @@
+"""Decode exactly the frames an item needs from a video file, with one container open.
+
+The requested times are served in order: frames between two requested ranges are decoded
+forward (never converted to RGB) when the gap is short, and skipped by a seek to the keyframe
+before the next range when it is longer than ``seek_threshold`` seconds. Decoding stops at
+the last requested frame, so a short clip never costs a whole long video.
+
+A time maps to the frame shown then: frame index ``round(t × fps)`` of the stream, or the
+last frame before it where that index is missing (variable frame rate, dropped frames).
+Times past the end of the stream get the last frame (the "repeat last" policy for videos
+shorter than a clip); the number of such times is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+class BadVideo(RuntimeError):
+    """A file that cannot be used: unreadable, no video stream, no frames, or truncated."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What sampling needs to know before decoding."""
+
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+def open_video(path: str | Path) -> av.container.InputContainer:
+    """Open a container; any FFmpeg or OS failure becomes ``BadVideo`` naming the file."""
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise BadVideo(f"{path}: cannot open ({exc.__class__.__name__}: {exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise BadVideo(f"{path}: no video stream (audio-only or empty container)")
+    return container
+
+
+def probe(container: av.container.InputContainer, path: str | Path = "") -> VideoInfo:
+    """Frame rate and frame count of the first video stream, from the container's header."""
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or rate <= 0:
+        raise BadVideo(f"{path}: video stream has no frame rate")
+    fps = float(rate)
+    num_frames = stream.frames
+    if num_frames <= 0:
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / av.time_base
+        else:
+            seconds = 0.0
+        num_frames = int(round(seconds * fps))
+    if num_frames <= 0:
+        raise BadVideo(f"{path}: no frames")
+    return VideoInfo(fps=fps, num_frames=num_frames, width=stream.codec_context.width, height=stream.codec_context.height)
+
+
+def decode_times(
+    container: av.container.InputContainer,
+    times: np.ndarray,
+    seek_threshold: float = 1.0,
+    path: str | Path = "",
+) -> tuple[np.ndarray, int]:
+    """Decode the frames shown at ``times``.
+
+    Args:
+        container: an open container (from ``open_video``).
+        times: seconds from the stream's start, any order, repeats allowed.
+        seek_threshold: gaps (s) longer than this are crossed by seeking, shorter ones by
+            decoding forward.
+        path: for error messages.
+
+    Returns:
+        (frames uint8 [len(times), H, W, 3] in the order of ``times``, number of times past
+        the stream's end that were given its last frame).
+
+    Raises:
+        BadVideo: the stream yields no frame at all, or the decoder fails.
+    """
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate)
+    time_base = stream.time_base or Fraction(1, 1)
+    origin = stream.start_time or 0
+    wanted = np.round(np.asarray(times, dtype=np.float64) * fps).astype(np.int64)
+    targets = np.unique(wanted)
+    found: dict[int, np.ndarray] = {}
+    position = -1  # index of the last decoded frame
+    last_frame = None
+    gap = max(1, seek_threshold * fps)  # frames worth crossing by a seek
+    seeking_helps = True  # False once a seek lands behind what was decoded (long GOPs)
+    i = 0
+    try:
+        while i < len(targets):
+            seeked = seeking_helps and targets[i] - max(position, 0) > gap
+            if seeked:
+                offset = origin + int(targets[i] / fps / time_base)
+                container.seek(offset, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                index = int(round(float((frame.pts - origin) * time_base) * fps))
+                if seeked:
+                    seeking_helps, seeked = index > position, False
+                if index <= position:
+                    continue  # a seek landed before what we already have
+                while i < len(targets) and index > targets[i]:
+                    found[targets[i]] = (last_frame if last_frame is not None else frame).to_ndarray(format="rgb24")
+                    i += 1
+                if i < len(targets) and index == targets[i]:
+                    found[targets[i]] = frame.to_ndarray(format="rgb24")
+                    i += 1
+                position, last_frame = index, frame
+                if i == len(targets):
+                    break
+                if seeking_helps and targets[i] - position > gap:
+                    break  # far gap: seek in the outer loop
+            else:
+                break  # end of stream
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise BadVideo(f"{path}: decoding failed ({exc.__class__.__name__}: {exc})") from None
+    if last_frame is None:
+        raise BadVideo(f"{path}: no decodable frames")
+    padded = 0
+    if i < len(targets):
+        tail = last_frame.to_ndarray(format="rgb24")
+        for target in targets[i:]:
+            found[target] = tail
+        padded = int(np.isin(wanted, targets[i:]).sum())
+    return np.stack([found[t] for t in wanted]), padded

@@ -1,0 +1,67 @@
+"""`rho data check`: every bad file is listed, and the exit status says whether there was one."""
+
+import subprocess
+import sys
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from harness.data import write_manifest
+from harness.data.check import check_manifest
+
+
+def write_audio_only(path):
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(10):
+            samples = np.zeros((1, 1024), np.float32)
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def mixed_manifest(index_videos, tmp_path):
+    bad = {
+        "corrupt": tmp_path / "corrupt.mp4",
+        "truncated": tmp_path / "truncated.mp4",
+        "empty": tmp_path / "empty.mp4",
+        "audio": write_audio_only(tmp_path / "audio.mp4"),
+        "missing": tmp_path / "missing.mp4",
+    }
+    bad["corrupt"].write_bytes(b"\x00garbage" * 500)
+    data = index_videos["long"].read_bytes()
+    bad["truncated"].write_bytes(data[: len(data) * 2 // 3])
+    bad["empty"].touch()
+    good = [index_videos["long"], index_videos["one_gop"], index_videos["short"]]
+    rows = [{"path": str(p), "label": 0} for p in [*good, *bad.values()]]
+    return write_manifest(tmp_path / "m.csv", rows), good, bad
+
+
+def test_check_finds_every_bad_file(mixed_manifest):
+    manifest, good, bad = mixed_manifest
+    results = {r.path: r for r in check_manifest(manifest)}
+    assert {p for p, r in results.items() if r.ok} == set(good)
+    assert {p for p, r in results.items() if not r.ok} == set(bad.values())
+    assert "zero-length" in results[bad["empty"]].reason
+    assert "no video stream" in results[bad["audio"]].reason
+    assert "does not exist" in results[bad["missing"]].reason
+    assert results[good[0]].frames == 100 and results[good[0]].fps == 10
+
+
+def test_cli_lists_bad_files_and_exits_nonzero(mixed_manifest, index_manifest):
+    manifest, _, bad = mixed_manifest
+    out = subprocess.run([sys.executable, "-m", "harness", "data", "check", str(manifest)], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    listed = [line for line in out.stdout.splitlines() if line.startswith("BAD")]
+    assert len(listed) == len(bad) and all(any(str(p) in line for line in listed) for p in bad.values())
+    assert "3 of 8 videos ok, 5 bad" in out.stdout
+    ok = subprocess.run([sys.executable, "-m", "harness", "data", "check", str(index_manifest), "--full"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "2 of 2 videos ok, 0 bad" in ok.stdout

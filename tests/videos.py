@@ -1,0 +1,42 @@
+"""Test videos whose frames carry their own index, so decoded clips can be checked exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.encode import write_video
+
+BITS = 12  # up to 4096 frames
+GRID = 4  # 4 x 4 cells: 12 index bits, 4 constant marker cells
+
+
+def index_frame(index: int, size: int = 64) -> np.ndarray:
+    """A frame whose 4x4 cells spell ``index`` in binary (black 0, white 1)."""
+    cell = size // GRID
+    bits = [(index >> b) & 1 for b in range(BITS)] + [1, 0, 1, 0]
+    frame = np.zeros((size, size, 3), np.uint8)
+    for k, bit in enumerate(bits):
+        row, col = divmod(k, GRID)
+        frame[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 255 * bit
+    return frame
+
+
+def read_index(frame: np.ndarray) -> int:
+    """Inverse of ``index_frame`` on a decoded (lossy) frame, uint8 [H, W, 3] or float [3, H, W] in [0, 1]."""
+    if frame.ndim == 3 and frame.shape[0] == 3:
+        frame = np.moveaxis(np.asarray(frame) * 255, 0, -1)
+    size = frame.shape[0]
+    cell = size // GRID
+    value = 0
+    for k in range(BITS):
+        row, col = divmod(k, GRID)
+        patch = frame[row * cell + 2 : (row + 1) * cell - 2, col * cell + 2 : (col + 1) * cell - 2]
+        value |= int(patch.mean() > 127) << k
+    return value
+
+
+def write_index_video(path: Path, num_frames: int, fps: int = 10, size: int = 64, gop: int | None = None) -> Path:
+    """An mp4 of ``num_frames`` frames, frame i showing i."""
+    return write_video(path, (index_frame(i, size) for i in range(num_frames)), fps=fps, gop=gop)
