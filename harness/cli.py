@@ -128,16 +128,194 @@ def _data_inspect(args: argparse.Namespace) -> int:
     clips = batch["clips"]
     span = (data.frames - 1) * data.stride + 1
     print(f"manifest      {data.train} ({len(dataset)} videos)")
-    print(f"clips         {tuple(clips.shape)}  [B, V, C, T, H, W]  rho={data.clips} T={data.frames} stride={data.stride}")
+    print(
+        f"clips         {tuple(clips.shape)}  [B, V, C, T, H, W]  rho={data.clips} T={data.frames} stride={data.stride}"
+    )
     print(f"clip span     {span} frames; t_max={data.t_max if data.t_max is not None else 'global'}")
     print(f"values        mean {clips.mean():+.3f} std {clips.std():.3f} (normalised)")
     print(f"labels        {batch['label'].tolist()}")
     starts = batch["starts"]
     gaps = (starts.max(1).values - starts.min(1).values).tolist()
-    print(f"start gaps    {', '.join(f'{g:.2f}' for g in gaps)} s (max distance between a video's clip starts)")
-    print(f"padded/skip   {int(batch['padded'].sum())} frames padded, {int(batch['skipped'].sum())} videos skipped")
+    print(
+        f"start gaps    {', '.join(f'{g:.2f}' for g in gaps)} s (max distance between a video's clip starts)"
+    )
+    print(
+        f"padded/skip   {int(batch['padded'].sum())} frames padded, {int(batch['skipped'].sum())} videos skipped"
+    )
     print(f"decode time   {elapsed:.2f} s for one batch with {data.workers} workers")
     return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.config import load_experiment
+    from harness.train import pretrain
+
+    experiment = load_experiment(args.config, args.overrides)
+    result = pretrain(
+        experiment,
+        resume=args.resume,
+        resume_run=not args.new_run,
+        run_name=args.run_name,
+        output=Path(args.output) if args.output else None,
+        tracking_uri=args.tracking_uri,
+        parent_run_id=args.parent_run_id,
+        tags=json.loads(args.tags) if args.tags else None,
+    )
+    if result.run_id is None:
+        return 0  # not rank 0
+    print(f"MLflow run {result.run_id}")
+    print(f"checkpoint {result.checkpoint}")
+    _print_metrics(result.metrics)
+    if args.result_json:
+        payload = {"run_id": result.run_id, "checkpoint": str(result.checkpoint), "metrics": result.metrics}
+        Path(args.result_json).write_text(json.dumps(payload))
+    return 0
+
+
+def _study_run(args: argparse.Namespace) -> int:
+    from harness.study import (
+        enqueue_points,
+        ensure_parent_run,
+        load_study,
+        make_storage,
+        open_study,
+        run_worker,
+    )
+    from harness.study.runner import resolve_storage, run_workers
+    from harness.tracking import redact, resolve_tracking_uri
+
+    spec = load_study(args.spec)
+    storage_url = resolve_storage(args.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    study = open_study(spec, make_storage(storage_url, spec))
+    added = enqueue_points(study, spec)
+    parent = ensure_parent_run(study, spec, tracking_uri)
+    total = len(spec.points()) + spec.n_trials
+    print(
+        f"study {spec.name}: {total} trials planned, {added} newly queued; storage {redact(storage_url)}; "
+        f"MLflow {redact(tracking_uri)} (parent run {parent})",
+        flush=True,
+    )
+    if args.workers > 1:
+        code = run_workers(args.spec, storage_url, tracking_uri, args.workers, args.gpus_per_trial)
+    else:
+        run_worker(spec, storage_url, tracking_uri, gpus_per_trial=args.gpus_per_trial)
+        code = 0
+    _print_study(spec.name, storage_url, spec)
+    return code
+
+
+def _study_worker(args: argparse.Namespace) -> int:
+    from harness.study import load_study, run_worker
+    from harness.study.runner import resolve_storage
+
+    spec = load_study(args.spec)
+    report = run_worker(
+        spec, resolve_storage(args.storage), args.tracking_uri, gpus_per_trial=args.gpus_per_trial
+    )
+    print(
+        f"worker done: {report.completed} complete, {report.failed} failed, {report.pruned} pruned",
+        flush=True,
+    )
+    return 0
+
+
+def _print_study(name: str, storage_url: str, spec=None) -> None:
+    import optuna
+    import pandas as pd
+
+    from harness.study import comparison_table, trials_frame
+
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    frame = trials_frame(study)
+    if frame.empty:
+        print(f"study {name}: no trials yet")
+        return
+    counts = frame["state"].value_counts().to_dict()
+    print(f"\nstudy {name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    if spec is not None:
+        table = comparison_table(frame, spec.table_rows, spec.table_columns, spec.objective_metric)
+        if not table.empty:
+            print(f"\n{spec.objective_metric} (mean ± std over seeds):")
+            with pd.option_context("display.width", 200, "display.max_columns", 50):
+                print(table.to_string())
+
+
+def _study_status(args: argparse.Namespace) -> int:
+    import optuna
+    import pandas as pd
+
+    from harness.study import trials_frame
+    from harness.study.runner import resolve_storage
+
+    storage_url = resolve_storage(args.storage)
+    try:
+        study = optuna.load_study(study_name=args.name, storage=storage_url)
+    except KeyError:
+        raise UserError(
+            f"no study named {args.name!r} in this storage; `rho study list` shows the studies"
+        ) from None
+    frame = trials_frame(study)
+    if frame.empty:
+        print(f"study {args.name}: no trials")
+        return 0
+    hide = [c for c in frame.columns if c.startswith(("eval.", "epoch_", "clips_", "data_wait", "bad_files"))]
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
+        print(frame.drop(columns=hide).to_string(index=False))
+    return 0
+
+
+def _study_list(args: argparse.Namespace) -> int:
+    import optuna
+
+    from harness.study.runner import resolve_storage
+
+    summaries = optuna.get_all_study_summaries(resolve_storage(args.storage), include_best_trial=True)
+    if not summaries:
+        print("no studies yet; start one with `rho study run studies/demo.yaml`")
+        return 0
+    print(f"{'study':30} {'trials':>7} {'best':>10}  started")
+    for summary in summaries:
+        best = f"{summary.best_trial.value:.4g}" if summary.best_trial is not None else "-"
+        started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "-"
+        print(f"{summary.study_name:30} {summary.n_trials:>7} {best:>10}  {started}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from harness.benchmark import load_benchmark
+    from harness.evaluate import evaluate
+    from harness.train import load_trained
+
+    method, experiment, state = load_trained(args.checkpoint)
+    metrics = {}
+    for path in args.benchmark:
+        benchmark = load_benchmark(path)
+        metrics.update(
+            evaluate(
+                method.encoder,
+                benchmark,
+                encoder_key=f"{state['config_hash']}-epoch{state['epoch']}",
+                device=args.device,
+                workers=args.workers,
+                seed=experiment.runtime.seed,
+            )
+        )
+    _print_metrics(metrics)
+    return 0
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    for key, value in sorted(metrics.items()):
+        print(f"  {key:40} {value:10.4g}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from harness.demo import run_demo
+
+    return run_demo(fast=args.fast)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("config", help="experiment YAML, e.g. studies/experiments/demo.yaml")
     show.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.clips=3")
-    show.add_argument("--no-check-files", action="store_true", help="do not require manifests and benchmarks to exist")
+    show.add_argument(
+        "--no-check-files", action="store_true", help="do not require manifests and benchmarks to exist"
+    )
     show.set_defaults(func=_config_show)
     keys = config.add_parser("keys", help="list every config key with its default and meaning")
     keys.set_defaults(func=_config_keys)
@@ -195,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open and decode every video of MANIFEST; print each bad one; exit 1 if any is bad.",
     )
     check.add_argument("manifest")
-    check.add_argument("--full", action="store_true", help="decode every frame, not just the first and last second")
+    check.add_argument(
+        "--full", action="store_true", help="decode every frame, not just the first and last second"
+    )
     check.add_argument("--threads", type=int, default=4, help="decoding threads (default 4)")
     check.set_defaults(func=_data_check)
 
@@ -223,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("splits", help="folder of the split files")
         sub.add_argument("out", help="folder for train.csv, val.csv, classes.txt")
         sub.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
-    kinetics = imports.add_parser("kinetics", help="a Kinetics CSV (label,youtube_id,time_start,time_end,split)")
+    kinetics = imports.add_parser(
+        "kinetics", help="a Kinetics CSV (label,youtube_id,time_start,time_end,split)"
+    )
     kinetics.add_argument("csv")
     kinetics.add_argument("videos", help="folder of videos, flat or <label>/<file>")
     kinetics.add_argument("out", help="manifest CSV to write")
@@ -234,6 +418,91 @@ def build_parser() -> argparse.ArgumentParser:
     ssv2.add_argument("out", help="manifest CSV to write")
     for sub in imports.choices.values():
         sub.set_defaults(func=_data_import)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain one experiment (checkpoints, MLflow run, evaluation)",
+        description="Pretrain CONFIG with key=value overrides; checkpoints every epoch under runtime.output_dir; "
+        "evaluates eval.benchmarks at the end. Under torchrun each process is one rank.",
+    )
+    pretrain.add_argument("config")
+    pretrain.add_argument("overrides", nargs="*", metavar="key=value")
+    pretrain.add_argument(
+        "--resume", action="store_true", help="continue from the run's last checkpoint if there is one"
+    )
+    pretrain.add_argument(
+        "--run-name", help="MLflow run name and checkpoint folder (default: the config's hash)"
+    )
+    pretrain.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    )
+    pretrain.add_argument(
+        "--output", help="checkpoint folder (default: runtime.output_dir/<run name or config hash>)"
+    )
+    pretrain.add_argument("--new-run", action="store_true", help="with --resume: log to a new MLflow run")
+    pretrain.add_argument("--parent-run-id", help="nest the MLflow run under this run")
+    pretrain.add_argument("--tags", help="extra MLflow tags as a JSON object")
+    pretrain.add_argument("--result-json", help="write the final metrics to this JSON file")
+    pretrain.set_defaults(func=_pretrain)
+
+    study = commands.add_parser("study", help="run and inspect studies (Optuna + MLflow)").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    run = study.add_parser(
+        "run",
+        help="run (or resume) a study spec",
+        description="Queue every trial of SPEC that is not done yet and run them; re-running resumes. "
+        "Each trial is an MLflow child run of the study's parent run. Many machines: run the same "
+        "command on each with a shared --storage (PostgreSQL) and --tracking-uri (MLflow server).",
+    )
+    run.add_argument("spec", help="studies/X.yaml")
+    for sub in (
+        run,
+        study.add_parser("worker", help="run trials of an already queued study (used by --workers)"),
+    ):
+        if sub is not run:
+            sub.add_argument("spec")
+        sub.add_argument(
+            "--storage", help="Optuna storage URL (default: $RHO_STORAGE or sqlite:///mlruns/optuna.db)"
+        )
+        sub.add_argument(
+            "--tracking-uri",
+            help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
+        )
+        sub.add_argument(
+            "--gpus-per-trial", type=int, default=0, help="run each trial as a K-process torchrun job"
+        )
+    run.add_argument(
+        "--workers", type=int, default=1, help="local worker processes (one GPU each if there are GPUs)"
+    )
+    run.set_defaults(func=_study_run)
+    study.choices["worker"].set_defaults(func=_study_worker)
+    status = study.add_parser("status", help="a table of a study's trials")
+    status.add_argument("name")
+    status.add_argument("--storage", help="Optuna storage URL")
+    status.set_defaults(func=_study_status)
+    listing = study.add_parser("list", help="every study in the storage")
+    listing.add_argument("--storage", help="Optuna storage URL")
+    listing.set_defaults(func=_study_list)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on benchmarks (linear, kNN, fine-tune)",
+        description="Evaluate the encoder of CHECKPOINT on each --benchmark YAML; prints top-1/top-5.",
+    )
+    evaluate.add_argument("checkpoint", help="a checkpoint written by rho pretrain (last.pt)")
+    evaluate.add_argument(
+        "--benchmark", action="append", required=True, help="benchmarks/X.yaml (repeatable)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    evaluate.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    evaluate.set_defaults(func=_evaluate)
+
+    demo = commands.add_parser(
+        "demo", help="the quick start: synthetic data, pretraining, evaluation, a table"
+    )
+    demo.add_argument("--fast", action="store_true", help="a smaller, quicker version (for smoke tests)")
+    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -241,12 +510,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rho``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    from harness.checkpoint import CheckpointError
     from harness.data.manifest import ManifestError
 
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, UserError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, CheckpointError, UserError, FileNotFoundError) as exc:
         print(f"rho: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ torchvision renamed to ``_functional_tensor``; alias it before pytorchvideo is i
 
 import importlib
 import sys
+import warnings
 
 
 def patch_torchvision() -> None:
@@ -16,3 +17,6 @@ def patch_torchvision() -> None:
 
 
 patch_torchvision()
+
+# pytorchvideo decorates models with torch.jit.script, which torch 2.9+ deprecates loudly.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script", category=FutureWarning)

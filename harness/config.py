@@ -54,8 +54,12 @@ def _spec(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str 
 class AugmentConfig:
     """Per-clip spatial augmentation (the paper's aug+), identical across the frames of a clip."""
 
-    crop_scale: list[float] = _spec(factory=lambda: [0.2, 0.766], help="random resized crop area range", pair01=True)
-    aspect: list[float] = _spec(factory=lambda: [0.75, 4 / 3], help="random resized crop aspect range", pair=True)
+    crop_scale: list[float] = _spec(
+        factory=lambda: [0.2, 0.766], help="random resized crop area range", pair01=True
+    )
+    aspect: list[float] = _spec(
+        factory=lambda: [0.75, 4 / 3], help="random resized crop aspect range", pair=True
+    )
     flip: float = _spec(0.5, help="horizontal flip probability", min=0.0, max=1.0)
     color_p: float = _spec(0.8, help="colour jitter probability", min=0.0, max=1.0)
     color_strength: list[float] = _spec(
@@ -78,10 +82,14 @@ class DataConfig:
     fps: float | None = _spec(None, help="resample to this frame rate (null: the video's own)", gt=0.0)
     t_max: float | None = _spec(None, help="max seconds between clip starts (null: global)", min=0.0)
     crop: int = _spec(224, help="output crop side in pixels", gt=0)
-    short_side: int | None = _spec(None, help="evaluation resize of the short side (null: crop*256/224)", gt=0)
+    short_side: int | None = _spec(
+        None, help="evaluation resize of the short side (null: crop*256/224)", gt=0
+    )
     batch_size: int = _spec(64, help="global batch size in videos", min=1)
     workers: int = _spec(2, help="DataLoader worker processes", min=0)
-    seek_threshold: float = _spec(1.0, help="seek instead of decoding forward across gaps longer than this (s)", min=0.0)
+    seek_threshold: float = _spec(
+        1.0, help="seek instead of decoding forward across gaps longer than this (s)", min=0.0
+    )
     allow_outside_root: bool = _spec(True, help="allow manifest paths outside the manifest's folder")
     augment: AugmentConfig = _spec(factory=AugmentConfig, help="per-clip augmentation")
 
@@ -110,7 +118,9 @@ class OptimConfig:
     name: str = _spec("sgd", help="optimiser", choices=OPTIMIZERS)
     lr: float = _spec(0.6, help="base learning rate at base_batch_size", gt=0.0)
     base_batch_size: int = _spec(256, help="the batch size that lr is given for", min=1)
-    lr_scaling: str = _spec("linear", help="lr = base lr × (global batch / base_batch_size)^(1 or ½ or 0)", choices=LR_SCALING)
+    lr_scaling: str = _spec(
+        "linear", help="lr = base lr × (global batch / base_batch_size)^(1 or ½ or 0)", choices=LR_SCALING
+    )
     weight_decay: float = _spec(1e-6, help="weight decay (not on biases and norms)", min=0.0)
     momentum: float = _spec(0.9, help="SGD/LARS momentum", min=0.0, max=1.0)
     nesterov: bool = _spec(False, help="Nesterov momentum")
@@ -126,7 +136,9 @@ class OptimConfig:
 class EvalConfig:
     """Evaluation after pretraining and the online kNN monitor."""
 
-    benchmarks: list[str] = _spec(factory=list, help="benchmark YAML files to evaluate after pretraining", files=True)
+    benchmarks: list[str] = _spec(
+        factory=list, help="benchmark YAML files to evaluate after pretraining", files=True
+    )
     knn_monitor: bool = _spec(False, help="kNN accuracy on data.val after every epoch")
     knn_k: int = _spec(200, help="neighbours for the kNN monitor", min=1)
 
@@ -140,7 +152,9 @@ class RuntimeConfig:
     precision: str = _spec("auto", help="auto is bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
     channels_last: bool = _spec(True, help="channels_last_3d memory format on CUDA")
     output_dir: str = _spec("mlruns/checkpoints", help="folder for checkpoints")
-    tracking_uri: str | None = _spec(None, help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    tracking_uri: str | None = _spec(
+        None, help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    )
     experiment: str = _spec("rho-pretrain", help="MLflow experiment name")
     log_every: int = _spec(10, help="log step metrics every N steps", min=1)
     save_encoder: bool = _spec(False, help="log the final encoder weights as an MLflow artifact")
@@ -183,7 +197,7 @@ class Experiment:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Experiment)}
+SECTIONS: dict[str, type] = typing.get_type_hints(Experiment)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,7 +235,9 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise ConfigError(".".join(parts[: parts.index(part) + 1]), child, "a section (mapping), to set " + key)
+            raise ConfigError(
+                ".".join(parts[: parts.index(part) + 1]), child, "a section (mapping), to set " + key
+            )
         node = child
     node[parts[-1]] = value
 
@@ -236,7 +252,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError("config", str(path), f"valid YAML; the parser says: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError("config", str(path), "a YAML mapping with sections data, backbone, method, optim, eval, runtime")
+        raise ConfigError(
+            "config", str(path), "a YAML mapping with sections data, backbone, method, optim, eval, runtime"
+        )
     return raw
 
 
@@ -265,6 +283,18 @@ def load_experiment(
         if source and not str(exc).startswith(source):
             raise ConfigError(exc.key, exc.value, exc.allowed, source) from None
         raise
+
+
+def load_experiment_text(text: str, source: str = "<text>", check_files: bool = False) -> Experiment:
+    """An experiment from YAML text (e.g. the copy stored in a checkpoint or an MLflow run)."""
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", source, f"valid YAML; the parser says: {exc}") from None
+    try:
+        return build_experiment(tree, check_files=check_files)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.value, exc.allowed, source) from None
 
 
 def build_experiment(tree: dict[str, Any], check_files: bool = True) -> Experiment:
@@ -354,11 +384,15 @@ def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
         for key, value in params.items():
             if key not in allowed:
                 raise ConfigError(
-                    f"method.{key}", value, _unknown_key_hint(key, list(allowed)).replace("known keys", f"{name} takes")
+                    f"method.{key}",
+                    value,
+                    _unknown_key_hint(key, list(allowed)).replace("known keys", f"{name} takes"),
                 )
             default = allowed[key]
             if default is not None and not _same_kind(value, default):
-                raise ConfigError(f"method.{key}", value, f"a {type(default).__name__} like the default {default!r}")
+                raise ConfigError(
+                    f"method.{key}", value, f"a {type(default).__name__} like the default {default!r}"
+                )
         return MethodConfig(name=name, params=params)
     from harness import backbones
 
@@ -398,7 +432,9 @@ def _check_value(key: str, value: Any, hint: Any, rules: dict[str, Any], check_f
     if check_files and rules.get("files"):
         for item in value:
             if not Path(item).is_file():
-                raise ConfigError(key, item, f"existing files ({help_text}); no file at {Path(item).resolve()}")
+                raise ConfigError(
+                    key, item, f"existing files ({help_text}); no file at {Path(item).resolve()}"
+                )
     return value
 
 
@@ -414,6 +450,11 @@ def _coerce(key: str, value: Any, hint: Any, origin: Any, help_text: str) -> Any
             raise ConfigError(key, value, f"an integer ({help_text})")
         return value
     if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(key, value, f"a finite number ({help_text})") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(key, value, f"a finite number ({help_text})")
         return float(value)
@@ -425,7 +466,10 @@ def _coerce(key: str, value: Any, hint: Any, origin: Any, help_text: str) -> Any
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, f"a list ({help_text})")
-        return [_coerce(f"{key}[{i}]", v, item_type, typing.get_origin(item_type), help_text) for i, v in enumerate(value)]
+        return [
+            _coerce(f"{key}[{i}]", v, item_type, typing.get_origin(item_type), help_text)
+            for i, v in enumerate(value)
+        ]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, value, f"a mapping ({help_text})")
@@ -459,7 +503,9 @@ def _check_cross_fields(experiment: Experiment) -> None:
     optim = experiment.optim
     if optim.warmup_epochs >= optim.epochs and optim.warmup_epochs > 0:
         raise ConfigError(
-            "optim.warmup_epochs", optim.warmup_epochs, f"fewer than optim.epochs ({optim.epochs}) so the cosine phase exists"
+            "optim.warmup_epochs",
+            optim.warmup_epochs,
+            f"fewer than optim.epochs ({optim.epochs}) so the cosine phase exists",
         )
 
 

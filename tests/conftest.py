@@ -1,7 +1,5 @@
 """Test-wide set-up: every test gets private HOME, TORCH_HOME and MPLCONFIGDIR folders."""
 
-import os
-
 import pytest
 
 
@@ -13,4 +11,23 @@ def _private_home(tmp_path_factory, monkeypatch):
         path.mkdir(exist_ok=True)
         monkeypatch.setenv(var, str(path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory):
+    """An empty MLflow sqlite store, migrated once per session (creating one takes seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(_mlflow_template, tmp_path) -> str:
+    """A private, real MLflow sqlite store for one test."""
+    import shutil
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    return f"sqlite:///{db}"

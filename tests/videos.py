@@ -37,6 +37,8 @@ def read_index(frame: np.ndarray) -> int:
     return value
 
 
-def write_index_video(path: Path, num_frames: int, fps: int = 10, size: int = 64, gop: int | None = None) -> Path:
+def write_index_video(
+    path: Path, num_frames: int, fps: int = 10, size: int = 64, gop: int | None = None
+) -> Path:
     """An mp4 of ``num_frames`` frames, frame i showing i."""
     return write_video(path, (index_frame(i, size) for i in range(num_frames)), fps=fps, gop=gop)

@@ -44,7 +44,9 @@ def check_video(path: Path, full: bool = False) -> CheckResult:
     except BadVideo as exc:
         return CheckResult(path, False, str(exc).removeprefix(f"{path}: "))
     if padded:
-        return CheckResult(path, False, f"truncated: the header promises {info.num_frames} frames, the stream ends early")
+        return CheckResult(
+            path, False, f"truncated: the header promises {info.num_frames} frames, the stream ends early"
+        )
     return CheckResult(path, True, fps=info.fps, frames=info.num_frames)
 
 

@@ -119,7 +119,9 @@ class MultiClipDataset(Dataset):
             offset = window_start or 0.0
             duration = min(info.duration, window_end if window_end is not None else math.inf) - offset
             if duration <= 0:
-                raise BadVideo(f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)")
+                raise BadVideo(
+                    f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)"
+                )
             t_max_frames = None if self.t_max is None else math.floor(self.t_max * fps + 1e-6)
             starts = clip_starts(grid_length(duration, fps), self.clips, timing.span, t_max_frames, rng)
             times = offset + np.concatenate([timing.frame_times(s) for s in starts])

@@ -69,7 +69,9 @@ def probe(container: av.container.InputContainer, path: str | Path = "") -> Vide
         num_frames = int(round(seconds * fps))
     if num_frames <= 0:
         raise BadVideo(f"{path}: no frames")
-    return VideoInfo(fps=fps, num_frames=num_frames, width=stream.codec_context.width, height=stream.codec_context.height)
+    return VideoInfo(
+        fps=fps, num_frames=num_frames, width=stream.codec_context.width, height=stream.codec_context.height
+    )
 
 
 def decode_times(
@@ -121,7 +123,9 @@ def decode_times(
                 if index <= position:
                     continue  # a seek landed before what we already have
                 while i < len(targets) and index > targets[i]:
-                    found[targets[i]] = (last_frame if last_frame is not None else frame).to_ndarray(format="rgb24")
+                    found[targets[i]] = (last_frame if last_frame is not None else frame).to_ndarray(
+                        format="rgb24"
+                    )
                     i += 1
                 if i < len(targets) and index == targets[i]:
                     found[targets[i]] = frame.to_ndarray(format="rgb24")

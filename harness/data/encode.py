@@ -34,7 +34,9 @@ def write_video(
                 stream.codec_context.thread_count = 1
                 if gop is not None:
                     stream.codec_context.gop_size = gop
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            ):
                 container.mux(packet)
         if stream is None:
             raise ValueError(f"{path}: no frames to write")

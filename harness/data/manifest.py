@@ -30,11 +30,17 @@ class VideoEntry:
     def window(self) -> tuple[float | None, float | None]:
         """Optional (start, end) seconds inside the file, from the ``start``/``end`` columns."""
         start, end = self.extra.get("start"), self.extra.get("end")
-        return (float(start) if start not in (None, "") else None, float(end) if end not in (None, "") else None)
+        return (
+            float(start) if start not in (None, "") else None,
+            float(end) if end not in (None, "") else None,
+        )
 
 
 def read_manifest(
-    path: str | Path, check_files: bool = True, root: str | Path | None = None, allow_outside_root: bool = True
+    path: str | Path,
+    check_files: bool = True,
+    root: str | Path | None = None,
+    allow_outside_root: bool = True,
 ) -> list[VideoEntry]:
     """Read and validate a manifest.
 
@@ -52,7 +58,9 @@ def read_manifest(
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist (make one with `rho data import` or `rho data synth`)")
+        raise ManifestError(
+            f"manifest {path} does not exist (make one with `rho data import` or `rho data synth`)"
+        )
     base = Path(root) if root is not None else path.parent
     base_resolved = base.resolve()
     entries: list[VideoEntry] = []
@@ -77,7 +85,9 @@ def read_manifest(
                     f"{path}:{line}: label {raw_label!r} is not an integer class index (>= 0)"
                 ) from None
             if label < 0:
-                raise ManifestError(f"{path}:{line}: label {label} is negative; labels are class indices >= 0")
+                raise ManifestError(
+                    f"{path}:{line}: label {label} is negative; labels are class indices >= 0"
+                )
             video = Path(raw_path)
             video = video if video.is_absolute() else base / video
             if not allow_outside_root and not video.resolve().is_relative_to(base_resolved):
@@ -88,16 +98,22 @@ def read_manifest(
             if check_files and not video.is_file():
                 raise ManifestError(f"{path}:{line}: video file {video} does not exist")
             if video in seen:
-                raise ManifestError(f"{path}:{line}: {raw_path!r} repeats line {seen[video]}; remove the duplicate row")
+                raise ManifestError(
+                    f"{path}:{line}: {raw_path!r} repeats line {seen[video]}; remove the duplicate row"
+                )
             seen[video] = line
-            extra = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS and k is not None and v is not None}
+            extra = {
+                k: v for k, v in row.items() if k not in REQUIRED_COLUMNS and k is not None and v is not None
+            }
             entries.append(VideoEntry(video, label, extra))
     if not entries:
         raise ManifestError(f"{path}: no rows after the header")
     return entries
 
 
-def write_manifest(path: str | Path, rows: list[dict[str, object]], relative_to_manifest: bool = True) -> Path:
+def write_manifest(
+    path: str | Path, rows: list[dict[str, object]], relative_to_manifest: bool = True
+) -> Path:
     """Write rows (dicts with at least ``path`` and ``label``) as a manifest; returns its path.
 
     With ``relative_to_manifest`` paths under the manifest's folder are written relative to it,

@@ -45,7 +45,9 @@ def train_transform(crop: int, augment: AugmentConfig | None = None) -> VideoCli
     augment = augment or AugmentConfig()
     brightness, contrast, saturation, hue = augment.color_strength
     steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(crop, scale=tuple(augment.crop_scale), ratio=tuple(augment.aspect), antialias=True),
+        v2.RandomResizedCrop(
+            crop, scale=tuple(augment.crop_scale), ratio=tuple(augment.aspect), antialias=True
+        ),
         v2.RandomHorizontalFlip(augment.flip),
     ]
     if augment.color_p > 0:
@@ -62,4 +64,6 @@ def train_transform(crop: int, augment: AugmentConfig | None = None) -> VideoCli
 def eval_transform(crop: int, short_side: int | None = None) -> VideoClipTransform:
     """Resize the short side (default crop × 256/224), then take the centre crop."""
     short_side = short_side or round(crop * 256 / 224)
-    return VideoClipTransform(v2.Compose([v2.Resize(short_side, antialias=True), v2.CenterCrop(crop), *_finish()]))
+    return VideoClipTransform(
+        v2.Compose([v2.Resize(short_side, antialias=True), v2.CenterCrop(crop), *_finish()])
+    )

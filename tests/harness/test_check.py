@@ -58,10 +58,16 @@ def test_check_finds_every_bad_file(mixed_manifest):
 
 def test_cli_lists_bad_files_and_exits_nonzero(mixed_manifest, index_manifest):
     manifest, _, bad = mixed_manifest
-    out = subprocess.run([sys.executable, "-m", "harness", "data", "check", str(manifest)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "data", "check", str(manifest)], capture_output=True, text=True
+    )
     assert out.returncode == 1, out.stderr
     listed = [line for line in out.stdout.splitlines() if line.startswith("BAD")]
     assert len(listed) == len(bad) and all(any(str(p) in line for line in listed) for p in bad.values())
     assert "3 of 8 videos ok, 5 bad" in out.stdout
-    ok = subprocess.run([sys.executable, "-m", "harness", "data", "check", str(index_manifest), "--full"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "harness", "data", "check", str(index_manifest), "--full"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and "2 of 2 videos ok, 0 bad" in ok.stdout

@@ -58,7 +58,9 @@ def test_t_max_over_many_draws_and_global_reaches_the_end(index_manifest):
 
 
 def test_items_are_deterministic_per_seed_epoch_and_index(index_manifest):
-    dataset = MultiClipDataset(index_manifest, clips=2, frames=4, stride=2, transform=train_transform(32), seed=5)
+    dataset = MultiClipDataset(
+        index_manifest, clips=2, frames=4, stride=2, transform=train_transform(32), seed=5
+    )
     a, b = dataset[(1, 0)], dataset[(1, 0)]
     assert torch.equal(a["clips"], b["clips"]) and torch.equal(a["starts"], b["starts"])
     other_epochs = [dataset[(e, 0)]["starts"] for e in range(2, 8)]

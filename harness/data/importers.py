@@ -1,0 +1,393 @@
+"""Importers: turn public dataset layouts (class folders, UCF101, HMDB51, Kinetics, SSv2) into manifests.
+
+Each importer writes manifests with ``path``, ``label`` (0-based class index) and
+``class_name`` columns, plus ``classes.txt`` (one class name a line, in label order) beside
+them, and returns the manifest paths it wrote. Video paths under the manifest's folder are
+written relative to it, others absolute (see ``write_manifest``). Bad input raises
+``DatasetLayoutError`` naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from harness.data.manifest import ManifestError, write_manifest
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+KINETICS_PATTERNS = (
+    "{youtube_id}_{start:06d}_{end:06d}.mp4",
+    "{label}/{youtube_id}_{start:06d}_{end:06d}.mp4",
+)
+
+
+class DatasetLayoutError(ManifestError):
+    """A folder tree, split file or CSV that cannot become a manifest; names the file, the line and the fix."""
+
+
+def from_folders(
+    root: str | Path,
+    out_dir: str | Path,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> list[Path]:
+    """Import a class-per-folder tree ``root/<class>/<video>`` (videos may sit in sub-folders).
+
+    Classes are the folder names sorted (labels 0..K-1). With ``val_fraction`` > 0 each class
+    sends that fraction of its videos (rounded, at least one, never all) to ``val.csv``,
+    chosen by a ``seed``-ed shuffle, so the split is stratified and reproducible.
+
+    Returns:
+        ``[out_dir/train.csv]`` or ``[out_dir/train.csv, out_dir/val.csv]``.
+    """
+    root, out_dir = Path(root).absolute(), Path(out_dir).absolute()
+    if not 0.0 <= val_fraction < 1.0:
+        raise DatasetLayoutError(f"val_fraction {val_fraction} must lie in [0, 1)")
+    if not root.is_dir():
+        raise DatasetLayoutError(
+            f"{root} is not a folder; pass the folder that holds one sub-folder per class"
+        )
+    suffixes = {e.lower() for e in extensions}
+    class_dirs = sorted(
+        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d != out_dir
+    )
+    if not class_dirs:
+        raise DatasetLayoutError(
+            f"{root} has no class sub-folders; lay the videos out as {root}/<class>/<video>"
+        )
+    rng = random.Random(seed)
+    train: list[dict[str, object]] = []
+    val: list[dict[str, object]] = []
+    for label, class_dir in enumerate(class_dirs):
+        videos = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        if not videos:
+            raise DatasetLayoutError(
+                f"{class_dir} holds no videos with extensions {sorted(suffixes)}; "
+                "remove the folder or pass the extensions its videos use"
+            )
+        rows = [{"path": str(v), "label": label, "class_name": class_dir.name} for v in videos]
+        n_val = min(len(rows) - 1, max(1, round(len(rows) * val_fraction))) if val_fraction > 0 else 0
+        rng.shuffle(rows)
+        val.extend(sorted(rows[:n_val], key=lambda r: str(r["path"])))
+        train.extend(sorted(rows[n_val:], key=lambda r: str(r["path"])))
+    _write_classes(out_dir / "classes.txt", [d.name for d in class_dirs])
+    written = [write_manifest(out_dir / "train.csv", train)]
+    if val_fraction > 0:
+        written.append(write_manifest(out_dir / "val.csv", val))
+    return written
+
+
+def from_ucf101(
+    video_root: str | Path,
+    splits_dir: str | Path,
+    out_dir: str | Path,
+    split: int = 1,
+    check_files: bool = True,
+) -> list[Path]:
+    """Import UCF101 with its official split ``split`` (1-3) from ``ucfTrainTestlist``.
+
+    ``classInd.txt`` lines are ``1 ApplyEyeMakeup`` (1-based; labels here are 0-based),
+    ``trainlist0N.txt`` lines ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` and
+    ``testlist0N.txt`` lines the path alone (the label comes from the class folder).
+
+    Returns:
+        ``[out_dir/train.csv, out_dir/val.csv]`` (val = the split's test list).
+    """
+    video_root, splits_dir, out_dir = Path(video_root).absolute(), Path(splits_dir), Path(out_dir).absolute()
+    class_file = splits_dir / "classInd.txt"
+    classes: list[str] = []
+    for where, fields in _split_lines(class_file):
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise DatasetLayoutError(f"{where}: expected `<index> <ClassName>`, got {' '.join(fields)!r}")
+        if int(fields[0]) != len(classes) + 1:
+            raise DatasetLayoutError(
+                f"{where}: class index {fields[0]} out of order; indices must run 1, 2, 3, ..."
+            )
+        classes.append(fields[1])
+    label_of = {name.lower(): label for label, name in enumerate(classes)}
+
+    def rows(list_file: Path, labelled: bool) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for where, fields in _split_lines(list_file):
+            if len(fields) != (2 if labelled else 1):
+                expected = "`<Class>/<video>.avi <index>`" if labelled else "`<Class>/<video>.avi`"
+                raise DatasetLayoutError(f"{where}: expected {expected}, got {' '.join(fields)!r}")
+            relative = fields[0]
+            folder = relative.split("/")[0]
+            if folder.lower() not in label_of:
+                raise DatasetLayoutError(f"{where}: class folder {folder!r} is not in {class_file}")
+            label = label_of[folder.lower()]
+            if labelled and fields[1] != str(label + 1):
+                raise DatasetLayoutError(
+                    f"{where}: index {fields[1]} disagrees with {class_file}, where {folder!r} is {label + 1}"
+                )
+            out.append(_row(video_root / relative, label, classes[label], where, check_files))
+        return out
+
+    train = rows(splits_dir / f"trainlist{split:02d}.txt", labelled=True)
+    val = rows(splits_dir / f"testlist{split:02d}.txt", labelled=False)
+    _write_classes(out_dir / "classes.txt", classes)
+    return [write_manifest(out_dir / "train.csv", train), write_manifest(out_dir / "val.csv", val)]
+
+
+def from_hmdb51(
+    video_root: str | Path,
+    splits_dir: str | Path,
+    out_dir: str | Path,
+    split: int = 1,
+    check_files: bool = True,
+) -> list[Path]:
+    """Import HMDB51 with its official split ``split`` (1-3).
+
+    Split files are ``<class>_test_split<N>.txt`` with lines ``<video>.avi <id>``: id 1 =
+    train, 2 = test, 0 = unused. Classes are the class names sorted; videos sit at
+    ``video_root/<class>/<video>``.
+
+    Returns:
+        ``[out_dir/train.csv, out_dir/val.csv]`` (val = the split's test videos).
+    """
+    video_root, splits_dir, out_dir = Path(video_root).absolute(), Path(splits_dir), Path(out_dir).absolute()
+    suffix = f"_test_split{split}.txt"
+    split_files = sorted(splits_dir.glob(f"*{suffix}"))
+    if not split_files:
+        raise DatasetLayoutError(
+            f"{splits_dir} has no *{suffix} files; pass the folder of HMDB51's test_train_splits (split 1-3)"
+        )
+    classes = [f.name[: -len(suffix)] for f in split_files]
+    train: list[dict[str, object]] = []
+    val: list[dict[str, object]] = []
+    for label, (class_name, split_file) in enumerate(zip(classes, split_files, strict=True)):
+        for where, fields in _split_lines(split_file):
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise DatasetLayoutError(
+                    f"{where}: expected `<video>.avi <0|1|2>` (0 unused, 1 train, 2 test), got {' '.join(fields)!r}"
+                )
+            if fields[1] == "0":
+                continue
+            row = _row(video_root / class_name / fields[0], label, class_name, where, check_files)
+            (train if fields[1] == "1" else val).append(row)
+    _write_classes(out_dir / "classes.txt", classes)
+    return [write_manifest(out_dir / "train.csv", train), write_manifest(out_dir / "val.csv", val)]
+
+
+def from_kinetics(
+    csv_path: str | Path,
+    video_root: str | Path,
+    out_path: str | Path,
+    split: str | None = None,
+    patterns: Sequence[str] = KINETICS_PATTERNS,
+) -> list[Path]:
+    """Import a Kinetics CSV (``label,youtube_id,time_start,time_end[,split]``).
+
+    Each row's video is the first of ``patterns`` (format strings relative to ``video_root``
+    with fields ``label``, ``youtube_id``, ``start``, ``end``; start/end are whole seconds)
+    that names an existing file; by default ``<youtube_id>_<start:06d>_<end:06d>.mp4`` flat
+    or under ``<label>/``. A pattern that names the clip by its start and end is taken for a
+    trimmed 10-second clip; one that does not (e.g. ``{youtube_id}.mp4``) for the full
+    YouTube video, and the row keeps ``start``/``end`` columns so sampling stays inside the
+    annotated window. Rows with no video are skipped and their count logged (downloads of
+    Kinetics always miss some); ``split`` keeps only rows whose ``split`` column equals it.
+    Classes are all the label names in the CSV (every split) sorted, written to ``classes.txt``
+    beside ``out_path``; splits imported from one CSV, or from CSVs that each name every class
+    (as Kinetics' train and validate CSVs do), thus share label indices.
+
+    Returns:
+        ``[out_path]``.
+    """
+    csv_path, video_root, out_path = Path(csv_path), Path(video_root).absolute(), Path(out_path).absolute()
+    with _open(csv_path) as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if "label" not in columns:
+            raise DatasetLayoutError(
+                f"{csv_path}: no `label` column (header {columns!r}); Kinetics test CSVs are unlabelled: "
+                "import the train or validate CSV"
+            )
+        missing_columns = [c for c in ("youtube_id", "time_start", "time_end") if c not in columns]
+        if missing_columns:
+            raise DatasetLayoutError(
+                f"{csv_path}: header {columns!r} lacks {missing_columns}; is this a Kinetics CSV?"
+            )
+        if split is not None and "split" not in columns:
+            raise DatasetLayoutError(
+                f"{csv_path}: no `split` column to select split={split!r}; pass split=None"
+            )
+        all_records = [(f"{csv_path}:{reader.line_num}", record) for record in reader]
+    classes = sorted({record["label"] for _, record in all_records if record["label"]})
+    records = [(where, r) for where, r in all_records if split is None or r["split"] == split]
+    if not records:
+        raise DatasetLayoutError(
+            f"{csv_path}: no rows" + (f" with split {split!r}" if split is not None else "")
+        )
+    for where, record in records:
+        if None in record or None in record.values():
+            raise DatasetLayoutError(f"{where}: expected {len(columns)} fields ({','.join(columns)})")
+        if not record["label"]:
+            raise DatasetLayoutError(f"{where}: empty label; import a labelled (train or validate) CSV")
+    label_of = {name: label for label, name in enumerate(classes)}
+    rows: list[dict[str, object]] = []
+    seen: set[Path] = set()
+    missing = duplicates = 0
+    for where, record in records:
+        fields: dict[str, object] = {
+            "label": record["label"],
+            "youtube_id": record["youtube_id"],
+            "start": _whole_seconds(record["time_start"], where),
+            "end": _whole_seconds(record["time_end"], where),
+        }
+        found = _find_video(video_root, patterns, fields)
+        if found is None:
+            missing += 1
+            continue
+        pattern, video = found
+        if video in seen:
+            duplicates += 1
+            continue
+        seen.add(video)
+        row: dict[str, object] = {
+            "path": str(video),
+            "label": label_of[record["label"]],
+            "class_name": record["label"],
+        }
+        if "{start" not in pattern:
+            row.update(start=fields["start"], end=fields["end"])
+        rows.append(row)
+    if missing:
+        log.warning(
+            "%s: skipped %d of %d rows whose video is not under %s",
+            csv_path,
+            missing,
+            len(records),
+            video_root,
+        )
+    if duplicates:
+        log.warning("%s: skipped %d rows repeating a video", csv_path, duplicates)
+    if not rows:
+        raise DatasetLayoutError(
+            f"{csv_path}: none of its {len(records)} videos found under {video_root} with patterns {list(patterns)}; "
+            "check the folder or pass the file-name pattern of your download"
+        )
+    _write_classes(out_path.parent / "classes.txt", classes)
+    return [write_manifest(out_path, rows)]
+
+
+def from_ssv2(
+    labels_json: str | Path,
+    split_json: str | Path,
+    video_root: str | Path,
+    out_path: str | Path,
+    check_files: bool = True,
+) -> list[Path]:
+    """Import a Something-Something v2 split (``train.json`` or ``validation.json``).
+
+    ``labels.json`` maps each template ("Holding something next to something") to its index
+    (a string); split entries are ``{"id": "78687", "template": "Holding [something] next to
+    [something]", ...}``, the class being the template without brackets. Videos are
+    ``video_root/<id>.webm``. ``classes.txt`` (label order) is written beside ``out_path``.
+
+    Returns:
+        ``[out_path]``.
+    """
+    labels_json, split_json = Path(labels_json), Path(split_json)
+    video_root, out_path = Path(video_root).absolute(), Path(out_path).absolute()
+    label_map = _load_json(labels_json, dict, 'an object {"<template>": "<index>", ...}')
+    try:
+        label_of = {name: int(index) for name, index in label_map.items()}
+    except (TypeError, ValueError):
+        raise DatasetLayoutError(
+            f'{labels_json}: every value must be an integer index such as "12"'
+        ) from None
+    classes = sorted(label_of, key=label_of.__getitem__)
+    if sorted(label_of.values()) != list(range(len(classes))):
+        raise DatasetLayoutError(f"{labels_json}: indices must be 0..{len(classes) - 1}, each once")
+    entries = _load_json(split_json, list, 'a list of {"id": ..., "template": ...} objects')
+    rows: list[dict[str, object]] = []
+    for number, entry in enumerate(entries):
+        where = f"{split_json}: entry {number}"
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise DatasetLayoutError(f"{where}: expected an object with an `id`, got {entry!r}")
+        if "template" not in entry:
+            raise DatasetLayoutError(
+                f"{where}: no `template` (SSv2 test.json is unlabelled); import train or validation"
+            )
+        class_name = str(entry["template"]).replace("[", "").replace("]", "")
+        if class_name not in label_of:
+            raise DatasetLayoutError(
+                f"{where} (id {entry['id']}): template {class_name!r} is not a key of {labels_json}"
+            )
+        rows.append(
+            _row(video_root / f"{entry['id']}.webm", label_of[class_name], class_name, where, check_files)
+        )
+    if not rows:
+        raise DatasetLayoutError(f"{split_json}: no entries")
+    _write_classes(out_path.parent / "classes.txt", classes)
+    return [write_manifest(out_path, rows)]
+
+
+def _split_lines(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Yield (``file:line``, whitespace-split fields) for each non-blank line of a split file."""
+    with _open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield f"{path}:{number}", line.split()
+
+
+def _find_video(
+    video_root: Path, patterns: Sequence[str], fields: dict[str, object]
+) -> tuple[str, Path] | None:
+    """The first (pattern, file) whose formatted path exists under ``video_root``, else None."""
+    for pattern in patterns:
+        video = video_root / pattern.format(**fields)
+        if video.is_file():
+            return pattern, video
+    return None
+
+
+def _open(path: Path) -> TextIO:
+    if not path.is_file():
+        raise DatasetLayoutError(
+            f"{path} does not exist; pass the folder or file of the dataset's annotations"
+        )
+    return path.open(newline="", encoding="utf-8")
+
+
+def _row(video: Path, label: int, class_name: str, where: str, check_files: bool) -> dict[str, object]:
+    if check_files and not video.is_file():
+        raise DatasetLayoutError(
+            f"{where}: video {video} does not exist; check the video folder (or pass check_files=False)"
+        )
+    return {"path": str(video), "label": label, "class_name": class_name}
+
+
+def _whole_seconds(value: str, where: str) -> int:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DatasetLayoutError(f"{where}: time {value!r} is not a number of seconds") from None
+    if not seconds.is_integer() or seconds < 0:
+        raise DatasetLayoutError(f"{where}: time {value!r} is not a whole, non-negative number of seconds")
+    return int(seconds)
+
+
+def _load_json(path: Path, kind: type, shape: str) -> dict | list:
+    with _open(path) as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise DatasetLayoutError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, kind):
+        raise DatasetLayoutError(f"{path}: expected {shape}")
+    return data
+
+
+def _write_classes(path: Path, names: Iterable[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}\n" for name in names))

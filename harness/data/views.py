@@ -1,0 +1,107 @@
+"""``ViewDataset``: fixed test-time views of each video for evaluation.
+
+K temporal views (clip starts evenly spaced over the video, the centre one for K = 1) × S
+spatial views (S = 1: centre crop; S = 3: left/centre/right, or top/centre/bottom for portrait
+videos, after resizing the short side). Deterministic: no randomness at all. Each video is
+opened and decoded once for all its views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from harness.data.decode import BadVideo, decode_times, open_video, probe
+from harness.data.manifest import VideoEntry, read_manifest
+from harness.data.sampling import ClipTiming, grid_length
+from harness.data.transforms import MEAN, STD
+
+
+def temporal_starts(num_frames: int, span: int, views: int) -> np.ndarray:
+    """``views`` evenly spaced start indices; one view takes the centre."""
+    max_start = max(0, num_frames - span)
+    if views == 1:
+        return np.array([max_start // 2])
+    return np.round(np.linspace(0, max_start, views)).astype(np.int64)
+
+
+def spatial_crops(video: torch.Tensor, crop: int, views: int) -> list[torch.Tensor]:
+    """Crops of a resized video [T, C, H, W]: the centre (1) or both ends and the centre (3) of the long side."""
+    height, width = video.shape[-2:]
+    if views == 1:
+        offsets = [((height - crop) // 2, (width - crop) // 2)]
+    elif width >= height:
+        offsets = [((height - crop) // 2, x) for x in (0, (width - crop) // 2, width - crop)]
+    else:
+        offsets = [(y, (width - crop) // 2) for y in (0, (height - crop) // 2, height - crop)]
+    return [TF.crop(video, y, x, crop, crop) for y, x in offsets]
+
+
+class ViewDataset(Dataset):
+    """Test-time views of each manifest video.
+
+    Item: ``clips`` float [K·S, C, T, crop, crop] (temporal-major order), ``label``, ``index``.
+    An unreadable video raises ``BadVideo``: evaluation must see every video
+    (run ``rho data check`` first).
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | Sequence[VideoEntry],
+        frames: int,
+        stride: int,
+        crop: int,
+        short_side: int | None = None,
+        temporal_views: int = 1,
+        spatial_views: int = 1,
+        fps: float | None = None,
+    ):
+        if spatial_views not in (1, 3):
+            raise ValueError(f"spatial_views must be 1 or 3, got {spatial_views}")
+        if temporal_views < 1:
+            raise ValueError(f"temporal_views must be >= 1, got {temporal_views}")
+        self.entries = list(read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest)
+        self.frames, self.stride, self.crop = frames, stride, crop
+        self.short_side = short_side or round(crop * 256 / 224)
+        self.temporal_views, self.spatial_views, self.fps = temporal_views, spatial_views, fps
+
+    @property
+    def views(self) -> int:
+        return self.temporal_views * self.spatial_views
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        entry = self.entries[index]
+        container = open_video(entry.path)
+        try:
+            info = probe(container, entry.path)
+            fps = self.fps or info.fps
+            timing = ClipTiming(self.frames, self.stride, fps)
+            offset, end = entry.window
+            offset = offset or 0.0
+            duration = min(info.duration, end if end is not None else info.duration) - offset
+            if duration <= 0:
+                raise BadVideo(f"{entry.path}: window {entry.window} lies outside the video")
+            starts = temporal_starts(grid_length(duration, fps), timing.span, self.temporal_views)
+            times = offset + np.concatenate([timing.frame_times(s) for s in starts])
+            frames, _ = decode_times(container, times, path=entry.path)
+        finally:
+            container.close()
+        clips = torch.from_numpy(frames).view(self.temporal_views, self.frames, *frames.shape[1:])
+        views = []
+        for clip in clips:
+            video = tv_tensors.Video(clip.permute(0, 3, 1, 2))  # [T, C, H, W] uint8
+            if min(video.shape[-2:]) != self.short_side:
+                video = TF.resize(video, [self.short_side], antialias=True)
+            for view in spatial_crops(video, self.crop, self.spatial_views):
+                view = TF.normalize(TF.to_dtype(view, torch.float32, scale=True), MEAN, STD)
+                views.append(view.as_subclass(torch.Tensor).permute(1, 0, 2, 3))
+        return {"clips": torch.stack(views), "label": entry.label, "index": index}
