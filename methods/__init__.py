@@ -1,0 +1,111 @@
+"""Method plugins: the registry of (self-)supervised training objectives.
+
+Built-in names are in ``_BUILTIN``; third-party packages add methods through the entry-point
+group ``rho.methods`` (``name = "package.module:ClassName"``, a subclass of ``SSLMethod``).
+A built-in name wins over an entry point of the same name.
+
+``build(name, backbone, feature_dim, **params)`` constructs one; ``params_of(name)`` lists the
+keyword parameters it takes with their defaults (what ``harness.config`` validates
+``method.*`` keys against).
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import entry_points
+from typing import Any
+
+from torch import nn
+
+from methods._ema import cosine_momentum, ema_update, momentum_copy
+from methods._heads import MLPHead
+from methods._queue import KeyQueue
+from methods.base import SSLMethod, StepOutput
+from methods.byol import BYOL
+from methods.moco import MoCo
+from methods.random_init import RandomInit
+from methods.simclr import SimCLR
+from methods.supervised import Supervised
+from methods.swav import SwAV
+
+ENTRY_POINT_GROUP = "rho.methods"
+
+_BUILTIN: dict[str, type[SSLMethod]] = {
+    "simclr": SimCLR,
+    "swav": SwAV,
+    "moco": MoCo,
+    "byol": BYOL,
+    "supervised": Supervised,
+    "random": RandomInit,
+}
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MLPHead",
+    "KeyQueue",
+    "SSLMethod",
+    "StepOutput",
+    "available",
+    "build",
+    "cosine_momentum",
+    "ema_update",
+    "get",
+    "momentum_copy",
+    "params_of",
+]
+
+
+def _plugins() -> dict[str, Any]:
+    """Entry points of group ``rho.methods`` by name, read afresh (installs can change at run time)."""
+    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    """All method names, built-in and from entry points, sorted."""
+    return sorted({*_BUILTIN, *_plugins()})
+
+
+def get(name: str) -> type[SSLMethod]:
+    """The method class registered as ``name``.
+
+    Raises:
+        ValueError: for an unknown name (listing the choices), or an entry point that is not
+            an ``SSLMethod`` subclass.
+    """
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    plugins = _plugins()
+    if name not in plugins:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(available())}")
+    cls = plugins[name].load()
+    if not (inspect.isclass(cls) and issubclass(cls, SSLMethod)):
+        raise ValueError(f"entry point {name!r} ({plugins[name].value}) is not an SSLMethod subclass")
+    return cls
+
+
+def params_of(name: str) -> dict[str, Any]:
+    """The keyword parameters of method ``name`` (besides backbone and feature_dim) and their defaults."""
+    signature = inspect.signature(get(name).__init__)
+    skip = {"self", "backbone", "feature_dim"}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        param.name: param.default
+        for param in signature.parameters.values()
+        if param.name not in skip and param.kind in kinds
+    }
+
+
+def build(name: str, backbone: nn.Module, feature_dim: int, **params: Any) -> SSLMethod:
+    """Construct method ``name`` around ``backbone`` (features [B, feature_dim]).
+
+    Raises:
+        ValueError: for an unknown name or a parameter the method does not take (naming the
+            ones it does).
+    """
+    allowed = params_of(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} takes no parameter {', '.join(unknown)}; it takes: {', '.join(allowed)}"
+        )
+    return get(name)(backbone, feature_dim, **params)

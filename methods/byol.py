@@ -1,0 +1,100 @@
+"""ρBYOL: each clip's prediction regresses the target network's projections of the video's other clips.
+
+No negatives: an online network (backbone, projector, predictor) predicts the projection
+that a slowly moving EMA target network (backbone, projector) gives another clip
+(Grill et al. 2020; ρ clips and EMA 0.996 -> 1 as in Feichtenhofer et al. 2021).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods._checks import check_choice
+from methods._ema import cosine_momentum, ema_update, momentum_copy
+from methods._heads import MLPHead
+from methods._memory import MEMORY_MODES, embed_clips
+from methods._metrics import embedding_std
+from methods._pairs import other_clips
+from methods.base import SSLMethod, StepOutput
+
+
+def regression_loss(p: Tensor, z: Tensor) -> Tensor:
+    """BYOL's normalised MSE: ``mean_i ||p_i/|p_i| - z_i/|z_i| ||^2 = mean_i (2 - 2 cos(p_i, z_i))``.
+
+    Args:
+        p: online predictions [N, D] (normalised here).
+        z: target projections [N, D] (normalised here; pass them without gradient).
+
+    Returns:
+        Scalar loss in [0, 4].
+    """
+    return (2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(dim=-1)).mean()
+
+
+class BYOL(SSLMethod):
+    """ρBYOL: online backbone -> projector -> predictor regresses the EMA target's projections.
+
+    Args:
+        backbone, feature_dim: see ``SSLMethod``.
+        projector_hidden_dims, out_dim: projector widths (paper: 4096 with BN and ReLU, 256 out).
+        predictor_hidden_dims: predictor hidden widths (paper: 256 -> 4096 -> 256).
+        momentum: base EMA momentum of the target, annealed to 1 by a cosine over training.
+        memory: ``"standard"``, or ``"low"``: targets first without grad, then each online
+            clip forwarded and back-propagated on its own inside ``training_step``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        projector_hidden_dims: Sequence[int] = (4096,),
+        out_dim: int = 256,
+        predictor_hidden_dims: Sequence[int] = (4096,),
+        momentum: float = 0.996,
+        memory: str = "standard",
+    ) -> None:
+        super().__init__(backbone, feature_dim)
+        self.base_momentum = momentum
+        self.momentum = momentum
+        self.memory = check_choice("memory", memory, MEMORY_MODES)
+        self.projector = MLPHead(feature_dim, projector_hidden_dims, out_dim, batch_norm=True)
+        self.predictor = MLPHead(out_dim, predictor_hidden_dims, out_dim, batch_norm=True)
+        self.target_backbone = momentum_copy(backbone)
+        self.target_projector = momentum_copy(self.projector)
+
+    @torch.no_grad()
+    def _target(self, clip: Tensor) -> Tensor:
+        return self.target_projector(self.target_backbone(clip))
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        clips = batch["clips"]
+        num_clips = clips.shape[1]
+        targets = embed_clips(self._target, clips)
+        num_pairs = num_clips * (num_clips - 1)
+        total, projections = 0.0, []
+        for clip in range(num_clips):
+            projection = self.projector(self.backbone(clips[:, clip]))
+            prediction = self.predictor(projection)
+            loss = sum(regression_loss(prediction, targets[:, t]) for t in other_clips(clip, num_clips))
+            loss = loss / num_pairs
+            if self.memory == "low":
+                loss.backward()
+                loss = loss.detach()
+            total = total + loss
+            projections.append(projection.detach())
+        metrics = {
+            "loss": total.item(),
+            "momentum": self.momentum,
+            "embedding_std": embedding_std(torch.stack(projections, dim=1)),
+        }
+        return StepOutput(total, metrics, backward_done=self.memory == "low")
+
+    def on_step_end(self, progress: float) -> None:
+        self.momentum = cosine_momentum(self.base_momentum, progress)
+        ema_update(self.backbone, self.target_backbone, self.momentum)
+        ema_update(self.projector, self.target_projector, self.momentum)

@@ -1,0 +1,153 @@
+"""ρMoCo: each clip's query matches the momentum encoder's keys of the video's other clips, against a queue.
+
+InfoNCE with the other clips' keys as positives and a FIFO queue of past keys as negatives;
+the key encoder is an EMA of the query encoder (He et al. 2020, MoCo v2 head; ρ clips and
+the cosine momentum schedule 0.994 -> 1 as in Feichtenhofer et al. 2021).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.distributed import all_gather_no_grad, shuffle_batch, unshuffle_batch
+from methods._checks import check_choice, check_positive
+from methods._ema import cosine_momentum, ema_update, momentum_copy
+from methods._heads import MLPHead
+from methods._memory import MEMORY_MODES, embed_clips
+from methods._metrics import embedding_std
+from methods._pairs import ordered_pairs, other_clips
+from methods._queue import KeyQueue
+from methods.base import SSLMethod, StepOutput
+
+
+def info_nce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1) -> Tensor:
+    """InfoNCE: each query's own key against the queue's K negatives.
+
+    ``l_i = -log(exp(q_i·k_i / τ) / (exp(q_i·k_i / τ) + sum_j exp(q_i·n_j / τ)))``, averaged
+    over i; a (K+1)-way classification with the positive at index 0.
+
+    Args:
+        q: L2-normalised queries [N, D].
+        k: L2-normalised positive keys [N, D] (no gradient is needed through them).
+        queue: negatives [K, D].
+        temperature: τ.
+
+    Returns:
+        Scalar loss.
+    """
+    positive = (q * k).sum(dim=1, keepdim=True)
+    negative = q @ queue.T
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+class MoCo(SSLMethod):
+    """ρMoCo: query encoder (backbone + MLP) trained by SGD, key encoder its EMA, a queue of keys.
+
+    Args:
+        backbone, feature_dim: see ``SSLMethod``.
+        temperature: InfoNCE τ (paper: 0.1).
+        hidden_dims, out_dim: projector widths (paper: 2048 hidden, 128 out).
+        head_batch_norm: BatchNorm in the projector (MoCo v2: none).
+        queue_size: number of negatives K (paper: 65536). All ρ keys of each video go in.
+        queue_per_rank: each rank queues only its own keys; by default every rank queues the
+            keys of all ranks, so all hold the same global queue.
+        momentum: base EMA momentum, annealed to 1 by a cosine over training.
+        shuffle_bn: shuffle the key encoder's batch across ranks (no-op in one process).
+        memory: ``"standard"``, or ``"low"``: keys first without grad, then each query clip
+            forwarded and back-propagated on its own inside ``training_step``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        temperature: float = 0.1,
+        hidden_dims: Sequence[int] = (2048,),
+        out_dim: int = 128,
+        head_batch_norm: bool = False,
+        queue_size: int = 65536,
+        queue_per_rank: bool = False,
+        momentum: float = 0.994,
+        shuffle_bn: bool = True,
+        memory: str = "standard",
+    ) -> None:
+        super().__init__(backbone, feature_dim)
+        self.temperature = check_positive("temperature", temperature)
+        self.queue_per_rank = queue_per_rank
+        self.base_momentum = momentum
+        self.momentum = momentum
+        self.shuffle_bn = shuffle_bn
+        self.memory = check_choice("memory", memory, MEMORY_MODES)
+        self.head = MLPHead(feature_dim, hidden_dims, out_dim, batch_norm=head_batch_norm)
+        self.target_backbone = momentum_copy(backbone)
+        self.target_head = momentum_copy(self.head)
+        self.queue = KeyQueue(queue_size, out_dim)
+
+    def _query(self, clip: Tensor) -> Tensor:
+        return F.normalize(self.head(self.backbone(clip)), dim=-1)
+
+    @torch.no_grad()
+    def _key(self, clip: Tensor) -> Tensor:
+        permutation = None
+        if self.shuffle_bn:
+            clip, permutation = shuffle_batch(clip)
+        key = F.normalize(self.target_head(self.target_backbone(clip)), dim=-1)
+        return unshuffle_batch(key, permutation)
+
+    @torch.no_grad()
+    def enqueue_keys(self, keys: Tensor) -> None:
+        """Put keys [N, V, D] into the queue, clip by clip: this rank's, or all ranks' in rank order."""
+        if not self.queue_per_rank:
+            keys = all_gather_no_grad(keys)
+        self.queue.enqueue(keys.transpose(0, 1).reshape(-1, keys.shape[-1]))
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        clips = batch["clips"]
+        num_clips = clips.shape[1]
+        keys = embed_clips(self._key, clips)
+        negatives = self.queue.keys.clone()
+        num_pairs = num_clips * (num_clips - 1)
+        total, queries = 0.0, []
+        for clip in range(num_clips):
+            q = self._query(clips[:, clip])
+            loss = sum(
+                info_nce_loss(q, keys[:, t], negatives, self.temperature)
+                for t in other_clips(clip, num_clips)
+            )
+            loss = loss / num_pairs
+            if self.memory == "low":
+                loss.backward()
+                loss = loss.detach()
+            total = total + loss
+            queries.append(q.detach())
+        self.enqueue_keys(keys)
+        queries = torch.stack(queries, dim=1)
+        metrics = {
+            "loss": total.item(),
+            "positive_accuracy": _positive_accuracy(queries, keys, negatives),
+            "momentum": self.momentum,
+            "embedding_std": embedding_std(queries),
+        }
+        return StepOutput(total, metrics, backward_done=self.memory == "low")
+
+    def on_step_end(self, progress: float) -> None:
+        self.momentum = cosine_momentum(self.base_momentum, progress)
+        ema_update(self.backbone, self.target_backbone, self.momentum)
+        ema_update(self.head, self.target_head, self.momentum)
+
+
+@torch.no_grad()
+def _positive_accuracy(queries: Tensor, keys: Tensor, negatives: Tensor) -> float:
+    """Fraction of (query, other clip's key) pairs where the key beats every negative; inputs [N, V, D], [K, D]."""
+    hits = []
+    for query, target in ordered_pairs(queries.shape[1]):
+        positive = (queries[:, query] * keys[:, target]).sum(dim=1)
+        hardest_negative = (queries[:, query] @ negatives.T).max(dim=1).values
+        hits.append((positive > hardest_negative).float().mean())
+    return torch.stack(hits).mean().item()

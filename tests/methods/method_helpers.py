@@ -1,0 +1,96 @@
+"""Helpers for the method tests: a tiny r3d backbone, tiny heads, tiny multi-clip batches, one engine step.
+
+Sizes keep the whole suite fast on two CPU cores: B=4 videos, clips of 3x4x16x16, an r3d_tiny
+of width 4 (16 features) and heads of width 32/16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import methods
+from harness import backbones
+
+# Method parameters that shrink the paper's heads, prototypes and queue to test size.
+TINY_PARAMS: dict[str, dict] = {
+    "simclr": {"hidden_dims": (32,), "out_dim": 16},
+    "swav": {"hidden_dims": (32,), "out_dim": 16, "num_prototypes": 10},
+    "moco": {"hidden_dims": (32,), "out_dim": 16, "queue_size": 64},
+    "byol": {"projector_hidden_dims": (32,), "out_dim": 16, "predictor_hidden_dims": (32,)},
+    "supervised": {"num_classes": 5},
+    "random": {},
+}
+
+
+def build_method(name: str, seed: int = 0, **params) -> methods.SSLMethod:
+    """``methods.build(name)`` around a fresh r3d_tiny (width 4), tiny heads, deterministic init."""
+    torch.manual_seed(seed)
+    backbone, feature_dim = backbones.build("r3d_tiny", width=4)
+    return methods.build(name, backbone, feature_dim, **{**TINY_PARAMS[name], **params})
+
+
+def make_batch(rho: int, batch_size: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A collated batch with V = max(rho, 2) clips; rho = 1 gives two perturbed copies of one clip."""
+    generator = torch.Generator().manual_seed(seed)
+    if rho == 1:
+        clip = torch.randn(batch_size, 1, 3, 4, 16, 16, generator=generator)
+        clips = clip + 0.1 * torch.randn(batch_size, 2, 3, 4, 16, 16, generator=generator)
+    else:
+        clips = torch.randn(batch_size, rho, 3, 4, 16, 16, generator=generator)
+    return {
+        "clips": clips,
+        "label": torch.randint(0, 5, (batch_size,), generator=generator),
+        "index": torch.arange(batch_size),
+    }
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of a module's parameters by name."""
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def sgd_step(
+    method: methods.SSLMethod, batch: dict[str, torch.Tensor], lr: float = 0.5
+) -> methods.StepOutput:
+    """One engine step (without on_step_end): zero grads, training_step, backward unless done, SGD step."""
+    optimizer = torch.optim.SGD(method.param_groups(weight_decay=1e-4), lr=lr)
+    optimizer.zero_grad(set_to_none=True)
+    out = method.training_step(batch)
+    if not out.backward_done:
+        out.loss.backward()
+    optimizer.step()
+    return out
+
+
+def assert_step_trains(method: methods.SSLMethod, batch: dict[str, torch.Tensor]) -> methods.StepOutput:
+    """One step gives a finite loss with metrics and moves every backbone parameter that got a gradient."""
+    before = snapshot(method.backbone)
+    out = sgd_step(method, batch)
+    assert torch.isfinite(out.loss), out.loss
+    assert out.metrics["loss"] == pytest.approx(out.loss.item())
+    moved = [name for name, p in method.backbone.named_parameters() if not torch.equal(p, before[name])]
+    assert len(moved) == len(before), f"backbone parameters that did not move: {set(before) - set(moved)}"
+    return out
+
+
+def assert_ema_only(method: methods.SSLMethod, online: list, target: list, batch, base: float) -> None:
+    """The target networks move only in on_step_end, by target = m * old + (1 - m) * online."""
+    old = [snapshot(module) for module in target]
+    sgd_step(method, batch)
+    for module, before in zip(target, old, strict=True):
+        for name, p in module.named_parameters():
+            assert torch.equal(p, before[name]), f"target {name} moved before on_step_end"
+    progress = 0.3
+    method.on_step_end(progress)
+    m = methods.cosine_momentum(base, progress)
+    assert method.momentum == pytest.approx(m)
+    for online_module, module, before in zip(online, target, old, strict=True):
+        online_params = dict(online_module.named_parameters())
+        for name, p in module.named_parameters():
+            expected = m * before[name] + (1 - m) * online_params[name].detach()
+            torch.testing.assert_close(p, expected, rtol=0, atol=1e-6)
+        for (name, buffer), online_buffer in zip(
+            module.named_buffers(), online_module.buffers(), strict=True
+        ):
+            assert torch.equal(buffer, online_buffer), f"target buffer {name} not copied"

@@ -1,0 +1,103 @@
+"""ρMoCo: InfoNCE against its formula, the key queue, the EMA key encoder, one training step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from method_helpers import assert_ema_only, assert_step_trains, build_method, make_batch
+
+from methods import KeyQueue
+from methods._memory import embed_clips
+from methods.moco import info_nce_loss
+
+
+def _info_nce_loop(q, k, queue, temperature) -> float:
+    total = 0.0
+    for i in range(len(q)):
+        positive = math.exp(float(q[i] @ k[i]) / temperature)
+        negatives = [math.exp(float(q[i] @ n) / temperature) for n in queue]
+        assert len(negatives) == len(queue)
+        total += -math.log(positive / (positive + sum(negatives)))
+    return total / len(q)
+
+
+def test_info_nce_matches_loop_formula():
+    generator = torch.Generator().manual_seed(0)
+    q, k = (F.normalize(torch.randn(5, 8, generator=generator, dtype=torch.float64), dim=1) for _ in range(2))
+    queue = F.normalize(torch.randn(7, 8, generator=generator, dtype=torch.float64), dim=1)
+    expected = _info_nce_loop(q, k, queue, 0.1)
+    assert info_nce_loss(q, k, queue, temperature=0.1).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_queue_is_fifo_and_wraps_around():
+    queue = KeyQueue(size=5, dim=2)
+    assert torch.allclose(queue.keys.norm(dim=1), torch.ones(5)) and not queue.is_full
+    rows = torch.arange(20, dtype=torch.float32).view(10, 2)
+    queue.enqueue(rows[:3])
+    torch.testing.assert_close(queue.keys[:3], rows[:3])
+    assert int(queue.pointer) == 3 and int(queue.count) == 3 and not queue.is_full
+    queue.enqueue(rows[3:6])  # rows 3, 4 then wrap: row 5 overwrites the oldest (row 0)
+    torch.testing.assert_close(queue.keys, torch.stack([rows[5], rows[1], rows[2], rows[3], rows[4]]))
+    assert int(queue.pointer) == 1 and queue.is_full
+    queue.enqueue(rows[:7])  # more than fits: as if written one by one from pointer 1, rows 2..6 survive
+    torch.testing.assert_close(queue.keys, torch.stack([rows[4], rows[5], rows[6], rows[2], rows[3]]))
+    assert int(queue.pointer) == 3
+
+
+@pytest.mark.parametrize("rho", [1, 2, 3])
+def test_step_trains(rho):
+    method = build_method("moco")
+    out = assert_step_trains(method, make_batch(rho))
+    assert set(out.metrics) == {"loss", "positive_accuracy", "momentum", "embedding_std"}
+    assert out.metrics["momentum"] == 0.994
+
+
+@pytest.mark.parametrize("rho", [1, 2, 3])
+def test_key_encoder_moves_only_by_ema(rho):
+    method = build_method("moco", momentum=0.9)
+    assert_ema_only(
+        method,
+        [method.backbone, method.head],
+        [method.target_backbone, method.target_head],
+        make_batch(rho),
+        base=0.9,
+    )
+
+
+def test_key_encoder_starts_as_copy_and_is_never_optimised():
+    method = build_method("moco")
+    for online, target in ((method.backbone, method.target_backbone), (method.head, method.target_head)):
+        for p, t in zip(online.parameters(), target.parameters(), strict=True):
+            assert torch.equal(p, t) and p is not t and not t.requires_grad
+    optimised = {id(p) for group in method.param_groups(0.1) for p in group["params"]}
+    assert not optimised & {id(p) for p in method.target_backbone.parameters()}
+    assert not optimised & {id(p) for p in method.target_head.parameters()}
+
+
+def test_step_loss_is_mean_over_ordered_pairs_and_all_keys_are_queued():
+    method = build_method("moco", temperature=0.2)
+    batch = make_batch(3)
+    queue_before = method.queue.keys.clone()
+    loss = method.training_step(batch).loss
+    clips = batch["clips"]
+    queries = embed_clips(lambda c: F.normalize(method.head(method.backbone(c)), dim=-1), clips)
+    with torch.no_grad():
+        keys = embed_clips(
+            lambda c: F.normalize(method.target_head(method.target_backbone(c)), dim=-1), clips
+        )
+    pairs = [(a, b) for a in range(3) for b in range(3) if a != b]
+    expected = sum(info_nce_loss(queries[:, a], keys[:, b], queue_before, 0.2) for a, b in pairs) / len(pairs)
+    torch.testing.assert_close(loss, expected)
+    # All 3 clips x 4 videos keys entered the queue, clip by clip, after the loss used the old queue.
+    torch.testing.assert_close(method.queue.keys[:12], keys.transpose(0, 1).reshape(12, -1))
+    torch.testing.assert_close(method.queue.keys[12:], queue_before[12:])
+    assert int(method.queue.pointer) == 12
+
+
+def test_head_has_no_batch_norm_by_default():
+    method = build_method("moco")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in method.head)
+    assert [m.out_features for m in method.head if isinstance(m, torch.nn.Linear)] == [32, 16]
