@@ -1,0 +1,94 @@
+"""Checkpoints: written atomically, loaded safely, refused when they belong to another config.
+
+A checkpoint is a dict of tensors and plain Python values (so ``torch.load(...,
+weights_only=True)`` reads it): format version, the config's training hash and YAML, the
+completed epoch and step, the method's state (online and momentum encoders, queues,
+prototypes), the optimiser's state, the RNG states (Python, NumPy, torch CPU and CUDA), the
+MLflow run id and the per-epoch history. The data loader needs no state of its own: the
+order of an epoch and every item's randomness derive from (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = 1
+LAST = "last.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used here; the message says why and what to do."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, expected_hash: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing or unreadable file, another format, or (with
+            ``expected_hash``) a checkpoint written by a different training config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({exc.__class__.__name__}: {exc})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a rho-harness checkpoint of format {FORMAT}")
+    if expected_hash is not None and state.get("config_hash") != expected_hash:
+        raise CheckpointError(
+            f"{path} was written by another training config (hash {state.get('config_hash')}, this config "
+            f"{expected_hash}); start a fresh run (another runtime.output_dir or run name) or resume with the "
+            "config it was made with"
+        )
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop may draw from, in weights_only-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    state = {
+        "python": [version, list(internal), python_gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved."""
+    version, internal, python_gauss = state["python"]
+    random.setstate((version, tuple(internal), python_gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

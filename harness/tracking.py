@@ -1,0 +1,191 @@
+"""MLflow tracking: one run per pretraining, batched metrics, system metrics, artifacts.
+
+The store is ``--tracking-uri``, else ``runtime.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
+else the embedded default ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts`` (MLflow's file store is in maintenance mode and is not used).
+
+Metrics are buffered and sent with ``log_batch`` (every ``flush_every`` values and at each
+epoch's end), so logging costs a few calls per epoch, not one per value. Passwords in URLs
+are redacted wherever a URL is logged or printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = Path("mlruns")
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri() -> str:
+    """The embedded store under ./mlruns (absolute, so child processes agree)."""
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(*candidates: str | None) -> str:
+    """The first given URI, else ``$MLFLOW_TRACKING_URI``, else the embedded default."""
+    for uri in (*candidates, os.environ.get("MLFLOW_TRACKING_URI")):
+        if uri:
+            return uri
+    DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
+    return default_tracking_uri()
+
+
+def redact(text: str) -> str:
+    """Hide the password of every ``scheme://user:password@host`` URL in ``text``."""
+    return re.sub(r"(\w[\w+.-]*://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created (with artifacts under mlruns/artifacts for sqlite stores) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        location = (store / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another worker created it in the meantime
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit, package versions and host, for reproducibility."""
+    tags = {"host": platform.node(), "python": platform.python_version()}
+    for package in ("torch", "torchvision", "pytorchvideo", "av", "mlflow", "optuna", "rho-harness"):
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        tags["git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+class RunLogger:
+    """One MLflow run: params, tags, buffered metrics, artifacts and system metrics.
+
+    Args:
+        tracking_uri: the store.
+        experiment: experiment name (created when missing).
+        run_name: display name of a new run.
+        run_id: continue this run instead (resume).
+        parent_run_id: nest the new run under this one (study trials).
+        system_metrics: sample CPU/memory/GPU into the run in the background.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        system_metrics: bool = True,
+        flush_every: int = 200,
+    ):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.flush_every = flush_every
+        self._buffer: list[Metric] = []
+        if run_id is None:
+            experiment_id = ensure_experiment(self.client, experiment, tracking_uri)
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            if tags:
+                self.set_tags(tags)
+        self._monitor = None
+        if system_metrics:
+            self._start_system_metrics()
+
+    def _start_system_metrics(self) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=10, tracking_uri=self.tracking_uri
+            )
+            self._monitor.start()
+        except Exception as exc:  # system metrics are a convenience: never fail a run for them
+            log.warning("system metrics disabled: %s", exc)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params in batches of 100 (MLflow's limit), values as strings."""
+        items = [Param(k, redact(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[start : start + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer metrics; they are sent every ``flush_every`` values and on ``flush``."""
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.log_artifact(path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Flush, stop system metrics and close the run with ``status`` (FINISHED, FAILED, KILLED)."""
+        try:
+            self.flush()
+        finally:
+            if self._monitor is not None:
+                try:
+                    self._monitor.finish()
+                except Exception as exc:
+                    log.warning("system metrics did not stop cleanly: %s", exc)
+                self._monitor = None
+            self.client.set_terminated(self.run_id, status)
