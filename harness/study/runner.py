@@ -1,0 +1,520 @@
+"""Run a study: Optuna trials on an RDB storage, each trial a pretraining in an MLflow child run.
+
+A worker (``run_worker``) loops: fail stale trials (a dead worker's trial is marked failed
+and re-queued by ``RetryHeartbeatStaleTrialCallback``), take the next waiting trial — or ask
+the sampler for a new one while the search budget lasts — and run it with a heartbeat
+thread. A trial's checkpoint folder is a function of its point and seed, so a re-queued
+trial resumes where the dead one stopped. Grid points are enqueued by whoever runs
+``rho study run`` (a point that has a complete, pruned, waiting or running trial is not
+enqueued again), and a worker that pops a point already taken by another (the rare race of
+two machines enqueuing at once) drops it, so no point runs twice.
+
+Layout: Optuna study ``<name>`` (user attrs: the MLflow parent run id), MLflow experiment
+``<name>`` with one parent run and one child run per trial; checkpoints under
+``runtime.output_dir/<name>/<point key>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from harness.study.spec import Point, StudySpec, dump_point
+from harness.tracking import RunLogger, redact, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+# We drive heartbeats ourselves (ask/tell with a heartbeat thread), which Optuna warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+ATTR_KEY, ATTR_POINT, ATTR_SEED = "rho.key", "rho.point", "rho.seed"
+ATTR_RUN, ATTR_REASON, ATTR_PARENT = "mlflow_run_id", "failure_reason", "mlflow_parent_run_id"
+ATTR_SAMPLED, ATTR_SURPLUS, ATTR_DUPLICATE = "rho.sampled", "rho.surplus", "rho.duplicate"
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def resolve_storage(url: str | None) -> str:
+    """``--storage``, else ``$RHO_STORAGE``, else the embedded sqlite file under ./mlruns."""
+    url = url or os.environ.get("RHO_STORAGE")
+    if url:
+        return url
+    Path("mlruns").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('mlruns/optuna.db').resolve()}"
+
+
+def make_storage(url: str, spec: StudySpec | None = None) -> RDBStorage:
+    """An RDBStorage with heartbeats; stale trials are retried up to ``limits.max_retries`` times."""
+    limits = spec.limits if spec else {"heartbeat_interval": 10, "grace_period": 60, "max_retries": 2}
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=int(limits["heartbeat_interval"]) or 1,
+        grace_period=int(limits["grace_period"]) or 2,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=limits["max_retries"]),
+    )
+
+
+def open_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
+    """Create or load the Optuna study of ``spec``."""
+    sampler = (
+        optuna.samplers.RandomSampler(seed=spec.seeds[0])
+        if spec.sampler == "random"
+        else optuna.samplers.TPESampler(
+            seed=spec.seeds[0], n_startup_trials=max(2, min(10, spec.n_trials // 3))
+        )
+    )
+    pruner: optuna.pruners.BasePruner
+    if spec.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.pruner_warmup)
+    elif spec.pruner == "hyperband":
+        epochs = int(spec.base.get("optim", {}).get("epochs", 10))
+        pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, spec.pruner_warmup), max_resource=epochs)
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+
+
+def enqueue_points(study: optuna.Study, spec: StudySpec) -> int:
+    """Enqueue every point × seed that has no complete, pruned, waiting or running trial; returns how many."""
+    taken = {t.user_attrs.get(ATTR_KEY) for t in study.get_trials(deepcopy=False, states=TAKEN_STATES)}
+    added = 0
+    for point in spec.points():
+        if point.key in taken:
+            continue
+        study.enqueue_trial(
+            _fixed_params(spec, point),
+            user_attrs={ATTR_KEY: point.key, ATTR_POINT: dump_point(point.overrides), ATTR_SEED: point.seed},
+        )
+        added += 1
+    return added
+
+
+def _fixed_params(spec: StudySpec, point: Point) -> dict[str, Any]:
+    """Optuna params of a point: every swept key (JSON-encoded where not a plain value) and the seed."""
+    return {key: _encode(value) for key, value in point.overrides.items()} | {"seed": point.seed}
+
+
+def _encode(value: Any) -> Any:
+    return (
+        value
+        if isinstance(value, (int, float, str, bool)) or value is None
+        else json.dumps(value, sort_keys=True)
+    )
+
+
+def _categorical_choices(spec: StudySpec) -> tuple[dict[str, list], dict[str, dict]]:
+    """Every value each swept key takes across grid and baselines (one distribution per key),
+    encoded for Optuna, and the map back from encoded to original values."""
+    choices: dict[str, list] = {}
+    originals: dict[str, dict] = {}
+    for point in spec.points():
+        for key, value in point.overrides.items():
+            encoded = _encode(value)
+            if encoded not in choices.setdefault(key, []):
+                choices[key].append(encoded)
+                originals.setdefault(key, {})[encoded] = value
+    choices["seed"] = list(spec.seeds)
+    return choices, originals
+
+
+def ensure_parent_run(study: optuna.Study, spec: StudySpec, tracking_uri: str) -> str:
+    """The study's MLflow parent run, created once and remembered in the study's user attrs."""
+    existing = study.user_attrs.get(ATTR_PARENT)
+    if existing:
+        return existing
+    parent = RunLogger(
+        tracking_uri,
+        spec.name,
+        run_name=spec.name,
+        tags={"rho.role": "study", "study": spec.name, "mlflow.note.content": spec.description},
+        system_metrics=False,
+    )
+    parent.log_params(
+        {
+            "grid": json.dumps(spec.grid, default=str)[:6000],
+            "seeds": spec.seeds,
+            "objective": spec.objective_metric,
+            "direction": spec.direction,
+            "pruner": spec.pruner,
+        }
+    )
+    study.set_user_attr(ATTR_PARENT, parent.run_id)
+    winner = optuna.load_study(study_name=spec.name, storage=study._storage).user_attrs.get(ATTR_PARENT)
+    if winner != parent.run_id:  # another machine created one at the same moment: use theirs
+        parent.client.delete_run(parent.run_id)
+        return winner
+    return parent.run_id
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did."""
+
+    completed: int = 0
+    failed: int = 0
+    pruned: int = 0
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds from a daemon thread."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # a storage hiccup: the next beat tries again
+                log.warning("heartbeat of trial %s failed: %s", self.trial_id, redact(str(exc)))
+
+    def __enter__(self) -> _Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+
+def run_worker(
+    spec: StudySpec,
+    storage_url: str,
+    tracking_uri: str | None = None,
+    gpus_per_trial: int = 0,
+    quiet: bool = False,
+) -> WorkerReport:
+    """Take and run trials of ``spec`` until none is left (or a limit is reached)."""
+    storage = make_storage(storage_url, spec)
+    study = open_study(spec, storage)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    parent_run_id = ensure_parent_run(study, spec, tracking_uri)
+    report = WorkerReport()
+    started = time.monotonic()
+    timeout, max_failures = spec.limits["timeout"], spec.limits["max_failures"]
+    while True:
+        if timeout is not None and time.monotonic() - started > timeout:
+            print(f"study {spec.name}: timeout of {timeout} s reached; not starting more trials", flush=True)
+            break
+        if max_failures is not None and _count(study, TrialState.FAIL) >= max_failures:
+            print(
+                f"study {spec.name}: {max_failures} failed trials; stopping (limits.max_failures)", flush=True
+            )
+            break
+        fail_stale_trials(study)
+        trial = _next_trial(study, spec)
+        if trial is None:
+            if _wait_for_stale(study, spec):
+                continue
+            break
+        state = _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_per_trial, quiet)
+        report.completed += state == TrialState.COMPLETE
+        report.failed += state == TrialState.FAIL
+        report.pruned += state == TrialState.PRUNED
+    return report
+
+
+def _count(study: optuna.Study, state: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def _next_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
+    """A waiting trial, or a newly sampled one while the search budget lasts; None when there is no work."""
+    while True:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        budget_left = _sampled_count(study) < spec.n_trials
+        if not waiting and not budget_left:
+            return None
+        trial = study.ask()
+        frozen = study._storage.get_trial(trial._trial_id)
+        if "fixed_params" not in frozen.system_attrs and ATTR_SAMPLED not in frozen.user_attrs:
+            if not budget_left:  # another worker took the last waiting trial between our look and our ask
+                study._storage.set_trial_user_attr(trial._trial_id, ATTR_SURPLUS, True)
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            study._storage.set_trial_user_attr(trial._trial_id, ATTR_SAMPLED, True)
+        key = frozen.user_attrs.get(ATTR_KEY)
+        if key is not None and _taken_elsewhere(study, key, trial._trial_id):
+            study._storage.set_trial_user_attr(trial._trial_id, ATTR_DUPLICATE, True)
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        return trial
+
+
+def _sampled_count(study: optuna.Study) -> int:
+    """Search trials so far: a retried attempt counts with its original (same key)."""
+    keys = set()
+    for t in study.get_trials(deepcopy=False):
+        if (
+            t.user_attrs.get(ATTR_SAMPLED)
+            and not t.user_attrs.get(ATTR_SURPLUS)
+            and not t.user_attrs.get(ATTR_DUPLICATE)
+        ):
+            keys.add(t.user_attrs.get(ATTR_KEY, f"trial-{t.number}"))
+    return len(keys)
+
+
+def _taken_elsewhere(study: optuna.Study, key: str, trial_id: int) -> bool:
+    return any(
+        t.user_attrs.get(ATTR_KEY) == key and t._trial_id != trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    )
+
+
+def _wait_for_stale(study: optuna.Study, spec: StudySpec) -> bool:
+    """With no work left but trials still RUNNING, wait out one grace period so that a dead
+    worker's trial can be declared stale and re-queued; True if there is work again."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return False
+    deadline = time.monotonic() + spec.limits["grace_period"] + spec.limits["heartbeat_interval"] + 1
+    while time.monotonic() < deadline:
+        time.sleep(min(2.0, spec.limits["heartbeat_interval"] or 1))
+        fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return False
+    return False
+
+
+def _trial_point(spec: StudySpec, trial: optuna.Trial) -> Point:
+    """The point a trial runs: its queued (or retried) overrides, or grid values and search values
+    drawn by the sampler; and its seed. Swept values are recorded as Optuna params too."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    choices, originals = _categorical_choices(spec)
+    if ATTR_POINT in frozen.user_attrs:
+        overrides = json.loads(frozen.user_attrs[ATTR_POINT])
+        for key in overrides:
+            if key in choices and key not in frozen.params:
+                trial.suggest_categorical(key, choices[key])
+        seed = int(frozen.user_attrs[ATTR_SEED])
+        if "seed" not in frozen.params:
+            trial.suggest_categorical("seed", choices["seed"])
+        return Point(overrides, seed)
+    overrides = {key: originals[key][trial.suggest_categorical(key, choices[key])] for key in spec.grid}
+    for param in spec.search:
+        overrides[param.key] = _suggest(trial, param)
+    return Point(overrides, int(trial.suggest_categorical("seed", choices["seed"])))
+
+
+def _suggest(trial: optuna.Trial, param) -> Any:
+    if param.type == "categorical":
+        return trial.suggest_categorical(param.key, list(param.choices))
+    if param.type == "int":
+        return trial.suggest_int(
+            param.key, int(param.low), int(param.high), step=int(param.step or 1), log=param.log
+        )
+    return trial.suggest_float(param.key, param.low, param.high, log=param.log, step=param.step)
+
+
+def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_per_trial, quiet) -> TrialState:
+    """Run one trial in this process (or as a torchrun job) under a heartbeat; tell Optuna the outcome."""
+    from harness.train import pretrain
+
+    point = _trial_point(spec, trial)
+    storage.set_trial_user_attr(trial._trial_id, ATTR_KEY, point.key)
+    storage.set_trial_user_attr(trial._trial_id, ATTR_POINT, dump_point(point.overrides))
+    storage.set_trial_user_attr(trial._trial_id, ATTR_SEED, point.seed)
+    frozen = storage.get_trial(trial._trial_id)
+    retry_of = frozen.system_attrs.get("failed_trial")
+    experiment = spec.experiment(point.overrides, point.seed)
+    experiment.runtime.experiment = spec.name
+    output = Path(experiment.runtime.output_dir) / spec.name / point.key
+    label = ", ".join(f"{k}={v}" for k, v in point.label().items())
+    tags = {"study": spec.name, "trial": str(trial.number), "seed": str(point.seed), "rho.key": point.key}
+    tags.update({f"swept.{k}": str(v) for k, v in point.label().items()})
+    if retry_of is not None:
+        previous = study.trials[retry_of]
+        tags["retry_of_trial"] = str(retry_of)
+        if previous.user_attrs.get(ATTR_RUN):
+            tags["retry_of_run"] = previous.user_attrs[ATTR_RUN]
+            _close_dead_run(tracking_uri, previous.user_attrs[ATTR_RUN])
+    if not quiet:
+        resumed = " (resuming)" if (output / "last.pt").is_file() else ""
+        print(f"\n== trial {trial.number} of study {spec.name}: {label}{resumed}", flush=True)
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if spec.pruner != "none" and spec.pruner_metric in metrics:
+            trial.report(metrics[spec.pruner_metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned after epoch {epoch}: {spec.pruner_metric}={metrics[spec.pruner_metric]:.4g}"
+                )
+
+    started = time.monotonic()
+    run_started = {}
+
+    def remember_run(run_id: str) -> None:
+        run_started["id"] = run_id
+        storage.set_trial_user_attr(trial._trial_id, ATTR_RUN, run_id)
+
+    with _Heartbeat(storage, trial._trial_id, spec.limits["heartbeat_interval"] or 1):
+        try:
+            if gpus_per_trial > 1:
+                metrics = _run_torchrun(
+                    experiment, output, point, trial, tracking_uri, parent_run_id, tags, gpus_per_trial
+                )
+            else:
+                result = pretrain(
+                    experiment,
+                    resume=True,
+                    resume_run=False,
+                    output=output,
+                    run_name=f"{spec.name}-t{trial.number}",
+                    tracking_uri=tracking_uri,
+                    parent_run_id=parent_run_id,
+                    tags=tags,
+                    on_epoch_end=report_epoch,
+                    on_run_start=remember_run,
+                    print_progress=not quiet,
+                )
+                metrics = result.metrics
+        except optuna.TrialPruned as exc:
+            storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, str(exc))
+            study.tell(trial, state=TrialState.PRUNED)
+            print(f"trial {trial.number} pruned: {exc}", flush=True)
+            return TrialState.PRUNED
+        except KeyboardInterrupt:
+            storage.set_trial_user_attr(
+                trial._trial_id, ATTR_REASON, "interrupted (Ctrl-C); re-run to resume"
+            )
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:
+            reason = redact(f"{exc.__class__.__name__}: {exc}")[:2000]
+            storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, reason)
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number} FAILED: {reason}", flush=True)
+            log.debug("trial failure", exc_info=True)
+            return TrialState.FAIL
+    duration = time.monotonic() - started
+    for key, value in metrics.items():
+        storage.set_trial_user_attr(trial._trial_id, f"metric.{key}", float(value))
+    storage.set_trial_user_attr(trial._trial_id, "duration_s", round(duration, 1))
+    if spec.objective_metric not in metrics:
+        reason = f"objective metric {spec.objective_metric!r} was not produced; got {sorted(metrics)}"
+        storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, reason)
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number} FAILED: {reason}", flush=True)
+        return TrialState.FAIL
+    study.tell(trial, float(metrics[spec.objective_metric]))
+    return TrialState.COMPLETE
+
+
+def _close_dead_run(tracking_uri: str, run_id: str) -> None:
+    """Mark the MLflow run of a dead attempt FAILED (its process could not)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure_reason", "worker died (heartbeat stale); retried")
+            client.set_terminated(run_id, "FAILED")
+    except Exception as exc:
+        log.warning("could not close the dead run %s: %s", run_id, exc)
+
+
+def _run_torchrun(
+    experiment, output, point, trial, tracking_uri, parent_run_id, tags, gpus
+) -> dict[str, float]:
+    """Run the trial as a ``torchrun --nproc_per_node=gpus`` job; metrics come back in a JSON file."""
+    output.mkdir(parents=True, exist_ok=True)
+    config = output / "trial_config.yaml"
+    config.write_text(experiment.to_yaml())
+    result = output / "result.json"
+    result.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "harness",
+        "pretrain",
+        str(config),
+        "--resume",
+        "--new-run",
+        "--output",
+        str(output),
+        "--run-name",
+        f"{experiment.runtime.experiment}-t{trial.number}",
+        "--tracking-uri",
+        tracking_uri,
+        "--parent-run-id",
+        parent_run_id,
+        "--result-json",
+        str(result),
+        "--tags",
+        json.dumps(tags),
+    ]
+    subprocess.run(command, check=True)
+    return json.loads(result.read_text())["metrics"]
+
+
+def run_workers(
+    spec_path: str, storage_url: str, tracking_uri: str | None, workers: int, gpus_per_trial: int
+) -> int:
+    """Start ``workers`` local worker processes on one storage (one GPU each when there are GPUs); wait for them."""
+    gpus = _visible_gpus()
+    processes = []
+    for index in range(workers):
+        env = dict(os.environ)
+        if gpus:
+            per = max(1, gpus_per_trial)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(index * per + j) % len(gpus)] for j in range(per))
+        command = [sys.executable, "-m", "harness", "study", "worker", spec_path, "--storage", storage_url]
+        if tracking_uri:
+            command += ["--tracking-uri", tracking_uri]
+        if gpus_per_trial:
+            command += ["--gpus-per-trial", str(gpus_per_trial)]
+        processes.append(subprocess.Popen(command, env=env))
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in processes:
+            p.wait()
+        raise
+    return max(codes, default=0)
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []

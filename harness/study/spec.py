@@ -1,0 +1,357 @@
+"""Study specs (``studies/*.yaml``): what a study sweeps, validated before anything runs.
+
+```yaml
+name: demo                          # the Optuna study and the MLflow experiment
+description: methods x rho on the synthetic dataset
+experiment: experiments/demo.yaml   # the base experiment: a path (relative to this file) or a mapping
+overrides: {optim.epochs: 8}        # dotted keys applied to the base
+grid:                               # dotted key -> list of values; the full cross product
+  method: [{name: simclr, temperature: 0.2}, {name: byol}]   # a whole section may be a value
+  data.clips: [1, 2]
+baselines:                          # extra points (each × every seed), e.g. the bounds
+  - {method: {name: random}}
+search:                             # Optuna-sampled trials, after the grid
+  sampler: tpe                      # tpe | random
+  n_trials: 20
+  params:
+    optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    method.temperature: {type: categorical, choices: [0.1, 0.2]}
+seeds: [0, 1]                       # each point × each seed is a trial
+objective: {metric: eval.synth-linear.linear.top1, direction: maximize}
+pruner: {type: median, metric: knn_top1, warmup_epochs: 1}   # none | median | hyperband
+limits: {timeout: null, max_failures: null, max_retries: 2, heartbeat_interval: 10, grace_period: 60}
+table: {rows: method.name, columns: data.clips}   # the comparison table printed at the end
+```
+
+Every point's experiment is built and validated (``harness.config``) when the spec loads,
+so a bad value anywhere fails before the first trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import ConfigError, Experiment, flatten, load_experiment, read_yaml, set_dotted
+
+TOP_KEYS = (
+    "name",
+    "description",
+    "experiment",
+    "overrides",
+    "grid",
+    "baselines",
+    "search",
+    "seeds",
+    "objective",
+    "pruner",
+    "limits",
+    "table",
+)
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "hyperband")
+DIRECTIONS = ("maximize", "minimize")
+PARAM_TYPES = ("float", "int", "categorical")
+LIMIT_DEFAULTS = {
+    "timeout": None,
+    "max_failures": None,
+    "max_retries": 2,
+    "heartbeat_interval": 10,
+    "grace_period": 60,
+}
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One Optuna distribution over a dotted config key."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class Point:
+    """One set of dotted overrides (a grid cell or a baseline) and a seed: one trial's identity."""
+
+    overrides: dict[str, Any]
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """A stable id: the same point and seed always give the same key (dedup, checkpoint folders)."""
+        text = json.dumps({"overrides": self.overrides, "seed": self.seed}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def label(self) -> dict[str, Any]:
+        """Flat, readable values (a section value shows as its ``name``)."""
+        flat = {}
+        for key, value in self.overrides.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{key}."))
+            else:
+                flat[key] = value
+        return {**flat, "seed": self.seed}
+
+
+@dataclass
+class StudySpec:
+    """A validated study."""
+
+    name: str
+    path: Path | None
+    base: dict[str, Any]
+    description: str = ""
+    grid: dict[str, list] = field(default_factory=dict)
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    search: list[SearchParam] = field(default_factory=list)
+    sampler: str = "tpe"
+    n_trials: int = 0
+    objective_metric: str = "loss"
+    direction: str = "minimize"
+    pruner: str = "none"
+    pruner_metric: str = "knn_top1"
+    pruner_warmup: int = 1
+    limits: dict[str, Any] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
+    table_rows: str = "method.name"
+    table_columns: str = "data.clips"
+
+    def points(self) -> list[Point]:
+        """Grid cells × seeds, then baselines × seeds, in a fixed order."""
+        cells = [
+            dict(zip(self.grid, values, strict=True)) for values in itertools.product(*self.grid.values())
+        ]
+        if not self.grid:
+            cells = [{}] if not self.search else []
+        cells += [dict(b) for b in self.baselines]
+        return [Point(cell, seed) for cell in cells for seed in self.seeds]
+
+    def experiment(self, overrides: dict[str, Any], seed: int, check_files: bool = True) -> Experiment:
+        """The validated experiment of one trial."""
+        tree = copy.deepcopy(self.base)
+        for key, value in overrides.items():
+            set_dotted(tree, key, copy.deepcopy(value))
+        set_dotted(tree, "runtime.seed", seed)
+        source = str(self.path) if self.path else self.name
+        try:
+            return load_experiment(None, {}, check_files=check_files, base=tree)
+        except ConfigError as exc:
+            where = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in overrides.items()) or "the base"
+            raise ConfigError(exc.key, exc.value, f"{exc.allowed} (in the trial {where})", source) from None
+
+
+def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(key, value, allowed, source)
+
+
+def _require(source: str, mapping: dict, key: str, prefix: str, allowed: tuple[str, ...]) -> None:
+    unknown = [k for k in mapping if k not in allowed]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"did you mean {prefix}{close[0]}? " if close else ""
+        raise _fail(
+            source,
+            f"{prefix}{unknown[0]}",
+            mapping[unknown[0]],
+            f"unknown key; {hint}known: {', '.join(allowed)}",
+        )
+
+
+def load_study(path: str | Path, check_files: bool = True) -> StudySpec:
+    """Read and validate a study spec; every trial's experiment is validated too.
+
+    Raises:
+        ConfigError: naming the spec file, the key, the value and what is allowed.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    return parse_study(raw, path, check_files=check_files)
+
+
+def parse_study(raw: dict[str, Any], path: Path | None = None, check_files: bool = True) -> StudySpec:
+    """Validate a spec given as a mapping (``path`` resolves a relative ``experiment``)."""
+    source = str(path) if path else "<study>"
+    _require(source, raw, "", "", TOP_KEYS)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ "):
+        raise _fail(source, "name", name, "a non-empty name without spaces or slashes")
+    base = _base_tree(source, raw.get("experiment"), path)
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise _fail(source, "overrides", overrides, "a mapping of dotted keys to values")
+    for key, value in overrides.items():
+        set_dotted(base, key, value)
+    spec = StudySpec(name=name, path=path, base=base, description=str(raw.get("description") or ""))
+
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise _fail(source, "grid", grid, "a mapping of dotted keys to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(source, f"grid.{key}", values, "a non-empty list of values")
+    spec.grid = dict(grid)
+    baselines = raw.get("baselines") or []
+    if not isinstance(baselines, list) or not all(isinstance(b, dict) and b for b in baselines):
+        raise _fail(source, "baselines", baselines, "a list of non-empty mappings of dotted keys to values")
+    spec.baselines = baselines
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise _fail(source, "seeds", seeds, "a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(source, "seeds", seeds, "distinct seeds")
+    spec.seeds = seeds
+    _parse_search(source, raw.get("search"), spec)
+    _parse_objective(source, raw.get("objective"), spec)
+    _parse_pruner(source, raw.get("pruner"), spec)
+    _parse_limits(source, raw.get("limits"), spec)
+    table = raw.get("table") or {}
+    _require(source, table, "table", "table.", ("rows", "columns"))
+    spec.table_rows = table.get("rows", spec.table_rows)
+    spec.table_columns = table.get("columns", spec.table_columns)
+    if not spec.points() and not spec.search:
+        raise _fail(source, "grid", grid, "at least one trial: give grid values, baselines or a search")
+    for point in spec.points():  # every trial's config is valid before the first one runs
+        spec.experiment(point.overrides, point.seed, check_files=check_files)
+    return spec
+
+
+def _base_tree(source: str, experiment: Any, path: Path | None) -> dict[str, Any]:
+    if experiment is None:
+        return {}
+    if isinstance(experiment, dict):
+        return copy.deepcopy(experiment)
+    if isinstance(experiment, str):
+        candidate = Path(experiment)
+        if not candidate.is_absolute() and path is not None and (path.parent / candidate).is_file():
+            candidate = path.parent / candidate
+        if not candidate.is_file():
+            raise _fail(
+                source,
+                "experiment",
+                experiment,
+                "an experiment YAML path (relative to the spec) or a mapping",
+            )
+        tree: dict[str, Any] = {}
+        for key, value in flatten(read_yaml(candidate)).items():
+            set_dotted(tree, key, value)
+        return tree
+    raise _fail(source, "experiment", experiment, "an experiment YAML path or a mapping")
+
+
+def _parse_search(source: str, search: Any, spec: StudySpec) -> None:
+    if search is None:
+        return
+    if not isinstance(search, dict):
+        raise _fail(source, "search", search, "a mapping with sampler, n_trials and params")
+    _require(source, search, "search", "search.", ("sampler", "n_trials", "params"))
+    spec.sampler = search.get("sampler", "tpe")
+    if spec.sampler not in SAMPLERS:
+        raise _fail(source, "search.sampler", spec.sampler, f"one of {', '.join(SAMPLERS)}")
+    spec.n_trials = search.get("n_trials", 0)
+    if not isinstance(spec.n_trials, int) or spec.n_trials < 1:
+        raise _fail(source, "search.n_trials", spec.n_trials, "an integer >= 1")
+    params = search.get("params") or {}
+    if not isinstance(params, dict) or not params:
+        raise _fail(source, "search.params", params, "a mapping of dotted keys to distributions")
+    for key, dist in params.items():
+        where = f"search.params.{key}"
+        if not isinstance(dist, dict):
+            raise _fail(source, where, dist, "a mapping like {type: float, low: 0.001, high: 0.1, log: true}")
+        _require(source, dist, where, f"{where}.", ("type", "low", "high", "log", "step", "choices"))
+        kind = dist.get("type")
+        if kind not in PARAM_TYPES:
+            raise _fail(source, f"{where}.type", kind, f"one of {', '.join(PARAM_TYPES)}")
+        if kind == "categorical":
+            choices = dist.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise _fail(source, f"{where}.choices", choices, "a non-empty list")
+            spec.search.append(SearchParam(key, kind, choices=tuple(choices)))
+            continue
+        low, high = _number(dist.get("low")), _number(dist.get("high"))
+        if low is None or high is None or low >= high:
+            raise _fail(source, where, dist, "numbers low < high")
+        if dist.get("log") and low <= 0:
+            raise _fail(source, f"{where}.low", low, "> 0 for a log distribution")
+        spec.search.append(
+            SearchParam(key, kind, low, high, bool(dist.get("log")), _number(dist.get("step")))
+        )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, (int, float)) else None
+
+
+def _parse_objective(source: str, objective: Any, spec: StudySpec) -> None:
+    objective = objective or {}
+    if not isinstance(objective, dict):
+        raise _fail(source, "objective", objective, "a mapping {metric: ..., direction: maximize|minimize}")
+    _require(source, objective, "objective", "objective.", ("metric", "direction"))
+    spec.objective_metric = objective.get("metric", "loss")
+    spec.direction = objective.get("direction", "minimize" if spec.objective_metric == "loss" else "maximize")
+    if spec.direction not in DIRECTIONS:
+        raise _fail(source, "objective.direction", spec.direction, "maximize or minimize")
+
+
+def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
+    pruner = pruner or {}
+    if isinstance(pruner, str):
+        pruner = {"type": pruner}
+    _require(source, pruner, "pruner", "pruner.", ("type", "metric", "warmup_epochs"))
+    spec.pruner = pruner.get("type", "none")
+    if spec.pruner not in PRUNERS:
+        raise _fail(source, "pruner.type", spec.pruner, f"one of {', '.join(PRUNERS)}")
+    spec.pruner_metric = pruner.get("metric", "knn_top1")
+    spec.pruner_warmup = pruner.get("warmup_epochs", 1)
+    if (
+        spec.pruner != "none"
+        and not spec.base.get("eval", {}).get("knn_monitor")
+        and spec.pruner_metric == "knn_top1"
+    ):
+        raise _fail(
+            source,
+            "pruner.metric",
+            spec.pruner_metric,
+            "a per-epoch metric; knn_top1 needs eval.knn_monitor: true",
+        )
+
+
+def _parse_limits(source: str, limits: Any, spec: StudySpec) -> None:
+    limits = limits or {}
+    _require(source, limits, "limits", "limits.", tuple(LIMIT_DEFAULTS))
+    merged = {**LIMIT_DEFAULTS, **limits}
+    for key, value in merged.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        ):
+            raise _fail(source, f"limits.{key}", value, "a number >= 0 or null")
+    spec.limits = merged
+
+
+def dump_point(overrides: dict[str, Any]) -> str:
+    """A point's overrides as canonical JSON (stored on the Optuna trial)."""
+    return json.dumps(overrides, sort_keys=True, default=str)
+
+
+def spec_yaml(spec: StudySpec) -> str:
+    """The spec's base experiment, for the record in MLflow."""
+    return yaml.safe_dump({"name": spec.name, "base": spec.base, "grid": spec.grid}, sort_keys=False)

@@ -1,0 +1,195 @@
+"""Study runner: real Optuna storages (sqlite, PostgreSQL), real MLflow stores (sqlite, a server), real workers."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import tiny_experiment_tree
+from mlflow import MlflowClient
+
+from harness.config import ConfigError
+from harness.study import load_study
+from harness.study.runner import ATTR_PARENT
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_spec(tmp_path, tiny_synth, name="grid", **extra) -> Path:
+    spec = {
+        "name": name,
+        "experiment": tiny_experiment_tree(tiny_synth, tmp_path),
+        "grid": {"data.clips": [1, 2], "method.temperature": [0.1, 0.5]},
+        "seeds": [0],
+        "objective": {"metric": "loss", "direction": "minimize"},
+        "limits": {"heartbeat_interval": 1, "grace_period": 4, "max_retries": 2},
+        "table": {"rows": "method.temperature", "columns": "data.clips"},
+    }
+    spec.update(extra)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def rho(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+
+
+def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
+    study = optuna.load_study(study_name=name, storage=storage)
+    real = [t for t in study.trials if not t.user_attrs.get("rho.surplus") and not t.user_attrs.get("rho.duplicate")]
+    complete = [t for t in real if t.state == optuna.trial.TrialState.COMPLETE]
+    keys = [t.user_attrs["rho.key"] for t in complete]
+    assert len(complete) == expected and len(set(keys)) == expected, [(t.number, t.state, t.user_attrs) for t in real]
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("rho.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs[ATTR_PARENT]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert len(finished) == expected
+    assert {r.info.run_id for r in finished} == {t.user_attrs["mlflow_run_id"] for t in complete}
+    for run in finished:
+        assert {"study", "trial", "seed", "swept.data.clips"} <= set(run.data.tags)
+    return study, runs
+
+
+def test_grid_study_with_two_workers_runs_each_point_once(tiny_synth, tmp_path, mlflow_uri):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path, tiny_synth)
+    out = rho("study", "run", str(spec), "--workers", "2", "--storage", storage, "--tracking-uri", mlflow_uri, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    check_complete(storage, mlflow_uri, "grid", 4)
+    assert "4 complete" in out.stdout and "loss (mean ± std over seeds)" in out.stdout
+    again = rho("study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_uri, timeout=600)
+    assert again.returncode == 0 and "0 newly queued" in again.stdout and "== trial" not in again.stdout
+    status = rho("study", "status", "grid", "--storage", storage)
+    assert status.returncode == 0 and status.stdout.count("COMPLETE") == 4
+    listing = rho("study", "list", "--storage", storage)
+    assert "grid" in listing.stdout
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_synth, tmp_path, mlflow_uri):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path, tiny_synth, name="failing", grid={"optim.lr": [0.05, 1.0e30], "data.clips": [2]})
+    out = rho("study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_uri, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="failing", storage=storage)
+    states = {t.params["optim.lr"]: t for t in study.trials}
+    assert states[0.05].state == optuna.trial.TrialState.COMPLETE
+    assert states[1e30].state == optuna.trial.TrialState.FAIL
+    assert "NonFiniteLossError" in states[1e30].user_attrs["failure_reason"]
+    run = MlflowClient(mlflow_uri).get_run(states[1e30].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+
+
+def test_a_killed_worker_is_resumed_from_its_checkpoint(tiny_synth, tmp_path, mlflow_uri):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    tree["optim"]["epochs"] = 6
+    spec = write_spec(tmp_path, tiny_synth, name="killed", experiment=tree, grid={"data.clips": [2]})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "harness", "study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_uri],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    checkpoints = tmp_path / "checkpoints" / "killed"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/last.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(checkpoints.glob("*/last.pt")), "the trial never wrote a checkpoint"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    out = rho("study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_uri, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "(resuming)" in out.stdout and "resuming" in out.stdout
+    study, runs = check_complete(storage, mlflow_uri, "killed", 1)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1, "the killed attempt is marked failed"
+    retried = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE][0]
+    run = MlflowClient(mlflow_uri).get_run(retried.user_attrs["mlflow_run_id"])
+    assert int(run.data.tags["resumed_from_epoch"]) >= 1
+    assert run.data.tags["retry_of_run"] == failed[0].user_attrs["mlflow_run_id"]
+    dead = MlflowClient(mlflow_uri).get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert dead.info.status == "FAILED"
+
+
+def test_bad_specs_fail_before_any_trial(tiny_synth, tmp_path):
+    with pytest.raises(ConfigError, match="grid.data.clips = "):
+        load_study(write_spec(tmp_path, tiny_synth, grid={"data.clips": []}))
+    with pytest.raises(ConfigError, match="did you mean seeds"):
+        load_study(write_spec(tmp_path, tiny_synth, seed=[1]))
+    with pytest.raises(ConfigError, match=r"data.clips = 0 .*in the trial data.clips=0"):
+        load_study(write_spec(tmp_path, tiny_synth, grid={"data.clips": [2, 0]}))
+    with pytest.raises(ConfigError, match="search.params.optim.lr"):
+        load_study(write_spec(tmp_path, tiny_synth, search={"n_trials": 2, "params": {"optim.lr": {"type": "float", "low": 1, "high": 0}}}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", str(tmp_path / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not start")
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_study_against_an_mlflow_tracking_server(tiny_synth, tmp_path, mlflow_server):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path, tiny_synth, name="served", grid={"data.clips": [1, 2]})
+    out = rho("study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_server, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    check_complete(storage, mlflow_server, "served", 2)
+
+
+@pytest.fixture
+def postgres_url():
+    url = os.environ.get("RHO_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("RHO_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:  # a clean database for this test
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public;"))
+    engine.dispose()
+    return url
+
+
+def test_two_workers_share_a_postgresql_storage(tiny_synth, tmp_path, mlflow_uri, postgres_url):
+    spec = write_spec(tmp_path, tiny_synth, name="pg")
+    out = rho("study", "run", str(spec), "--workers", "2", "--storage", postgres_url, "--tracking-uri", mlflow_uri, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import sqlalchemy
+
+    password = sqlalchemy.engine.make_url(postgres_url).password
+    assert password and password not in out.stdout + out.stderr, "storage URLs are printed redacted"
+    check_complete(postgres_url, mlflow_uri, "pg", 4)
