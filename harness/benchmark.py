@@ -45,11 +45,18 @@ from typing import Any
 
 import yaml
 
-from harness.config import DATASETS, AugmentConfig, ConfigError, _check_value, _spec, _unknown_key_hint
+from harness.config import (
+    DATASETS,
+    AugmentConfig,
+    ConfigError,
+    _check_value,
+    _spec,
+    _unknown_key_hint,
+    expand_env,
+)
 
 PROTOCOLS = ("linear", "knn", "finetune")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass
@@ -272,26 +279,3 @@ def _manifest_path(key: str, raw: Any, check_files: bool) -> Path:
     return path
 
 
-def expand_env(key: str, text: str) -> tuple[str, list[str]]:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``text``; returns the result and the names referenced.
-
-    Raises:
-        ConfigError: for ``${VAR}`` with VAR unset or empty and no default.
-    """
-    names: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        names.append(name)
-        value = os.environ.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        raise ConfigError(
-            key,
-            text,
-            f"${{{name}}} to be set: export {name}=/path/to/your/data (the folder that holds the manifests)",
-        )
-
-    return ENV_REFERENCE.sub(substitute, text), names

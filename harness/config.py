@@ -18,6 +18,8 @@ import difflib
 import hashlib
 import json
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +35,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
 class ConfigError(ValueError):
     """A configuration value or key that is not allowed; the message says which and why."""
 
@@ -40,6 +45,30 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{key} = {value!r} is not allowed: {allowed}")
+
+
+def expand_env(key: str, text: str) -> tuple[str, list[str]]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``text``; returns the result and the names referenced.
+
+    Paths in configs and benchmarks use it so that one file serves every machine
+    (``train: ${RHO_DATA}/kinetics400/train.csv``).
+
+    Raises:
+        ConfigError: for ``${VAR}`` with VAR unset or empty and no default.
+    """
+    names: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        names.append(name)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise ConfigError(key, text, f"${{{name}}} to be set: export {name}=/path/to/your/data (the folder that holds the manifests)")
+
+    return ENV_REFERENCE.sub(substitute, text), names
 
 
 def _spec(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str = "", **rules: Any) -> Any:
@@ -426,6 +455,10 @@ def _check_value(key: str, value: Any, hint: Any, rules: dict[str, Any], check_f
             return None
         raise ConfigError(key, value, f"a value is required ({help_text})")
     value = _coerce(key, value, hint, origin, help_text)
+    if rules.get("file"):
+        value = expand_env(key, value)[0]
+    if rules.get("files"):
+        value = [expand_env(key, item)[0] for item in value]
     _check_rules(key, value, rules, help_text)
     if check_files and rules.get("file") and not Path(value).is_file():
         raise ConfigError(key, value, f"an existing file ({help_text}); no file at {Path(value).resolve()}")

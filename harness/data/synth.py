@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -443,11 +444,15 @@ def _collect(
 def _run_tasks(
     tasks: list[tuple[Path, SynthSpec, str, int]], workers: int, progress: Callable[[int, int], None] | None
 ) -> list[dict[str, object]]:
-    """Make all videos, rows in task order, in this process or in a pool of spawned workers."""
+    """Make all videos, rows in task order, in this process or in a pool of forked workers.
+
+    Forked workers run only numpy and PyAV code, so forking is safe here; it needs no
+    ``__main__`` guard in the caller, and a worker that dies raises instead of hanging.
+    """
     if workers <= 1:
         return _collect(map(_make_video, tasks), len(tasks), progress)
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return _collect(pool.imap(_make_video, tasks, chunksize=4), len(tasks), progress)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return _collect(pool.map(_make_video, tasks, chunksize=4), len(tasks), progress)
 
 
 def synthesize(
@@ -466,8 +471,7 @@ def synthesize(
     Args:
         out: the dataset folder.
         spec: what to generate.
-        workers: processes; above 1 a spawned pool, so a calling script needs the usual
-            ``if __name__ == "__main__":`` guard. The bytes do not depend on it.
+        workers: processes making videos (a forked pool above 1); the bytes do not depend on it.
         progress: called with (videos done, videos in all) after each video.
 
     Returns:
