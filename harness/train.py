@@ -24,7 +24,7 @@ import methods
 from harness import backbones
 from harness import distributed as dist_utils
 from harness.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from harness.config import Experiment
+from harness.config import ConfigError, Experiment
 from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.manifest import num_classes
 from harness.data.sampler import EpochSampler
@@ -137,6 +137,8 @@ def pretrain(
     experiment = with_num_classes(experiment, entries)
     method = build_method(experiment)
     if experiment.backbone.sync_bn and runtime.distributed:
+        if runtime.device.type != "cuda":
+            raise ConfigError("backbone.sync_bn", True, "false on CPU: torch's SyncBatchNorm runs on GPUs only")
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method = runtime.prepare_model(method)
     dist_utils.broadcast_state(method)
