@@ -15,10 +15,15 @@ from pathlib import Path
 from harness.config import ConfigError
 
 EPILOG = """examples:
+  rho demo                                        the quick start (what `make demo` runs)
   rho data synth data/synth                       make the demo dataset (real H.264 mp4 files)
   rho data check data/synth/train.csv             list unreadable videos
   rho config show studies/experiments/demo.yaml data.clips=3
-  rho data inspect studies/experiments/demo.yaml  decode one batch and summarise it
+  rho pretrain studies/experiments/demo.yaml method.name=moco
+  rho evaluate mlruns/checkpoints/RUN/last.pt --benchmark benchmarks/synth_linear.yaml
+  rho study run studies/cpu/clips.yaml --workers 2
+  rho study status clips
+  rho ui                                          the MLflow UI on 127.0.0.1
 """
 
 
@@ -313,9 +318,33 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from harness.demo import run_demo
+    from harness.demo import DEMO_STUDY, run_demo
 
-    return run_demo(fast=args.fast)
+    return run_demo(Path(args.spec) if args.spec else DEMO_STUDY)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import socket
+    import subprocess
+
+    from harness.tracking import redact, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    port = args.port
+    if not port:
+        with socket.socket() as sock:
+            sock.bind((args.host, 0))
+            port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{port} (Ctrl-C stops it)", flush=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
+        print("MLflow UI stopped")
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -499,10 +528,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
 
     demo = commands.add_parser(
-        "demo", help="the quick start: synthetic data, pretraining, evaluation, a table"
+        "demo",
+        help="the quick start: synthetic data, the demo study, comparison tables",
+        description="Synthesise data/synth (cached), run studies/demo.yaml (methods x rho plus baselines) into "
+        "./mlruns and print the comparison tables. Re-running resumes the study.",
     )
-    demo.add_argument("--fast", action="store_true", help="a smaller, quicker version (for smoke tests)")
+    demo.add_argument("--spec", help="another study spec to run the same way (default studies/demo.yaml)")
     demo.set_defaults(func=_demo)
+
+    ui = commands.add_parser(
+        "ui",
+        help="open the MLflow UI on this project's store",
+        description="Start the MLflow UI on the project's store (or --tracking-uri), print its URL; Ctrl-C stops it.",
+    )
+    ui.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    ui.set_defaults(func=_ui)
     return parser
 
 

@@ -1,8 +1,9 @@
 """``make demo`` / ``rho demo``: the quick start on embedded defaults.
 
-Synthesises the demo dataset (cached in data/synth), pretrains ρBYOL with ρ = 2 on
-``r3d_tiny`` for a few epochs, evaluates it with a linear probe and kNN, does the same for
-the random-init baseline, prints both side by side, and says how to open the MLflow UI.
+Synthesises the demo dataset (cached in data/synth), runs the study ``studies/demo.yaml``
+(ρSimCLR, ρSwAV, ρMoCo, ρBYOL × ρ ∈ {1, 2} on ``r3d_tiny``, plus the random-init and
+supervised baselines) into the embedded stores under ./mlruns, and prints the comparison
+tables. Re-running it resumes the study: finished trials are kept.
 """
 
 from __future__ import annotations
@@ -10,39 +11,45 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.config import load_experiment
+import optuna
+import pandas as pd
+
 from harness.data.synth import SynthSpec, synthesize
+from harness.study import comparison_table, enqueue_points, ensure_parent_run, load_study, make_storage, open_study
+from harness.study import run_worker, trials_frame
+from harness.study.runner import resolve_storage
+from harness.tracking import resolve_tracking_uri
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "studies" / "experiments" / "demo.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_STUDY = ROOT / "studies" / "demo.yaml"
 DATA = Path("data/synth")
-BENCHMARKS = ["benchmarks/synth_linear.yaml", "benchmarks/synth_knn.yaml"]
+METRICS = {"eval.synth-linear.linear.top1": "linear probe top-1 (%)", "eval.synth-knn.knn.top1": "kNN top-1 (%)"}
 
 
-def run_demo(fast: bool = False) -> int:
-    """Run the demo; ``fast`` shrinks it to a smoke test. Returns the exit status."""
-    from harness.train import pretrain
-
+def run_demo(spec_path: Path = DEMO_STUDY) -> int:
+    """Run the demo study and print its tables; returns the exit status."""
     started = time.monotonic()
-    spec = SynthSpec(train_videos=64, val_videos=32, duration=2.0) if fast else SynthSpec()
-    print(
-        f"[1/3] synthetic dataset in {DATA} ({spec.train_videos} train / {spec.val_videos} val videos)",
-        flush=True,
-    )
-    synthesize(DATA, spec, workers=2)
-    benchmarks = [str(Path(__file__).resolve().parents[1] / b) for b in BENCHMARKS]
-    overrides = {"eval.benchmarks": benchmarks}
-    if fast:
-        overrides.update({"optim.epochs": 2, "optim.warmup_epochs": 0, "data.batch_size": 16})
-    rows = []
-    for label, method in (("rho-BYOL rho=2", {"name": "byol"}), ("random init", {"name": "random"})):
-        print(f"[{2 if method['name'] == 'byol' else 3}/3] {label}", flush=True)
-        experiment = load_experiment(DEMO_CONFIG, {**overrides, "method": method})
-        result = pretrain(experiment, resume=True, run_name=f"demo-{method['name']}")
-        rows.append((label, result.metrics))
-    print("\nresults (top-1 %, synthetic val):")
-    keys = sorted({k for _, m in rows for k in m if k.endswith(".top1")})
-    print(f"  {'':18}" + "".join(f"{k.split('.')[1] + ' ' + k.split('.')[2]:>22}" for k in keys))
-    for label, metrics in rows:
-        print(f"  {label:18}" + "".join(f"{metrics.get(k, float('nan')):>22.1f}" for k in keys))
-    print(f"\ndone in {time.monotonic() - started:.0f} s. Review the runs: rho ui  (MLflow UI on 127.0.0.1)")
-    return 0
+    print(f"[1/3] synthetic dataset in {DATA} (cached after the first run)", flush=True)
+    synthesize(DATA, SynthSpec(), workers=2)
+    spec = load_study(spec_path)
+    storage_url, tracking_uri = resolve_storage(None), resolve_tracking_uri(None)
+    study = open_study(spec, make_storage(storage_url, spec))
+    added = enqueue_points(study, spec)
+    ensure_parent_run(study, spec, tracking_uri)
+    total = len(spec.points())
+    print(f"[2/3] study {spec.name}: {total} trials ({total - added} already done), one MLflow run each", flush=True)
+    run_worker(spec, storage_url, tracking_uri)
+    frame = trials_frame(optuna.load_study(study_name=spec.name, storage=storage_url))
+    print(f"\n[3/3] results on the synthetic validation set (chance {100 / SynthSpec().classes:.1f}%), "
+          f"mean over seeds {spec.seeds}:")
+    for metric, title in METRICS.items():
+        table = comparison_table(frame, spec.table_rows, spec.table_columns, metric)
+        if not table.empty:
+            with pd.option_context("display.width", 200):
+                print(f"\n{title}; rows {spec.table_rows}, columns ρ ({spec.table_columns})\n{table.to_string()}")
+    failed = frame[frame["state"] == "FAIL"] if not frame.empty else frame
+    for _, row in failed.iterrows():
+        print(f"trial {row['trial']} failed: {row['failure_reason']}")
+    print(f"\ndone in {time.monotonic() - started:.0f} s. Review every run in the MLflow UI: rho ui")
+    print(f"Trial table: rho study status {spec.name}")
+    return 0 if failed.empty else 1

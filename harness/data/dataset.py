@@ -134,7 +134,7 @@ class MultiClipDataset(Dataset):
             starts = np.repeat(starts, 2)
         seconds = offset + starts / fps
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**63 - 1)))
+            torch.default_generator.manual_seed(int(rng.integers(2**63 - 1)))  # CPU only: no lazy CUDA seeding
             clips = torch.stack([self._transform(clip) for clip in frames_per_clip])
         return clips, seconds, padded
 

@@ -5,6 +5,8 @@ name: demo                          # the Optuna study and the MLflow experiment
 description: methods x rho on the synthetic dataset
 experiment: experiments/demo.yaml   # the base experiment: a path (relative to this file) or a mapping
 overrides: {optim.epochs: 8}        # dotted keys applied to the base
+per_method:                         # dotted keys applied to the trials of one method (its own lr, say)
+  moco: {optim.lr: 5.0e-4}
 grid:                               # dotted key -> list of values; the full cross product
   method: [{name: simclr, temperature: 0.2}, {name: byol}]   # a whole section may be a value
   data.clips: [1, 2]
@@ -116,6 +118,7 @@ class StudySpec:
     description: str = ""
     grid: dict[str, list] = field(default_factory=dict)
     baselines: list[dict[str, Any]] = field(default_factory=list)
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     search: list[SearchParam] = field(default_factory=list)
     sampler: str = "tpe"
@@ -144,6 +147,10 @@ class StudySpec:
         tree = copy.deepcopy(self.base)
         for key, value in overrides.items():
             set_dotted(tree, key, copy.deepcopy(value))
+        method = (tree.get("method") or {}).get("name")
+        for key, value in self.per_method.get(method, {}).items():
+            if key not in overrides:  # what a trial sweeps explicitly wins
+                set_dotted(tree, key, copy.deepcopy(value))
         set_dotted(tree, "runtime.seed", seed)
         source = str(self.path) if self.path else self.name
         try:
@@ -195,6 +202,10 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, check_files: bool
     for key, value in overrides.items():
         set_dotted(base, key, value)
     spec = StudySpec(name=name, path=path, base=base, description=str(raw.get("description") or ""))
+    per_method = raw.get("per_method") or {}
+    if not isinstance(per_method, dict) or not all(isinstance(v, dict) for v in per_method.values()):
+        raise _fail(source, "per_method", per_method, "a mapping of method name to dotted overrides")
+    spec.per_method = per_method
 
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict):

@@ -1,0 +1,78 @@
+"""The `rho` command: help for every subcommand, evaluate a checkpoint, the MLflow UI."""
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_experiment_tree
+
+from harness.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rho(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_has_useful_help(capsys):
+    commands = list(subcommands(build_parser()))
+    assert {("pretrain",), ("evaluate",), ("study", "run"), ("data", "synth"), ("config", "show"), ("ui",)} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([*command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: rho " + " ".join(command) in text and len(text.splitlines()) >= 3, command
+
+
+def test_evaluate_a_checkpoint_from_the_command_line(tiny_synth, tmp_path, mlflow_uri):
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    out = rho("pretrain", str(config), "--output", str(tmp_path / "run"), "--tracking-uri", mlflow_uri, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    benchmark = tmp_path / "knn.yaml"
+    benchmark.write_text(yaml.safe_dump({
+        "name": "tiny-knn", "protocol": "knn", "train": str(tiny_synth["train"]), "val": str(tiny_synth["val"]),
+        "views": {"frames": 2, "stride": 2, "crop": 16}, "knn": {"k": 5},
+    }))
+    out = rho("evaluate", str(tmp_path / "run" / "last.pt"), "--benchmark", str(benchmark), "--workers", "0", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(line for line in out.stdout.splitlines() if "eval.tiny-knn.knn.top1" in line)
+    assert 0.0 <= float(line.split()[-1]) <= 100.0
+    missing = rho("evaluate", str(tmp_path / "nope.pt"), "--benchmark", str(benchmark))
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_ui_serves_the_store_on_localhost_and_stops_on_ctrl_c(mlflow_uri):
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "harness", "ui", "--tracking-uri", mlflow_uri],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    first = ui.stdout.readline()
+    assert "MLflow UI for sqlite:///" in first and "http://127.0.0.1:" in first
+    url = first.split(" at ")[1].split()[0]
+    deadline, status = time.monotonic() + 90, None
+    while time.monotonic() < deadline and status is None:
+        try:
+            status = urllib.request.urlopen(url, timeout=2).status
+        except OSError:
+            time.sleep(0.5)
+    ui.send_signal(signal.SIGINT)
+    rest = ui.communicate(timeout=60)[0]
+    assert status == 200
+    assert ui.returncode == 0 and "MLflow UI stopped" in rest
