@@ -15,8 +15,16 @@ import optuna
 import pandas as pd
 
 from harness.data.synth import SynthSpec, synthesize
-from harness.study import comparison_table, enqueue_points, ensure_parent_run, load_study, make_storage, open_study
-from harness.study import run_worker, trials_frame
+from harness.study import (
+    comparison_table,
+    enqueue_points,
+    ensure_parent_run,
+    load_study,
+    make_storage,
+    open_study,
+    run_worker,
+    trials_frame,
+)
 from harness.study.runner import resolve_storage
 from harness.tracking import resolve_tracking_uri
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import tiny_experiment_tree
 from mlflow import MlflowClient
