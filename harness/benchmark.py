@@ -277,5 +277,3 @@ def _manifest_path(key: str, raw: Any, check_files: bool) -> Path:
             "(make manifests with `rho data import` or `rho data synth`)",
         )
     return path
-
-

@@ -48,27 +48,26 @@ def _config_keys(args: argparse.Namespace) -> int:
 
 def _data_synth(args: argparse.Namespace) -> int:
     from harness.data.synth import SynthSpec, synthesize
+    from harness.progress import ProgressBar
 
-    spec = SynthSpec(
-        train_videos=args.train,
-        val_videos=args.val,
-        classes=args.classes,
-        duration=args.duration,
-        fps=args.fps,
-        size=args.size,
-        seed=args.seed,
-        constant_nuisance=args.constant_nuisance,
-    )
+    try:
+        spec = SynthSpec(
+            train_videos=args.train,
+            val_videos=args.val,
+            classes=args.classes,
+            duration=args.duration,
+            fps=args.fps,
+            size=args.size,
+            seed=args.seed,
+            constant_nuisance=args.constant_nuisance,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     started = time.monotonic()
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] > 1.0:
-            last[0] = now
-            print(f"\rsynth: {done}/{total} videos", end="\n" if done == total else "", flush=True)
-
-    paths = synthesize(args.out, spec, workers=args.workers, progress=progress)
+    bar = ProgressBar("synth", args.train + args.val, log_every=100)
+    paths = synthesize(
+        args.out, spec, workers=args.workers, progress=lambda done, total: bar.update(done, {})
+    )
     print(f"dataset in {args.out} ({time.monotonic() - started:.1f} s)")
     for split, path in paths.items():
         print(f"  {split:5} manifest: {path}")
@@ -109,21 +108,11 @@ def _data_inspect(args: argparse.Namespace) -> int:
     import torch
 
     from harness.config import load_experiment
-    from harness.data import MultiClipDataset, train_transform
+    from harness.train import train_dataset
 
     experiment = load_experiment(args.config, args.overrides)
     data = experiment.data
-    dataset = MultiClipDataset(
-        data.train,
-        data.clips,
-        data.frames,
-        data.stride,
-        data.t_max,
-        train_transform(data.crop, data.augment),
-        seed=experiment.runtime.seed,
-        fps=data.fps,
-        seek_threshold=data.seek_threshold,
-    )
+    dataset = train_dataset(experiment)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=min(args.batch, len(dataset)), shuffle=True, num_workers=data.workers
     )
@@ -180,23 +169,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _study_run(args: argparse.Namespace) -> int:
-    from harness.study import (
-        enqueue_points,
-        ensure_parent_run,
-        load_study,
-        make_storage,
-        open_study,
-        run_worker,
-    )
+    from harness.study import load_study, prepare_study, run_worker
     from harness.study.runner import resolve_storage, run_workers
     from harness.tracking import redact, resolve_tracking_uri
 
     spec = load_study(args.spec)
     storage_url = resolve_storage(args.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    study = open_study(spec, make_storage(storage_url, spec))
-    added = enqueue_points(study, spec)
-    parent = ensure_parent_run(study, spec, tracking_uri)
+    added, parent = prepare_study(spec, storage_url, tracking_uri)
     total = len(spec.points()) + spec.n_trials
     print(
         f"study {spec.name}: {total} trials planned, {added} newly queued; storage {redact(storage_url)}; "
@@ -335,7 +315,18 @@ def _ui(args: argparse.Namespace) -> int:
         with socket.socket() as sock:
             sock.bind((args.host, 0))
             port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     print(f"MLflow UI for {redact(uri)} at http://{args.host}:{port} (Ctrl-C stops it)", flush=True)
     try:
@@ -541,8 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the MLflow UI on this project's store",
         description="Start the MLflow UI on the project's store (or --tracking-uri), print its URL; Ctrl-C stops it.",
     )
-    ui.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
-    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    )
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
+    )
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ui.set_defaults(func=_ui)
     return parser

@@ -66,7 +66,11 @@ def expand_env(key: str, text: str) -> tuple[str, list[str]]:
             return value
         if default is not None:
             return default
-        raise ConfigError(key, text, f"${{{name}}} to be set: export {name}=/path/to/your/data (the folder that holds the manifests)")
+        raise ConfigError(
+            key,
+            text,
+            f"${{{name}}} to be set: export {name}=/path/to/your/data (the folder that holds the manifests)",
+        )
 
     return ENV_REFERENCE.sub(substitute, text), names
 

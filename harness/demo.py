@@ -15,23 +15,17 @@ import optuna
 import pandas as pd
 
 from harness.data.synth import SynthSpec, synthesize
-from harness.study import (
-    comparison_table,
-    enqueue_points,
-    ensure_parent_run,
-    load_study,
-    make_storage,
-    open_study,
-    run_worker,
-    trials_frame,
-)
+from harness.study import comparison_table, load_study, prepare_study, run_worker, trials_frame
 from harness.study.runner import resolve_storage
 from harness.tracking import resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_STUDY = ROOT / "studies" / "demo.yaml"
 DATA = Path("data/synth")
-METRICS = {"eval.synth-linear.linear.top1": "linear probe top-1 (%)", "eval.synth-knn.knn.top1": "kNN top-1 (%)"}
+METRICS = {
+    "eval.synth-linear.linear.top1": "linear probe top-1 (%)",
+    "eval.synth-knn.knn.top1": "kNN top-1 (%)",
+}
 
 
 def run_demo(spec_path: Path = DEMO_STUDY) -> int:
@@ -41,20 +35,25 @@ def run_demo(spec_path: Path = DEMO_STUDY) -> int:
     synthesize(DATA, SynthSpec(), workers=2)
     spec = load_study(spec_path)
     storage_url, tracking_uri = resolve_storage(None), resolve_tracking_uri(None)
-    study = open_study(spec, make_storage(storage_url, spec))
-    added = enqueue_points(study, spec)
-    ensure_parent_run(study, spec, tracking_uri)
+    added, _ = prepare_study(spec, storage_url, tracking_uri)
     total = len(spec.points())
-    print(f"[2/3] study {spec.name}: {total} trials ({total - added} already done), one MLflow run each", flush=True)
+    print(
+        f"[2/3] study {spec.name}: {total} trials ({total - added} already done), one MLflow run each",
+        flush=True,
+    )
     run_worker(spec, storage_url, tracking_uri)
     frame = trials_frame(optuna.load_study(study_name=spec.name, storage=storage_url))
-    print(f"\n[3/3] results on the synthetic validation set (chance {100 / SynthSpec().classes:.1f}%), "
-          f"mean over seeds {spec.seeds}:")
+    print(
+        f"\n[3/3] results on the synthetic validation set (chance {100 / SynthSpec().classes:.1f}%), "
+        f"mean over seeds {spec.seeds}:"
+    )
     for metric, title in METRICS.items():
         table = comparison_table(frame, spec.table_rows, spec.table_columns, metric)
         if not table.empty:
             with pd.option_context("display.width", 200):
-                print(f"\n{title}; rows {spec.table_rows}, columns ρ ({spec.table_columns})\n{table.to_string()}")
+                print(
+                    f"\n{title}; rows {spec.table_rows}, columns ρ ({spec.table_columns})\n{table.to_string()}"
+                )
     failed = frame[frame["state"] == "FAIL"] if not frame.empty else frame
     for _, row in failed.iterrows():
         print(f"trial {row['trial']} failed: {row['failure_reason']}")

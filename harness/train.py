@@ -58,6 +58,24 @@ def build_method(experiment: Experiment) -> methods.SSLMethod:
     return methods.build(experiment.method.name, backbone, feature_dim, **experiment.method.params)
 
 
+def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiClipDataset:
+    """The pretraining dataset the config describes: ρ clips per video, each augmented on its own."""
+    data = experiment.data
+    return MultiClipDataset(
+        entries
+        if entries is not None
+        else read_manifest(data.train, allow_outside_root=data.allow_outside_root),
+        data.clips,
+        data.frames,
+        data.stride,
+        data.t_max,
+        train_transform(data.crop, data.augment),
+        seed=experiment.runtime.seed,
+        fps=data.fps,
+        seek_threshold=data.seek_threshold,
+    )
+
+
 def with_num_classes(experiment: Experiment, entries: list) -> Experiment:
     """Fill ``method.num_classes`` from the manifest for methods that take it (supervised)."""
     if (
@@ -138,22 +156,14 @@ def pretrain(
     method = build_method(experiment)
     if experiment.backbone.sync_bn and runtime.distributed:
         if runtime.device.type != "cuda":
-            raise ConfigError("backbone.sync_bn", True, "false on CPU: torch's SyncBatchNorm runs on GPUs only")
+            raise ConfigError(
+                "backbone.sync_bn", True, "false on CPU: torch's SyncBatchNorm runs on GPUs only"
+            )
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method = runtime.prepare_model(method)
     dist_utils.broadcast_state(method)
 
-    dataset = MultiClipDataset(
-        entries,
-        data.clips,
-        data.frames,
-        data.stride,
-        data.t_max,
-        train_transform(data.crop, data.augment),
-        seed=experiment.runtime.seed,
-        fps=data.fps,
-        seek_threshold=data.seek_threshold,
-    )
+    dataset = train_dataset(experiment, entries)
     sampler = EpochSampler(len(dataset), experiment.runtime.seed, True, runtime.rank, runtime.world_size)
     loader = DataLoader(
         dataset,

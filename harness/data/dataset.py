@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from harness.data.decode import BadVideo, decode_times, open_video, probe
+from harness.data.decode import BadVideo, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
-from harness.data.sampling import ClipTiming, clip_starts, grid_length
+from harness.data.sampling import clip_starts
 from harness.data.transforms import ClipTransform
 
 log = logging.getLogger(__name__)
@@ -110,31 +110,22 @@ class MultiClipDataset(Dataset):
 
     def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, int]:
         """Decode one video once and build its V transformed clips."""
-        container = open_video(entry.path)
-        try:
-            info = probe(container, entry.path)
-            fps = self.fps or info.fps
-            timing = ClipTiming(self.frames, self.stride, fps)
-            window_start, window_end = entry.window
-            offset = window_start or 0.0
-            duration = min(info.duration, window_end if window_end is not None else math.inf) - offset
-            if duration <= 0:
-                raise BadVideo(
-                    f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)"
-                )
+
+        def pick_starts(num_frames: int, span: int, fps: float) -> np.ndarray:
             t_max_frames = None if self.t_max is None else math.floor(self.t_max * fps + 1e-6)
-            starts = clip_starts(grid_length(duration, fps), self.clips, timing.span, t_max_frames, rng)
-            times = offset + np.concatenate([timing.frame_times(s) for s in starts])
-            frames, padded = decode_times(container, times, self.seek_threshold, entry.path)
-        finally:
-            container.close()
-        frames_per_clip = torch.from_numpy(frames).view(self.clips, self.frames, *frames.shape[1:])
+            return clip_starts(num_frames, self.clips, span, t_max_frames, rng)
+
+        frames, seconds, padded = decode_clips(
+            entry, self.frames, self.stride, self.fps, pick_starts, self.seek_threshold
+        )
+        frames_per_clip = torch.from_numpy(frames)
         if self.clips == 1:
             frames_per_clip = frames_per_clip.expand(2, *frames_per_clip.shape[1:])
-            starts = np.repeat(starts, 2)
-        seconds = offset + starts / fps
+            seconds = np.repeat(seconds, 2)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(rng.integers(2**63 - 1)))  # CPU only: no lazy CUDA seeding
+            torch.default_generator.manual_seed(
+                int(rng.integers(2**63 - 1))
+            )  # CPU only: no lazy CUDA seeding
             clips = torch.stack([self._transform(clip) for clip in frames_per_clip])
         return clips, seconds, padded
 

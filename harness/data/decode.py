@@ -13,7 +13,9 @@ shorter than a clip); the number of such times is reported.
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +23,9 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from harness.data.manifest import VideoEntry
+from harness.data.sampling import ClipTiming, grid_length
 
 _local = threading.local()
 
@@ -158,3 +163,43 @@ def decode_times(
             found[target] = tail
         padded = int(np.isin(wanted, targets[i:]).sum())
     return np.stack([found[t] for t in wanted]), padded
+
+
+def decode_clips(
+    entry: VideoEntry,
+    frames: int,
+    stride: int,
+    fps: float | None,
+    pick_starts: Callable[[int, int, float], np.ndarray],
+    seek_threshold: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Open a manifest entry once and decode the clips whose starts ``pick_starts`` chooses.
+
+    Args:
+        entry: the video (its optional start/end window limits where clips may lie).
+        frames, stride: T and τ, on a grid of ``fps`` frames per second (None: the video's own).
+        pick_starts: (grid frames in the window, clip span in grid frames, grid fps) → start
+            indices [n] on the grid.
+        seek_threshold: see ``decode_times``.
+
+    Returns:
+        (uint8 [n, T, H, W, 3], start times in seconds [n], frames padded past the end).
+    """
+    container = open_video(entry.path)
+    try:
+        info = probe(container, entry.path)
+        grid_fps = fps or info.fps
+        timing = ClipTiming(frames, stride, grid_fps)
+        window_start, window_end = entry.window
+        offset = window_start or 0.0
+        duration = min(info.duration, window_end if window_end is not None else math.inf) - offset
+        if duration <= 0:
+            raise BadVideo(
+                f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)"
+            )
+        starts = pick_starts(grid_length(duration, grid_fps), timing.span, grid_fps)
+        times = offset + np.concatenate([timing.frame_times(s) for s in starts])
+        decoded, padded = decode_times(container, times, seek_threshold, entry.path)
+    finally:
+        container.close()
+    return decoded.reshape(len(starts), frames, *decoded.shape[1:]), offset + starts / grid_fps, padded

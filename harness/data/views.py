@@ -17,9 +17,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from harness.data.decode import BadVideo, decode_times, open_video, probe
+from harness.data.decode import decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
-from harness.data.sampling import ClipTiming, grid_length
 from harness.data.transforms import MEAN, STD
 
 
@@ -80,22 +79,14 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         entry = self.entries[index]
-        container = open_video(entry.path)
-        try:
-            info = probe(container, entry.path)
-            fps = self.fps or info.fps
-            timing = ClipTiming(self.frames, self.stride, fps)
-            offset, end = entry.window
-            offset = offset or 0.0
-            duration = min(info.duration, end if end is not None else info.duration) - offset
-            if duration <= 0:
-                raise BadVideo(f"{entry.path}: window {entry.window} lies outside the video")
-            starts = temporal_starts(grid_length(duration, fps), timing.span, self.temporal_views)
-            times = offset + np.concatenate([timing.frame_times(s) for s in starts])
-            frames, _ = decode_times(container, times, path=entry.path)
-        finally:
-            container.close()
-        clips = torch.from_numpy(frames).view(self.temporal_views, self.frames, *frames.shape[1:])
+        frames, _, _ = decode_clips(
+            entry,
+            self.frames,
+            self.stride,
+            self.fps,
+            lambda n, span, fps: temporal_starts(n, span, self.temporal_views),
+        )
+        clips = torch.from_numpy(frames)
         views = []
         for clip in clips:
             video = tv_tensors.Video(clip.permute(0, 3, 1, 2))  # [T, C, H, W] uint8

@@ -6,6 +6,7 @@ from harness.study.runner import (
     ensure_parent_run,
     make_storage,
     open_study,
+    prepare_study,
     run_worker,
 )
 from harness.study.spec import Point, StudySpec, load_study, parse_study
@@ -22,6 +23,7 @@ __all__ = [
     "make_storage",
     "open_study",
     "parse_study",
+    "prepare_study",
     "run_worker",
     "trials_frame",
 ]

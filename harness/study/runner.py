@@ -170,6 +170,14 @@ def ensure_parent_run(study: optuna.Study, spec: StudySpec, tracking_uri: str) -
     return parent.run_id
 
 
+def prepare_study(spec: StudySpec, storage_url: str, tracking_uri: str) -> tuple[int, str]:
+    """Create or load the study, queue its missing points and make sure its MLflow parent run
+    exists; returns (points newly queued, parent run id)."""
+    study = open_study(spec, make_storage(storage_url, spec))
+    added = enqueue_points(study, spec)
+    return added, ensure_parent_run(study, spec, tracking_uri)
+
+
 @dataclass
 class WorkerReport:
     """What one worker did."""

@@ -41,15 +41,23 @@ def tiny_synth(tmp_path_factory) -> dict[str, Path]:
     from harness.data.synth import SynthSpec, synthesize
 
     root = tmp_path_factory.mktemp("tiny_synth")
-    return synthesize(root, SynthSpec(train_videos=12, val_videos=8, classes=2, duration=1.0, fps=8, size=32), workers=1)
+    return synthesize(
+        root, SynthSpec(train_videos=12, val_videos=8, classes=2, duration=1.0, fps=8, size=32), workers=1
+    )
 
 
 def tiny_experiment_tree(synth: dict[str, Path], tmp: Path) -> dict:
     """An experiment (as a nested dict) that pretrains in about a second per epoch on ``tiny_synth``."""
     return {
         "data": {
-            "train": str(synth["train"]), "val": str(synth["val"]), "clips": 2, "frames": 2, "stride": 2,
-            "crop": 16, "batch_size": 4, "workers": 0,
+            "train": str(synth["train"]),
+            "val": str(synth["val"]),
+            "clips": 2,
+            "frames": 2,
+            "stride": 2,
+            "crop": 16,
+            "batch_size": 4,
+            "workers": 0,
         },
         "backbone": {"name": "r3d_tiny", "width": 4},
         "method": {"name": "simclr", "temperature": 0.2, "hidden_dims": [16], "out_dim": 8},

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def rho(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True, **kwargs
+    )
 
 
 def subcommands(parser, prefix=()):
@@ -30,7 +32,14 @@ def subcommands(parser, prefix=()):
 
 def test_every_subcommand_has_useful_help(capsys):
     commands = list(subcommands(build_parser()))
-    assert {("pretrain",), ("evaluate",), ("study", "run"), ("data", "synth"), ("config", "show"), ("ui",)} <= set(commands)
+    assert {
+        ("pretrain",),
+        ("evaluate",),
+        ("study", "run"),
+        ("data", "synth"),
+        ("config", "show"),
+        ("ui",),
+    } <= set(commands)
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*command, "--help"])
@@ -43,25 +52,48 @@ def test_evaluate_a_checkpoint_from_the_command_line(tiny_synth, tmp_path, mlflo
     tree = tiny_experiment_tree(tiny_synth, tmp_path)
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(tree))
-    out = rho("pretrain", str(config), "--output", str(tmp_path / "run"), "--tracking-uri", mlflow_uri, timeout=600)
+    out = rho(
+        "pretrain", str(config), "--output", str(tmp_path / "run"), "--tracking-uri", mlflow_uri, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     benchmark = tmp_path / "knn.yaml"
-    benchmark.write_text(yaml.safe_dump({
-        "name": "tiny-knn", "protocol": "knn", "train": str(tiny_synth["train"]), "val": str(tiny_synth["val"]),
-        "views": {"frames": 2, "stride": 2, "crop": 16}, "knn": {"k": 5},
-    }))
-    out = rho("evaluate", str(tmp_path / "run" / "last.pt"), "--benchmark", str(benchmark), "--workers", "0", timeout=600)
+    benchmark.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-knn",
+                "protocol": "knn",
+                "train": str(tiny_synth["train"]),
+                "val": str(tiny_synth["val"]),
+                "views": {"frames": 2, "stride": 2, "crop": 16},
+                "knn": {"k": 5},
+            }
+        )
+    )
+    out = rho(
+        "evaluate",
+        str(tmp_path / "run" / "last.pt"),
+        "--benchmark",
+        str(benchmark),
+        "--workers",
+        "0",
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(line for line in out.stdout.splitlines() if "eval.tiny-knn.knn.top1" in line)
     assert 0.0 <= float(line.split()[-1]) <= 100.0
     missing = rho("evaluate", str(tmp_path / "nope.pt"), "--benchmark", str(benchmark))
-    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2 and "no checkpoint at" in missing.stderr and "Traceback" not in missing.stderr
+    )
 
 
 def test_ui_serves_the_store_on_localhost_and_stops_on_ctrl_c(mlflow_uri):
     ui = subprocess.Popen(
         [sys.executable, "-m", "harness", "ui", "--tracking-uri", mlflow_uri],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     first = ui.stdout.readline()
     assert "MLflow UI for sqlite:///" in first and "http://127.0.0.1:" in first

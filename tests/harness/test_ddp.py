@@ -24,8 +24,21 @@ def torchrun(tree, tmp_path, mlflow_uri):
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(tree))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "harness",
-        "pretrain", str(config), "--output", str(tmp_path / "out"), "--tracking-uri", mlflow_uri, "--run-name", "ddp",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "harness",
+        "pretrain",
+        str(config),
+        "--output",
+        str(tmp_path / "out"),
+        "--tracking-uri",
+        mlflow_uri,
+        "--run-name",
+        "ddp",
     ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 

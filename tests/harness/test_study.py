@@ -38,15 +38,23 @@ def write_spec(tmp_path, tiny_synth, name="grid", **extra) -> Path:
 
 
 def rho(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=REPO, env=env, capture_output=True, text=True, **kwargs
+    )
 
 
 def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
     study = optuna.load_study(study_name=name, storage=storage)
-    real = [t for t in study.trials if not t.user_attrs.get("rho.surplus") and not t.user_attrs.get("rho.duplicate")]
+    real = [
+        t
+        for t in study.trials
+        if not t.user_attrs.get("rho.surplus") and not t.user_attrs.get("rho.duplicate")
+    ]
     complete = [t for t in real if t.state == optuna.trial.TrialState.COMPLETE]
     keys = [t.user_attrs["rho.key"] for t in complete]
-    assert len(complete) == expected and len(set(keys)) == expected, [(t.number, t.state, t.user_attrs) for t in real]
+    assert len(complete) == expected and len(set(keys)) == expected, [
+        (t.number, t.state, t.user_attrs) for t in real
+    ]
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id])
@@ -64,7 +72,18 @@ def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
 def test_grid_study_with_two_workers_runs_each_point_once(tiny_synth, tmp_path, mlflow_uri):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     spec = write_spec(tmp_path, tiny_synth)
-    out = rho("study", "run", str(spec), "--workers", "2", "--storage", storage, "--tracking-uri", mlflow_uri, timeout=600)
+    out = rho(
+        "study",
+        "run",
+        str(spec),
+        "--workers",
+        "2",
+        "--storage",
+        storage,
+        "--tracking-uri",
+        mlflow_uri,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     check_complete(storage, mlflow_uri, "grid", 4)
     assert "4 complete" in out.stdout and "loss (mean ± std over seeds)" in out.stdout
@@ -78,7 +97,9 @@ def test_grid_study_with_two_workers_runs_each_point_once(tiny_synth, tmp_path, 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_synth, tmp_path, mlflow_uri):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    spec = write_spec(tmp_path, tiny_synth, name="failing", grid={"optim.lr": [0.05, 1.0e30], "data.clips": [2]})
+    spec = write_spec(
+        tmp_path, tiny_synth, name="failing", grid={"optim.lr": [0.05, 1.0e30], "data.clips": [2]}
+    )
     out = rho("study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_uri, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     study = optuna.load_study(study_name="failing", storage=storage)
@@ -96,8 +117,22 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint(tiny_synth, tmp_path, ml
     tree["optim"]["epochs"] = 6
     spec = write_spec(tmp_path, tiny_synth, name="killed", experiment=tree, grid={"data.clips": [2]})
     worker = subprocess.Popen(
-        [sys.executable, "-m", "harness", "study", "run", str(spec), "--storage", storage, "--tracking-uri", mlflow_uri],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "study",
+            "run",
+            str(spec),
+            "--storage",
+            storage,
+            "--tracking-uri",
+            mlflow_uri,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     checkpoints = tmp_path / "checkpoints" / "killed"
     deadline = time.monotonic() + 300
@@ -128,7 +163,13 @@ def test_bad_specs_fail_before_any_trial(tiny_synth, tmp_path):
     with pytest.raises(ConfigError, match=r"data.clips = 0 .*in the trial data.clips=0"):
         load_study(write_spec(tmp_path, tiny_synth, grid={"data.clips": [2, 0]}))
     with pytest.raises(ConfigError, match="search.params.optim.lr"):
-        load_study(write_spec(tmp_path, tiny_synth, search={"n_trials": 2, "params": {"optim.lr": {"type": "float", "low": 1, "high": 0}}}))
+        load_study(
+            write_spec(
+                tmp_path,
+                tiny_synth,
+                search={"n_trials": 2, "params": {"optim.lr": {"type": "float", "low": 1, "high": 0}}},
+            )
+        )
 
 
 def free_port() -> int:
@@ -141,10 +182,25 @@ def free_port() -> int:
 def mlflow_server(tmp_path):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", str(tmp_path / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -186,7 +242,18 @@ def postgres_url():
 
 def test_two_workers_share_a_postgresql_storage(tiny_synth, tmp_path, mlflow_uri, postgres_url):
     spec = write_spec(tmp_path, tiny_synth, name="pg")
-    out = rho("study", "run", str(spec), "--workers", "2", "--storage", postgres_url, "--tracking-uri", mlflow_uri, timeout=600)
+    out = rho(
+        "study",
+        "run",
+        str(spec),
+        "--workers",
+        "2",
+        "--storage",
+        postgres_url,
+        "--tracking-uri",
+        mlflow_uri,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     import sqlalchemy
 

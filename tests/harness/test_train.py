@@ -27,18 +27,27 @@ def experiment(tiny_synth, tmp_path, **sections):
 
 def test_resume_after_an_interruption_is_bit_identical(tiny_synth, tmp_path, mlflow_uri):
     uri = mlflow_uri
-    for method in ({"name": "moco", "queue_size": 16, "hidden_dims": [16], "out_dim": 8},
-                   {"name": "simclr", "hidden_dims": [16], "out_dim": 8}):
+    for method in (
+        {"name": "moco", "queue_size": 16, "hidden_dims": [16], "out_dim": 8},
+        {"name": "simclr", "hidden_dims": [16], "out_dim": 8},
+    ):
         exp = experiment(tiny_synth, tmp_path, optim__epochs=3)
         exp.method = build_experiment({**tiny_experiment_tree(tiny_synth, tmp_path), "method": method}).method
-        straight = pretrain(exp, output=tmp_path / f"straight-{method['name']}", tracking_uri=uri, print_progress=False)
+        straight = pretrain(
+            exp, output=tmp_path / f"straight-{method['name']}", tracking_uri=uri, print_progress=False
+        )
 
         def stop_after_first(epoch, metrics):
             if epoch == 1:
                 raise Stop
 
         with pytest.raises(Stop):
-            pretrain(exp, output=tmp_path / f"split-{method['name']}", tracking_uri=uri, on_epoch_end=stop_after_first)
+            pretrain(
+                exp,
+                output=tmp_path / f"split-{method['name']}",
+                tracking_uri=uri,
+                on_epoch_end=stop_after_first,
+            )
         resumed = pretrain(exp, output=tmp_path / f"split-{method['name']}", tracking_uri=uri, resume=True)
         a = load_checkpoint(straight.checkpoint)["method"]
         b = load_checkpoint(resumed.checkpoint)["method"]
@@ -111,7 +120,9 @@ def test_schedule_and_lr_scaling():
     assert lr_at(0, 100, 10, peak) == pytest.approx(0.1)
     assert lr_at(9, 100, 10, peak) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, peak) == pytest.approx(0.5)
-    assert lr_at(99, 100, 10, peak, min_lr_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_at(99, 100, 10, peak, min_lr_ratio=0.1) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90))
+    )
     exp = build_experiment({"optim": {"lr": 0.1, "base_batch_size": 256}}, check_files=False)
     assert scaled_lr(exp.optim, 512) == pytest.approx(0.2)
     exp.optim.lr_scaling = "sqrt"
@@ -123,7 +134,9 @@ def test_lars_scales_updates_by_the_trust_ratio_but_not_for_excluded_groups():
     bias = torch.nn.Parameter(torch.full((4,), 2.0))
     optimizer = LARS(
         [{"params": [weight], "lars_exclude": False}, {"params": [bias], "lars_exclude": True}],
-        lr=1.0, momentum=0.0, trust=0.01,
+        lr=1.0,
+        momentum=0.0,
+        trust=0.01,
     )
     weight.grad, bias.grad = torch.full((4,), 0.5), torch.full((4,), 0.5)
     optimizer.step()
