@@ -49,6 +49,7 @@ TOP_KEYS = (
     "description",
     "experiment",
     "overrides",
+    "per_method",
     "grid",
     "baselines",
     "search",
