@@ -463,6 +463,7 @@ def _run_torchrun(
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free rendezvous port: several local workers may each run a torchrun job
         f"--nproc_per_node={gpus}",
         "-m",
         "harness",

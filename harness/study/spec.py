@@ -138,8 +138,8 @@ class StudySpec:
         cells = [
             dict(zip(self.grid, values, strict=True)) for values in itertools.product(*self.grid.values())
         ]
-        if not self.grid:
-            cells = [{}] if not self.search else []
+        if not self.grid:  # no grid: the base point alone, unless baselines or a search say what to run
+            cells = [{}] if not self.search and not self.baselines else []
         cells += [dict(b) for b in self.baselines]
         return [Point(cell, seed) for cell in cells for seed in self.seeds]
 

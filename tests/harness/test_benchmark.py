@@ -9,7 +9,7 @@ from harness.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.yaml"))
-MANIFESTS = ["synth", "ucf101/split1", "hmdb51/split1", "kinetics400"]
+MANIFESTS = ["synth", "synth_constant", "ucf101/split1", "hmdb51/split1", "kinetics400"]
 
 
 @pytest.fixture
