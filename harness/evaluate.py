@@ -98,10 +98,10 @@ def evaluate(
         encoder_id = f"{encoder_key}-{weights_fingerprint(encoder)}"
         extract = dict(batch_size=batch_size, workers=workers, device=device, progress=progress)
         train_features, train_labels = cache.get_or_extract(
-            encoder, train_views(benchmark), encoder_id, **extract
+            encoder, benchmark_views(benchmark, "train"), encoder_id, **extract
         )
         test_features, test_labels = cache.get_or_extract(
-            encoder, test_views(benchmark), encoder_id, **extract
+            encoder, benchmark_views(benchmark, "test"), encoder_id, **extract
         )
         if isinstance(benchmark.settings, LinearSpec):
             scores = linear_probe(
@@ -118,32 +118,18 @@ def evaluate(
     return {benchmark.metric(name): value for name, value in scores.items()}
 
 
-def train_views(benchmark: Benchmark) -> ViewDataset:
-    """The benchmark's training videos with its training views (train_temporal × train_spatial)."""
+def benchmark_views(benchmark: Benchmark, split: str) -> ViewDataset:
+    """The benchmark's ``train`` videos with its training views, or its ``test`` (val) videos with
+    its test views (temporal × spatial)."""
     views = benchmark.views
     return ViewDataset(
-        benchmark.train,
+        benchmark.train if split == "train" else benchmark.val,
         views.frames,
         views.stride,
         views.crop,
         short_side=views.short_side,
-        temporal_views=views.train_temporal,
-        spatial_views=views.train_spatial,
-        fps=views.fps,
-    )
-
-
-def test_views(benchmark: Benchmark) -> ViewDataset:
-    """The benchmark's test videos with its test views (test_temporal × test_spatial)."""
-    views = benchmark.views
-    return ViewDataset(
-        benchmark.val,
-        views.frames,
-        views.stride,
-        views.crop,
-        short_side=views.short_side,
-        temporal_views=views.test_temporal,
-        spatial_views=views.test_spatial,
+        temporal_views=getattr(views, f"{split}_temporal"),
+        spatial_views=getattr(views, f"{split}_spatial"),
         fps=views.fps,
     )
 
@@ -601,7 +587,7 @@ def finetune(
     settings, views = benchmark.settings, benchmark.views
     assert isinstance(settings, FinetuneSpec), benchmark.protocol
     device = torch.device(device)
-    train_entries, test_set = read_manifest(benchmark.train), test_views(benchmark)
+    train_entries, test_set = read_manifest(benchmark.train), benchmark_views(benchmark, "test")
     labels = [torch.tensor([e.label for e in entries]) for entries in (train_entries, test_set.entries)]
     augment = train_transform(views.crop, settings.augment)
     train_set = MultiClipDataset(

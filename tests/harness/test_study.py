@@ -43,6 +43,21 @@ def rho(*args, env=None, **kwargs):
     )
 
 
+def run_study(spec: Path, storage: str, tracking_uri: str, workers: int = 1):
+    return rho(
+        "study",
+        "run",
+        str(spec),
+        "--workers",
+        str(workers),
+        "--storage",
+        storage,
+        "--tracking-uri",
+        tracking_uri,
+        timeout=600,
+    )
+
+
 def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
     study = optuna.load_study(study_name=name, storage=storage)
     real = [
@@ -72,18 +87,7 @@ def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
 def test_grid_study_with_two_workers_runs_each_point_once(tiny_synth, tmp_path, mlflow_uri):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     spec = write_spec(tmp_path, tiny_synth)
-    out = rho(
-        "study",
-        "run",
-        str(spec),
-        "--workers",
-        "2",
-        "--storage",
-        storage,
-        "--tracking-uri",
-        mlflow_uri,
-        timeout=600,
-    )
+    out = run_study(spec, storage, mlflow_uri, workers=2)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     check_complete(storage, mlflow_uri, "grid", 4)
     assert "4 complete" in out.stdout and "loss (mean ± std over seeds)" in out.stdout
@@ -242,18 +246,7 @@ def postgres_url():
 
 def test_two_workers_share_a_postgresql_storage(tiny_synth, tmp_path, mlflow_uri, postgres_url):
     spec = write_spec(tmp_path, tiny_synth, name="pg")
-    out = rho(
-        "study",
-        "run",
-        str(spec),
-        "--workers",
-        "2",
-        "--storage",
-        postgres_url,
-        "--tracking-uri",
-        mlflow_uri,
-        timeout=600,
-    )
+    out = run_study(spec, postgres_url, mlflow_uri, workers=2)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     import sqlalchemy
 
