@@ -26,19 +26,38 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used here; the message says why and what to do."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, read-only folder); the previous one is intact."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    Raises:
+        CheckpointWriteError: the folder cannot take the file (full disk, read-only, no
+            permission); ``path`` still holds the previous checkpoint, if there was one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             torch.save({"format": FORMAT, **state}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was kept"
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path} ({reason}); {kept}. Free disk space or make the folder "
+            "writable (or set runtime.output_dir), then resume (--resume, or re-run the study)"
+        ) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder has no temp file to remove
     return path
 
 

@@ -543,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redacted(exc: BaseException) -> str:
+    """The error's message with URL passwords hidden."""
+    from harness.tracking import redact
+
+    return redact(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rho``; returns the exit status."""
     parser = build_parser()
@@ -550,13 +557,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from harness.checkpoint import CheckpointError
+    from harness.checkpoint import CheckpointError, CheckpointWriteError
     from harness.data.manifest import ManifestError
+    from harness.preflight import NotWritableError
+    from harness.retry import ServiceUnavailableError
 
     try:
         return args.func(args)
+    except (ServiceUnavailableError, CheckpointWriteError, NotWritableError) as exc:
+        print(f"rho: error: {_redacted(exc)}", file=sys.stderr)  # the machine, not the request: status 1
+        return 1
     except (ConfigError, ManifestError, CheckpointError, UserError, FileNotFoundError) as exc:
-        print(f"rho: error: {exc}", file=sys.stderr)
+        print(f"rho: error: {_redacted(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rho: interrupted", file=sys.stderr)

@@ -123,7 +123,9 @@ class DataConfig:
     seek_threshold: float = _spec(
         1.0, help="seek instead of decoding forward across gaps longer than this (s)", min=0.0
     )
-    allow_outside_root: bool = _spec(True, help="allow manifest paths outside the manifest's folder")
+    allow_outside_root: bool = _spec(
+        False, help="allow manifest rows outside the manifest's folder (../, absolute paths, symlinks out)"
+    )
     augment: AugmentConfig = _spec(factory=AugmentConfig, help="per-clip augmentation")
 
 
@@ -225,8 +227,8 @@ class Experiment:
         d.pop("eval")
         runtime = d.pop("runtime")
         d["seed"] = runtime["seed"]
-        d["data"].pop("workers")
-        d["data"].pop("val")
+        for key in ("workers", "val", "allow_outside_root"):
+            d["data"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

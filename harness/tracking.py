@@ -7,6 +7,11 @@ else the embedded default ``sqlite:///mlruns/mlflow.db`` with artifacts under
 Metrics are buffered and sent with ``log_batch`` (every ``flush_every`` values and at each
 epoch's end), so logging costs a few calls per epoch, not one per value. Passwords in URLs
 are redacted wherever a URL is logged or printed.
+
+Every call to the store is retried with backoff while the store is unreachable (a tracking
+server restarting, a locked sqlite file; ``harness.retry``); when it stays unreachable, or
+cannot be written (read-only, full disk), ``TrackingUnavailableError`` says so in one line
+and the run's later calls fail at once rather than each waiting again.
 """
 
 from __future__ import annotations
@@ -18,17 +23,98 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+
+from harness.retry import RetriesExhausted, ServiceUnavailableError, call_with_retries, causes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("mlruns")
 MAX_PARAM_LENGTH = 6000
+T = TypeVar("T")
+
+# Lower-case fragments of the errors MLflow raises for a store that is down for a while, and for
+# one that cannot be written at all (retrying does not help those).
+PASSING_ERRORS = (
+    "max retries exceeded",
+    "connection refused",
+    "connection aborted",
+    "connection reset",
+    "remote end closed connection",
+    "read timed out",
+    "database is locked",
+    "error code 502",
+    "error code 503",
+    "error code 504",
+    "too many 502 error responses",
+    "too many 503 error responses",
+    "too many 504 error responses",
+)
+UNWRITABLE_ERRORS = (
+    "readonly database",
+    "read-only file system",
+    "database or disk is full",
+    "no space left on device",
+    "unable to open database file",
+    "permission denied",
+)
+
+
+class TrackingUnavailableError(ServiceUnavailableError):
+    """The MLflow store stayed unreachable through every retry, or cannot be written."""
+
+
+def _messages(exc: BaseException) -> str:
+    return " | ".join(f"{e.__class__.__name__}: {e}" for e in causes(exc)).lower()
+
+
+def _passing(exc: BaseException) -> bool:
+    import requests
+
+    if any(isinstance(e, (requests.ConnectionError, requests.Timeout)) for e in causes(exc)):
+        return True
+    text = _messages(exc)
+    return any(fragment in text for fragment in PASSING_ERRORS) and not _unwritable(exc)
+
+
+def _unwritable(exc: BaseException) -> bool:
+    text = _messages(exc)
+    return any(fragment in text for fragment in UNWRITABLE_ERRORS)
+
+
+def tracking_call(tracking_uri: str, what: str, call: Callable[[], T]) -> T:
+    """``call()`` against the MLflow store, retried while the store is unreachable.
+
+    Raises:
+        TrackingUnavailableError: the store stayed unreachable for ``$RHO_RETRY_TIMEOUT``
+            seconds, or it cannot be written (read-only, full disk).
+    """
+    where = redact(tracking_uri)
+    try:
+        return call_with_retries(call, f"MLflow {what} at {where}", _passing)
+    except RetriesExhausted as exc:
+        last = (str(exc.__cause__).strip().splitlines() or [""])[0][:300]
+        message = (
+            f"MLflow tracking at {where} is unreachable: {exc} (last error: {redact(last)}); check that "
+            "the tracking server is running (or raise RHO_RETRY_TIMEOUT), then re-run the same command: "
+            "finished runs and trials are kept"
+        )
+    except Exception as exc:
+        if not _unwritable(exc):
+            raise
+        reason = next((str(e) for e in causes(exc) if _unwritable(e)), str(exc))
+        reason = (reason.strip().splitlines() or [""])[0][:300]
+        message = (
+            f"MLflow store {where} cannot be written ({redact(reason)}); free disk space or make it "
+            "writable (or pass another --tracking-uri), then re-run the same command: finished runs are kept"
+        )
+    raise TrackingUnavailableError(message) from None
 
 
 def default_tracking_uri() -> str:
@@ -117,22 +203,37 @@ class RunLogger:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.flush_every = flush_every
+        self.unavailable: str | None = None  # set once the store failed for good: later calls fail fast
         self._buffer: list[Metric] = []
         if run_id is None:
-            experiment_id = ensure_experiment(self.client, experiment, tracking_uri)
+            experiment_id = self._call(
+                "experiment", lambda: ensure_experiment(self.client, experiment, tracking_uri)
+            )
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            run = self._call(
+                "create run", lambda: self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            )
             self.run_id = run.info.run_id
         else:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self._call("update run", lambda: self.client.update_run(run_id, status="RUNNING"))
             if tags:
                 self.set_tags(tags)
         self._monitor = None
         if system_metrics:
             self._start_system_metrics()
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """One call to the store, through ``tracking_call``; fails at once after the store failed for good."""
+        if self.unavailable is not None:
+            raise TrackingUnavailableError(self.unavailable)
+        try:
+            return tracking_call(self.tracking_uri, what, call)
+        except TrackingUnavailableError as exc:
+            self.unavailable = str(exc)
+            raise
 
     def _start_system_metrics(self) -> None:
         try:
@@ -149,12 +250,18 @@ class RunLogger:
         """Log params in batches of 100 (MLflow's limit), values as strings."""
         items = [Param(k, redact(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
+            chunk = items[start : start + 100]
+            self._call(
+                "log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c, synchronous=True)
+            )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, tags=items[start : start + 100], synchronous=True)
+            chunk = items[start : start + 100]
+            self._call(
+                "set tags", lambda c=chunk: self.client.log_batch(self.run_id, tags=c, synchronous=True)
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffer metrics; they are sent every ``flush_every`` values and on ``flush``."""
@@ -165,11 +272,14 @@ class RunLogger:
 
     def flush(self) -> None:
         while self._buffer:
-            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            chunk = self._buffer[:1000]
+            self._call(
+                "log metrics", lambda c=chunk: self.client.log_batch(self.run_id, metrics=c, synchronous=True)
+            )
+            self._buffer = self._buffer[1000:]  # dropped only once sent: a failed flush keeps them
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        self._call("log artifact", lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
     def log_text(self, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -188,4 +298,4 @@ class RunLogger:
                 except Exception as exc:
                     log.warning("system metrics did not stop cleanly: %s", exc)
                 self._monitor = None
-            self.client.set_terminated(self.run_id, status)
+            self._call("end run", lambda: self.client.set_terminated(self.run_id, status))

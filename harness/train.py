@@ -29,6 +29,7 @@ from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.manifest import num_classes
 from harness.data.sampler import EpochSampler
 from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from harness.preflight import check_store, check_writable
 from harness.progress import ProgressBar
 from harness.runtime import Runtime, seed_everything
 from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
@@ -153,6 +154,10 @@ def pretrain(
         )
 
     experiment = with_num_classes(experiment, entries)
+    output = Path(output) if output is not None else checkpoint_dir(experiment, run_name)
+    if runtime.is_main:  # a read-only or full disk fails here, before any compute
+        check_writable(output, "checkpoint folder (runtime.output_dir)")
+        check_store(resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri), "MLflow store")
     method = build_method(experiment)
     if experiment.backbone.sync_bn and runtime.distributed:
         if runtime.device.type != "cuda":
@@ -186,7 +191,6 @@ def pretrain(
         else None
     )
 
-    output = Path(output) if output is not None else checkpoint_dir(experiment, run_name)
     config_hash = experiment.training_hash()
     start_epoch, step, history, run_id = 0, 0, [], None
     if resume and (output / LAST).is_file():
@@ -394,7 +398,10 @@ def _knn_monitor(method, experiment: Experiment, runtime: Runtime) -> float:
     views = dict(
         frames=data.frames, stride=data.stride, crop=data.crop, short_side=data.short_side, fps=data.fps
     )
-    train, val = ViewDataset(data.train, **views), ViewDataset(data.val, **views)
+    train, val = (
+        ViewDataset(read_manifest(path, allow_outside_root=data.allow_outside_root), **views)
+        for path in (data.train, data.val)
+    )
     return knn_monitor(
         method.encoder, train, val, k=experiment.eval.knn_k, device=runtime.device, workers=data.workers
     )

@@ -33,7 +33,11 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from harness.checkpoint import CheckpointWriteError
+from harness.preflight import NotWritableError, check_store
+from harness.retry import ServiceUnavailableError
 from harness.study.spec import Point, StudySpec, dump_point
+from harness.study.storage import ReconnectingRDBStorage
 from harness.tracking import RunLogger, redact, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,9 @@ ATTR_KEY, ATTR_POINT, ATTR_SEED = "rho.key", "rho.point", "rho.seed"
 ATTR_RUN, ATTR_REASON, ATTR_PARENT = "mlflow_run_id", "failure_reason", "mlflow_parent_run_id"
 ATTR_SAMPLED, ATTR_SURPLUS, ATTR_DUPLICATE = "rho.sampled", "rho.surplus", "rho.duplicate"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# Failures of the machine, not of the trial (a store down for good, a full or read-only disk):
+# the worker records them on the trial and stops, rather than failing every trial after it.
+ENVIRONMENT_ERRORS = (ServiceUnavailableError, CheckpointWriteError, NotWritableError)
 TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -59,10 +66,12 @@ def resolve_storage(url: str | None) -> str:
 
 
 def make_storage(url: str, spec: StudySpec | None = None) -> RDBStorage:
-    """An RDBStorage with heartbeats; stale trials are retried up to ``limits.max_retries`` times."""
+    """An RDBStorage with heartbeats that rides out database restarts (``harness.study.storage``);
+    stale trials are retried up to ``limits.max_retries`` times."""
+    check_store(url, "Optuna storage")
     limits = spec.limits if spec else {"heartbeat_interval": 10, "grace_period": 60, "max_retries": 2}
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return RDBStorage(
+    return ReconnectingRDBStorage(
         url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=int(limits["heartbeat_interval"]) or 1,
@@ -223,6 +232,7 @@ def run_worker(
     storage = make_storage(storage_url, spec)
     study = open_study(spec, storage)
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    check_store(tracking_uri, "MLflow store")
     parent_run_id = ensure_parent_run(study, spec, tracking_uri)
     report = WorkerReport()
     started = time.monotonic()
@@ -410,6 +420,15 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
             study.tell(trial, state=TrialState.PRUNED)
             print(f"trial {trial.number} pruned: {exc}", flush=True)
             return TrialState.PRUNED
+        except ENVIRONMENT_ERRORS as exc:
+            reason = redact(f"{exc.__class__.__name__}: {exc}")[:2000]
+            try:  # the storage may be on the same full disk, or down
+                storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, reason)
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception as storage_exc:
+                log.warning("could not record the failure of trial %s: %s", trial.number, redact(str(storage_exc)))
+            print(f"trial {trial.number} FAILED: {reason}; stopping this worker", flush=True)
+            raise
         except KeyboardInterrupt:
             storage.set_trial_user_attr(
                 trial._trial_id, ATTR_REASON, "interrupted (Ctrl-C); re-run to resume"
