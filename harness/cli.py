@@ -24,6 +24,9 @@ EPILOG = """examples:
   rho study run studies/cpu/clips.yaml --workers 2
   rho study status clips
   rho ui                                          the MLflow UI on 127.0.0.1
+  rho report clips                                tables, plots and report.html in reports/clips/
+  rho leaderboard --benchmark synth-linear        the best run per method, backbone and rho
+  rho dashboard clips                             optuna-dashboard of a study on 127.0.0.1
 """
 
 
@@ -306,6 +309,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     import socket
     import subprocess
+    import tempfile
 
     from harness.tracking import redact, resolve_tracking_uri
 
@@ -315,27 +319,101 @@ def _ui(args: argparse.Namespace) -> int:
         with socket.socket() as sock:
             sock.bind((args.host, 0))
             port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{port} (Ctrl-C stops it)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(port), "--workers", "1"]
+    # The server's log goes to a file: a pipe nobody reads would block it once full.
+    log_file = tempfile.NamedTemporaryFile("w+", prefix="rho-ui-", suffix=".log", delete=False)
+    server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    url = f"http://{args.host}:{port}"
+    print(f"MLflow UI for {redact(uri)} at {url} (Ctrl-C stops it)", flush=True)
     try:
-        return server.wait()
+        while server.poll() is None:  # say when it answers; a server that dies says why
+            try:
+                with socket.create_connection((args.host, port), timeout=1):
+                    print(f"MLflow UI ready: {url} (server log {log_file.name})", flush=True)
+                    break
+            except OSError:
+                time.sleep(0.5)
+        code = server.wait()
+        log_file.seek(0)
+        print(f"MLflow UI exited with status {code}:\n{log_file.read()[-3000:]}", file=sys.stderr)
+        return code or 1
     except KeyboardInterrupt:
         server.terminate()
-        server.wait(timeout=30)
-        print("MLflow UI stopped")
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        print("MLflow UI stopped", flush=True)
         return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from harness.dashboard import dashboard_server
+    from harness.study.runner import resolve_storage
+    from harness.tracking import redact
+
+    storage_url = resolve_storage(args.storage)
+    try:
+        server, url = dashboard_server(storage_url, args.study, args.host, args.port)
+    except KeyError:
+        raise UserError(
+            f"no study named {args.study!r} in {redact(storage_url)}; `rho study list` shows the studies "
+            "(or pass --storage)"
+        ) from None
+    print(
+        f"Optuna dashboard of study {args.study} ({redact(storage_url)}) at {url} (Ctrl-C stops it)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("Optuna dashboard stopped", flush=True)
+    finally:
+        server.server_close()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import ReportError, write_report
+    from harness.tracking import resolve_tracking_uri
+
+    try:
+        result = write_report(
+            resolve_tracking_uri(args.tracking_uri),
+            args.study,
+            out=args.out,
+            metrics=args.metric,
+            rows=args.rows,
+            columns=args.columns,
+            log_to_parent=not args.no_log,
+        )
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    for comp in result.comparisons:
+        print(f"{comp.metric}: {len(comp.row_labels)} rows x {len(comp.column_labels)} columns")
+    print(f"report in {result.out}: {', '.join(p.name for p in result.files)}")
+    print(f"open {result.out / 'report.html'}")
+    if not args.no_log:
+        print(f"logged to the study's parent run {result.runs.parent.info.run_id} (artifacts: report/)")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from harness.leaderboard import build_leaderboard, write_leaderboard
+    from harness.report import ReportError
+    from harness.report.render import to_markdown
+    from harness.tracking import resolve_tracking_uri
+
+    try:
+        board = build_leaderboard(resolve_tracking_uri(args.tracking_uri), args.benchmark)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    paths = write_leaderboard(board, args.out)
+    print(to_markdown(board.blocks()))
+    print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -540,6 +618,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ui.set_defaults(func=_ui)
+
+    tracking_help = "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    report = commands.add_parser(
+        "report",
+        help="comparison tables and plots of a study (Markdown, CSV, HTML)",
+        description="Read STUDY's runs from MLflow and write reports/<study>/: comparison tables (mean ± std "
+        "over seeds, n, 95%% interval, best of each column marked, baselines as rows), plots and report.html; "
+        "the files are also logged to the study's parent run.",
+    )
+    report.add_argument("study", help="the study's name (its MLflow experiment)")
+    report.add_argument("--tracking-uri", help=tracking_help)
+    report.add_argument("--out", help="output folder (default reports/<study>)")
+    report.add_argument(
+        "--metric", action="append", help="metric to tabulate (repeatable; default: objective + eval top-1s)"
+    )
+    report.add_argument("--rows", help="config key of the table rows (default method.name)")
+    report.add_argument("--columns", help="config key of the table columns (default data.clips when swept)")
+    report.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    report.set_defaults(func=_report)
+
+    leaderboard = commands.add_parser(
+        "leaderboard",
+        help="the best run per (method, backbone, ρ) on each benchmark, across studies",
+        description="Across every study in the MLflow store: the best finished run per (method, backbone, ρ) "
+        "on each benchmark, ranked, with its MLflow run id; printed as Markdown and written as Markdown, "
+        "CSV and HTML.",
+    )
+    leaderboard.add_argument("--benchmark", help="only this benchmark (a name, or name.protocol)")
+    leaderboard.add_argument("--tracking-uri", help=tracking_help)
+    leaderboard.add_argument("--out", default="reports", help="output folder (default reports)")
+    leaderboard.set_defaults(func=_leaderboard)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="open optuna-dashboard on a study (history, importances, pruned trials)",
+        description="Serve optuna-dashboard for STUDY's Optuna storage on 127.0.0.1 and print the study's URL; "
+        "Ctrl-C stops it.",
+    )
+    dashboard.add_argument("study")
+    dashboard.add_argument(
+        "--storage", help="Optuna storage URL (default: $RHO_STORAGE or sqlite:///mlruns/optuna.db)"
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
+    )
+    dashboard.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    dashboard.set_defaults(func=_dashboard)
     return parser
 
 
