@@ -46,6 +46,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _remove_stale_temp_files(path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was kept"
@@ -59,6 +60,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         except OSError:
             pass  # a read-only folder has no temp file to remove
     return path
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers of this host that were killed mid-write."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive, or not ours to judge
 
 
 def load_checkpoint(path: str | Path, expected_hash: str | None = None) -> dict[str, Any]:

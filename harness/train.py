@@ -156,8 +156,8 @@ def pretrain(
     experiment = with_num_classes(experiment, entries)
     output = Path(output) if output is not None else checkpoint_dir(experiment, run_name)
     if runtime.is_main:  # a read-only or full disk fails here, before any compute
-        check_writable(output, "checkpoint folder (runtime.output_dir)")
         check_store(resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri), "MLflow store")
+        check_writable(output, "checkpoint folder (runtime.output_dir)")
     method = build_method(experiment)
     if experiment.backbone.sync_bn and runtime.distributed:
         if runtime.device.type != "cuda":

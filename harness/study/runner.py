@@ -363,6 +363,8 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
     storage.set_trial_user_attr(trial._trial_id, ATTR_SEED, point.seed)
     frozen = storage.get_trial(trial._trial_id)
     retry_of = frozen.system_attrs.get("failed_trial")
+    if retry_of is None:  # re-queued by a re-run after a failure (a tracking server that was down, say)
+        retry_of = _last_failed_attempt(study, point.key, trial.number)
     experiment = spec.experiment(point.overrides, point.seed)
     experiment.runtime.experiment = spec.name
     output = Path(experiment.runtime.output_dir) / spec.name / point.key
@@ -426,7 +428,9 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
                 storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, reason)
                 study.tell(trial, state=TrialState.FAIL)
             except Exception as storage_exc:
-                log.warning("could not record the failure of trial %s: %s", trial.number, redact(str(storage_exc)))
+                log.warning(
+                    "could not record the failure of trial %s: %s", trial.number, redact(str(storage_exc))
+                )
             print(f"trial {trial.number} FAILED: {reason}; stopping this worker", flush=True)
             raise
         except KeyboardInterrupt:
@@ -456,6 +460,14 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
     return TrialState.COMPLETE
 
 
+def _last_failed_attempt(study: optuna.Study, key: str, number: int) -> int | None:
+    """The number of the latest failed earlier trial of the same point, if any."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return max(
+        (t.number for t in failed if t.user_attrs.get(ATTR_KEY) == key and t.number < number), default=None
+    )
+
+
 def _close_dead_run(tracking_uri: str, run_id: str) -> None:
     """Mark the MLflow run of a dead attempt FAILED (its process could not)."""
     from mlflow import MlflowClient
@@ -463,10 +475,13 @@ def _close_dead_run(tracking_uri: str, run_id: str) -> None:
     client = MlflowClient(tracking_uri)
     try:
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "failure_reason", "worker died (heartbeat stale); retried")
+            reason = (
+                "the attempt ended without closing its run (worker died or lost the tracking store); retried"
+            )
+            client.set_tag(run_id, "failure_reason", reason)
             client.set_terminated(run_id, "FAILED")
     except Exception as exc:
-        log.warning("could not close the dead run %s: %s", run_id, exc)
+        log.warning("could not close the dead run %s: %s", run_id, redact(str(exc)))
 
 
 def _run_torchrun(
