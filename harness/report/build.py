@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from harness.plots import training_curves
 from harness.report.compare import (
+    BASELINE_COLUMN,
     Comparison,
     choose_axes,
     comparison,
@@ -86,7 +87,10 @@ def write_report(
 
     files: list[Path] = []
     comparisons = []
-    blocks: list[Block] = [Heading(f"Study {study}", 1), Text(_summary(runs, tracking_uri, rows, columns))]
+    description = runs.parent.data.tags.get("mlflow.note.content", "").strip()
+    blocks: list[Block] = [Heading(f"Study {study}", 1)]
+    blocks += [Text(description)] if description else []
+    blocks.append(Text(_summary(runs, tracking_uri, rows, columns)))
     for metric in metrics:
         direction = metric_direction(metric, runs.objective, runs.direction)
         comp = comparison(finished, rows, columns, metric, direction)
@@ -154,15 +158,13 @@ def write_report(
 def _summary(runs: StudyRuns, tracking_uri: str, rows: str, columns: str) -> str:
     counts = runs.frame["status"].value_counts().to_dict()
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-    description = runs.parent.data.tags.get("mlflow.note.content", "").strip()
     return (
-        (f"{description}\n\n" if description else "")
-        + f"MLflow store {redact(tracking_uri)}, experiment {runs.name!r} (id {runs.experiment_id}), "
+        f"MLflow store {redact(tracking_uri)}, experiment {runs.name!r} (id {runs.experiment_id}), "
         f"parent run {runs.parent.info.run_id}; {len(runs.frame)} child runs ({states}). "
         f"Objective {runs.objective} ({runs.direction}). Rows: {rows}; columns: {columns}. "
         "Each cell: mean ± sample std over the finished runs (seeds) of that cell, n, and the 95% "
-        "Student-t interval of the mean; the best mean of each column in bold; baselines in italics, "
-        f"in the column '{'baseline'}'. Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."
+        "Student-t interval of the mean; the best mean of each column in bold (ties: each); baselines "
+        f"in italics, in the column {BASELINE_COLUMN!r}. Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
 
 
