@@ -303,7 +303,12 @@ def test_tracking_server_gone_mid_study_fails_clearly_and_a_rerun_finishes(tiny_
     )
     try:
         study = start_study(spec, storage, server.url, env)
-        wait_for(lambda: complete_trials(storage_file) >= 1, 300, "the first trial")
+        checkpoints = tmp_path / "checkpoints" / "gone"
+        wait_for(
+            lambda: complete_trials(storage_file) >= 1 and len(list(checkpoints.glob("*/last.pt"))) >= 2,
+            300,
+            "the first trial and a checkpoint of the second",
+        )
         server.stop()
         stdout, stderr = study.communicate(timeout=300)
         line = error_line(subprocess.CompletedProcess([], study.returncode, stdout, stderr), 1)
@@ -327,7 +332,10 @@ def test_tracking_server_gone_mid_study_fails_clearly_and_a_rerun_finishes(tiny_
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert "(resuming)" in again.stdout, "the failed trial resumed from its checkpoint"
         final = check_each_point_finished_once(storage, server.url, "gone", 3)
-        retried = next(t for t in final.trials if t.state.name == "COMPLETE" and t.number > failed[0].number)
+        key = failed[0].user_attrs["rho.key"]
+        retried = next(
+            t for t in final.trials if t.state.name == "COMPLETE" and t.user_attrs["rho.key"] == key
+        )
         run = MlflowClient(server.url).get_run(retried.user_attrs["mlflow_run_id"])
         assert run.data.tags["retry_of_run"] == failed[0].user_attrs["mlflow_run_id"]
     finally:
