@@ -1,0 +1,105 @@
+"""Does data loading keep up? The demo config pretrained by the real engine with its default workers.
+
+``harness.train.pretrain`` runs ``studies/experiments/demo.yaml`` (as it is in the repository
+at run time, with its ``data.workers``) for a few epochs without evaluation; the engine
+measures, per epoch, the time the loop waits for the next batch (``data_wait``, a share of
+wall time) and clips/s. Alongside, in the same run, it measures what a batch costs on each
+side — decoding and augmenting one batch in one process, and one training step on a ready
+batch — which is what decides whether a given number of cores can keep the step fed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from harness.bench import BenchContext, BenchResult, Check
+from harness.bench.environment import usable_cores
+from harness.bench.media import demo_data_root, rho_data
+from harness.config import load_experiment
+from harness.data.manifest import read_manifest
+from harness.train import build_method, pretrain, train_dataset
+
+TITLE = "data loading vs training step on the demo config with its default workers"
+GOAL = "under 10% of step time spent waiting for data"
+ORDER = 5
+PARAMS = {"epochs": "epochs to train (default 4; quick 2)", "config": "experiment YAML (default the demo's)"}
+
+DEMO = Path(__file__).resolve().parents[2] / "studies" / "experiments" / "demo.yaml"
+QUICK = {
+    "data.batch_size": 4,
+    "data.frames": 2,
+    "data.crop": 16,
+    "backbone.width": 4,
+    "method.hidden_dims": [16],
+    "method.out_dim": 8,
+    "optim.base_batch_size": 4,
+}
+
+
+def batch_costs(experiment, batches: int = 2) -> tuple[float, float]:
+    """(seconds to decode and augment one batch in one process, seconds of one training step on it)."""
+    dataset = train_dataset(experiment)
+    size = experiment.data.batch_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    started = time.perf_counter()
+    items = [dataset[(99, i % len(dataset))] for i in range(batches * size)]
+    decode = (time.perf_counter() - started) / batches
+    torch.set_num_threads(threads)  # as in the training process
+    batch = default_collate(items[:size])
+    method = build_method(experiment)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
+    times = []
+    for _ in range(4):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        out = method.training_step(batch)
+        if not out.backward_done:
+            out.loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    return decode, statistics.median(times[1:])
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    epochs = ctx.param("epochs", 2 if ctx.quick else 4)
+    config = Path(ctx.param("config", str(DEMO), str))
+    root = demo_data_root(ctx.workdir.parent / "data", ctx.quick)
+    with rho_data(root), tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
+        overrides = {
+            **(QUICK if ctx.quick else {}),
+            "optim.epochs": epochs,
+            "eval.benchmarks": [],
+            "eval.knn_monitor": False,
+            "runtime.output_dir": f"{tmp}/checkpoints",
+        }
+        experiment = load_experiment(config, overrides)
+        decode_s, step_s = batch_costs(experiment)
+        trained = pretrain(experiment, tracking_uri=f"sqlite:///{tmp}/mlflow.db", print_progress=False)
+    data = experiment.data
+    result = ctx.result(["epoch", "clips/s", "data wait", "epoch s"])
+    for record in trained.history:
+        result.rows.append(
+            [int(record["epoch"]), record["clips_per_s"], record["data_wait"], record["epoch_time"]]
+        )
+    steady = [r["data_wait"] for r in trained.history[1:]] or [trained.history[0]["data_wait"]]
+    result.checks = [Check("data wait, epochs 2+", statistics.mean(steady), "<=", 0.10, unit="")]
+    workers = data.workers
+    cores = usable_cores()
+    steps = len(read_manifest(data.train)) // data.batch_size
+    result.notes = [
+        f"{config.name} with data in {root}: ρ = {data.clips}, T x τ = {data.frames} x {data.stride}, crop "
+        f"{data.crop}, batch {data.batch_size}, {workers} workers, {cores} cores, {torch.get_num_threads()} torch "
+        f"threads in the training process; {epochs} epochs of {steps} steps. Epoch 1 includes starting "
+        f"the workers; each epoch's first batch waits for a worker to build it from scratch.",
+        f"In this run, one batch costs {1000 * decode_s:.0f} ms to decode and augment in one process and "
+        f"{1000 * step_s:.0f} ms to train on: the workers need {decode_s / step_s:.2f} core-seconds per "
+        f"second of training to keep up, on {cores} cores shared with the training process.",
+    ]
+    return result
