@@ -3,6 +3,10 @@
 A transform takes one decoded clip, uint8 [T, H, W, 3], and returns float [3, T, H, W]
 normalised with the Kinetics mean and std. Random parameters are drawn once per call, so
 they are identical across the frames of a clip and independent across clips.
+
+The training pipeline crops (and flips) the uint8 frames first, then converts the small crop
+to float once, so the colour operations run on float crops: on uint8 each of them would
+convert to float and back (about 2x the cost of the whole pipeline at 32 px, 1.3x at 224 px).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def train_transform(crop: int, augment: AugmentConfig | None = None) -> VideoCli
             crop, scale=tuple(augment.crop_scale), ratio=tuple(augment.aspect), antialias=True
         ),
         v2.RandomHorizontalFlip(augment.flip),
+        v2.ToDtype(torch.float32, scale=True),
     ]
     if augment.color_p > 0:
         jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
@@ -58,7 +63,7 @@ def train_transform(crop: int, augment: AugmentConfig | None = None) -> VideoCli
     if augment.blur_p > 0:
         kernel = max(3, (crop // 10) | 1)  # odd, about 10% of the crop as in SimCLR
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=augment.blur_p))
-    return VideoClipTransform(v2.Compose(steps + _finish()))
+    return VideoClipTransform(v2.Compose([*steps, v2.Normalize(MEAN, STD)]))
 
 
 def eval_transform(crop: int, short_side: int | None = None) -> VideoClipTransform:
