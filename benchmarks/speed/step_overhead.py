@@ -121,7 +121,7 @@ def hand_steps(name, m, optimizer, batches, step, total, warmup, peak_lr) -> int
             pairs.append((m.head, m.target_head) if name == "moco" else (m.projector, m.target_projector))
             for online, target in pairs:
                 _ema(online, target, momentum)
-        float(loss)  # what a loop prints or checks for NaN
+        float(loss.detach())  # what a loop prints or checks for NaN
     return step
 
 

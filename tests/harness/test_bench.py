@@ -1,0 +1,190 @@
+"""``rho bench``: the runner, the results file and every benchmark at its quick size.
+
+Each benchmark runs for real (real mp4 files, the real engine, real MLflow and Optuna stores)
+at a tiny size; the tests check the structure of what it reports and the numbers that must
+hold whatever the machine's speed: ratios that agree with the timings they come from, bit-
+identical frames and weights, equal gradients, equal accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from harness.bench import BenchResult, Check, discover
+from harness.bench.runner import BenchContext, BenchError, parse_params, run_one, select, write_results
+from harness.cli import main
+
+
+@pytest.fixture(scope="module")
+def benches():
+    return discover()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One work folder for the module: test videos and datasets are made once."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def quick(benches, workdir, name: str, **params) -> BenchResult:
+    result = run_one(benches[name], True, workdir, {k: str(v) for k, v in params.items()}, f"test {name}")
+    assert result.skipped is None or name == "gpu", result.skipped
+    assert result.name == name and result.size == "quick" and result.seconds > 0
+    assert result.environment["cores"] >= 1 and torch.__version__.startswith(
+        result.environment["versions"]["torch"]
+    )
+    return result
+
+
+# --- runner and results file ---------------------------------------------------------------------
+
+
+def test_check_verdicts_and_markdown_round_trip(tmp_path):
+    at_least = Check("speed-up", 3.2, ">=", 3.0)
+    at_most = Check("overhead", 1.2, "<=", 1.05)
+    assert at_least.met and not at_most.met and not Check("x", float("nan"), ">=", 0.0).met
+    with pytest.raises(ValueError, match="op must be"):
+        Check("x", 1.0, "==", 1.0)
+    result = BenchResult("demo", "a vs b", "b at least 3x a", ["case", "a", "b"], [["one", 1.0, 3.2]])
+    result.checks = [at_least, at_most]
+    assert result.met is False
+    text = result.markdown()
+    assert "| case | a | b |" in text and "| one | 1 | 3.2 |" in text
+    assert "speed-up: 3.2x (goal >= 3x) met" in text and "overhead: 1.2x (goal <= 1.05x) NOT met" in text
+    again = BenchResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result and again.row(case="one") == {"case": "one", "a": 1.0, "b": 3.2}
+
+
+def test_results_file_keeps_each_benchmark_last_run(tmp_path, benches):
+    output = tmp_path / "RESULTS.md"
+    first = BenchResult("decode", "t", "g", ["x"], [[1]], environment={"date": "2026-01-01", "machine": "m1"})
+    other = BenchResult("memory", "t", "g", ["x"], [[2]], environment={"date": "2026-01-02", "machine": "m2"})
+    write_results(output, [first, other], benches)
+    rerun = BenchResult("decode", "t", "g", ["x"], [[3]], environment={"date": "2026-01-03", "machine": "m3"})
+    write_results(output, [rerun], benches)
+    text = output.read_text()
+    assert text.index("## decode") < text.index("## memory")  # the benchmarks' ORDER
+    assert "| 3 |" in text and "| 2 |" in text and "| 1 |" not in text
+    assert "Machine: m3" in text and "2026-01-02" in text
+    assert set(json.loads(output.with_suffix(".json").read_text())) == {"decode", "memory"}
+
+
+def test_names_and_params_are_checked_before_running(benches):
+    assert list(benches)[:3] == ["decode", "step_overhead", "memory"]
+    with pytest.raises(BenchError, match="unknown benchmark 'decod'; known: decode"):
+        select(benches, ["decod"])
+    chosen = select(benches, ["decode", "study"])
+    assert parse_params(["items=2", "study.trials=3"], chosen) == {
+        "decode": {"items": "2"},
+        "study": {"trials": "3"},
+    }
+    with pytest.raises(BenchError, match="no chosen benchmark takes 'rounds'"):
+        parse_params(["rounds=2"], chosen)
+    with pytest.raises(BenchError, match="expected key=value"):
+        parse_params(["items"], chosen)
+    ctx = BenchContext("decode", "t", "g", True, workdir=None, params={"items": "many"})
+    with pytest.raises(BenchError, match="items='many' is not a valid int"):
+        ctx.param("items", 3)
+
+
+def test_cli_unknown_benchmark_exits_2(capsys):
+    assert main(["bench", "nope"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+# --- the benchmarks, quick size ------------------------------------------------------------------
+
+
+def test_cli_decode_quick_writes_results(tmp_path, workdir, capsys):
+    output = tmp_path / "RESULTS.md"
+    assert main(["bench", "decode", "--quick", "--output", str(output), "--workdir", str(workdir)]) == 0
+    stored = BenchResult.from_dict(json.loads(output.with_suffix(".json").read_text())["decode"])
+    assert stored.column("ρ") == [1, 2, 4]
+    for row in stored.rows:
+        record = dict(zip(stored.columns, row, strict=True))
+        assert record["frames = limit"] is True  # ours decodes exactly the forward decode's frames
+        ratio = record["ours clips/s"] / record["pytorchvideo clips/s"]
+        assert record["ours / pytorchvideo"] == pytest.approx(ratio)
+        assert record["limit / ours"] == pytest.approx(record["limit clips/s"] / record["ours clips/s"])
+    # one open for four clips beats four opens and four seeks, whatever the machine
+    assert stored.row(**{"ρ": 4})["ours / pytorchvideo"] > 1.0
+    assert stored.check("ours / pytorchvideo at ρ=4").value == stored.row(**{"ρ": 4})["ours / pytorchvideo"]
+    text = output.read_text()
+    assert "rho bench --quick decode" in text and "## decode" in text and "load average" in text
+    assert "| decode | quick |" in capsys.readouterr().out
+
+
+def test_step_overhead_same_weights_as_hand_written_loop(benches, workdir):
+    result = quick(benches, workdir, "step_overhead", rounds=1, steps=1)
+    assert result.column("method") == ["simclr", "swav", "moco", "byol"]
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
+        assert record["max abs Δw"] <= 1e-5, record  # same math: same weights after the same steps
+        assert record["harness / hand"] == pytest.approx(
+            record["harness ms/step"] / record["hand-written ms/step"]
+        )
+    assert result.check("max abs Δw harness vs hand").met
+
+
+@pytest.mark.slow
+def test_memory_low_mode_gives_standard_gradients(benches, workdir):
+    result = quick(benches, workdir, "memory")
+    assert [(r[0], r[1]) for r in result.rows] == [("simclr", 2), ("simclr", 4)]
+    assert result.check("gradients low vs standard (rel.)").met
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
+        assert record["grad rel. diff"] <= 1e-4
+        assert record["batch MiB"] == pytest.approx(4 * record["ρ"] * 3 * 2 * 16 * 16 * 4 / 2**20)
+        assert record["low / standard"] == pytest.approx(record["low MiB"] / record["standard MiB"])
+
+
+@pytest.mark.slow
+def test_evaluation_cache_same_accuracy_as_reencoding(benches, workdir):
+    result = quick(benches, workdir, "evaluation", epochs=3, workers=0)
+    reference, cold, warm = (result.row(probe=p) for p in result.column("probe"))
+    assert cold["top-1 %"] == pytest.approx(reference["top-1 %"], abs=0.5)
+    assert warm["top-1 %"] == cold["top-1 %"]
+    assert warm["seconds"] < cold["seconds"]  # a warm cache extracts nothing
+    assert cold["speed-up vs re-encoding"] == pytest.approx(reference["seconds"] / cold["seconds"])
+    assert result.check("top-1 difference (points)").met
+
+
+@pytest.mark.slow
+def test_loading_reports_the_engine_data_wait(benches, workdir):
+    result = quick(benches, workdir, "loading", epochs=2)
+    assert result.column("epoch") == [1, 2]
+    for record in (result.row(epoch=e) for e in (1, 2)):
+        assert 0.0 <= record["data wait"] <= 1.0 and record["clips/s"] > 0 and record["epoch s"] > 0
+    assert result.check("data wait, epochs 2+").value == result.row(epoch=2)["data wait"]
+
+
+@pytest.mark.slow
+def test_study_counts_trial_epochs_with_and_without_pruner(benches, workdir):
+    result = quick(benches, workdir, "study", trials=3, epochs=2)
+    median, none = result.row(pruner="median"), result.row(pruner="none")
+    assert none["completed"] == 3 and none["pruned"] == 0 and none["trial-epochs"] == 3 * 2
+    assert median["completed"] + median["pruned"] == 3 and median["trial-epochs"] <= 6
+    assert result.check("trial-epochs saved by the pruner").value == pytest.approx(
+        1 - median["trial-epochs"] / none["trial-epochs"]
+    )
+    assert math.isfinite(median["best top-1 %"]) and math.isfinite(none["best top-1 %"])
+
+
+def test_gpu_benchmark_config_and_skip(benches, workdir, tiny_synth):
+    experiment = benches["gpu"].module.gpu_experiment(str(tiny_synth["train"]), 32, 15, 3, 224, str(workdir))
+    assert (experiment.backbone.name, experiment.method.name, experiment.data.clips) == (
+        "slow_r50",
+        "byol",
+        2,
+    )
+    assert (experiment.data.frames, experiment.data.stride, experiment.data.crop) == (8, 8, 224)
+    assert (experiment.runtime.device, experiment.runtime.precision) == ("cuda", "bf16")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the GPU benchmark would run, not skip")
+    result = quick(benches, workdir, "gpu")
+    assert result.skipped == "no CUDA device" and result.met is None
+    assert "**Skipped:** no CUDA device" in result.markdown()
