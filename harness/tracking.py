@@ -282,9 +282,10 @@ class RunLogger:
         self._call("log artifact", lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
     def log_text(self, text: str, name: str) -> None:
+        """Log ``text`` as the artifact ``name``, URL passwords redacted (a config may hold a store URL)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            path.write_text(text)
+            path.write_text(redact(text))
             self.log_artifact(path)
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 import yaml
 from mlflow import MlflowClient
-from reliability_helpers import rho, tiny_experiment_tree
+from reliability_helpers import env_with, rho, tiny_experiment_tree
 
 TRIALS = int(os.environ.get("RHO_LOAD_TRIALS", "100"))
 
@@ -43,6 +43,7 @@ def test_four_workers_run_a_hundred_trials_each_exactly_once(tiny_synth, tmp_pat
         )
     )
     started = time.monotonic()
+    # one thread per worker: four workers share a few cores
     out = rho(
         "study",
         "run",
@@ -53,6 +54,7 @@ def test_four_workers_run_a_hundred_trials_each_exactly_once(tiny_synth, tmp_pat
         url,
         "--tracking-uri",
         mlflow_uri,
+        env=env_with(OMP_NUM_THREADS="1"),
         timeout=900,
     )
     elapsed = time.monotonic() - started
