@@ -59,7 +59,7 @@ def textured_videos(
     folder: str | Path, count: int, seconds: float, fps: int, width: int, height: int
 ) -> list[VideoEntry]:
     """``count`` H.264 videos (x264 defaults: GOP 250, B-frames) in ``folder``; made once, then reused."""
-    folder = Path(folder) / f"{count}x{seconds:g}s_{fps}fps_{width}x{height}"
+    folder = Path(folder).resolve() / f"{count}x{seconds:g}s_{fps}fps_{width}x{height}"
     manifest = folder / "videos.csv"
     stamp = folder / "done.json"
     spec = {"count": count, "seconds": seconds, "fps": fps, "width": width, "height": height, "version": 1}

@@ -154,7 +154,9 @@ def run_one(
     bench: Benchmark, quick: bool, workdir: Path, params: dict[str, str], command: str
 ) -> BenchResult:
     """Run one benchmark; a crash becomes a result whose ``skipped`` names the error."""
-    ctx = BenchContext(bench.name, bench.title, bench.goal, quick, Path(workdir) / bench.name, params)
+    ctx = BenchContext(
+        bench.name, bench.title, bench.goal, quick, Path(workdir).resolve() / bench.name, params
+    )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     load_before = load_average()
     started = time.perf_counter()
