@@ -313,7 +313,7 @@ def test_tracking_server_gone_mid_study_fails_clearly_and_a_rerun_finishes(tiny_
         stdout, stderr = study.communicate(timeout=300)
         line = error_line(subprocess.CompletedProcess([], study.returncode, stdout, stderr), 1)
         assert f"MLflow tracking at {server.url} is unreachable" in line and "re-run" in line, line
-        waits = [float(w.split(" in ")[1].split()[0]) for w in stderr.splitlines() if "; retry " in w]
+        waits = [float(w.split(" in ")[-1].split()[0]) for w in stderr.splitlines() if "; retry " in w]
         assert len(waits) >= 2 and waits[1] > waits[0], f"no backoff: {waits}"
         trials = optuna.load_study(study_name="gone", storage=storage).trials
         states = [t.state for t in trials]
