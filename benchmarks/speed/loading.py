@@ -42,14 +42,21 @@ QUICK = {
 }
 
 
-def batch_costs(experiment, batches: int = 2) -> tuple[float, float]:
-    """(seconds to decode and augment one batch in one process, seconds of one training step on it)."""
+def batch_costs(experiment, batches: int = 2) -> tuple[float, float, float]:
+    """Seconds, in one process, to decode one batch, to decode and augment it, and of one training step on it."""
     dataset = train_dataset(experiment)
+    plain = train_dataset(experiment)
+    plain.transform = None
     size = experiment.data.batch_size
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
+    keys = [(99, i % len(dataset)) for i in range(batches * size)]
     started = time.perf_counter()
-    items = [dataset[(99, i % len(dataset))] for i in range(batches * size)]
+    for key in keys:
+        plain[key]
+    decode_only = (time.perf_counter() - started) / batches
+    started = time.perf_counter()
+    items = [dataset[key] for key in keys]
     decode = (time.perf_counter() - started) / batches
     torch.set_num_threads(threads)  # as in the training process
     batch = default_collate(items[:size])
@@ -64,7 +71,7 @@ def batch_costs(experiment, batches: int = 2) -> tuple[float, float]:
             out.loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - started)
-    return decode, statistics.median(times[1:])
+    return decode_only, decode, statistics.median(times[1:])
 
 
 def run(ctx: BenchContext) -> BenchResult:
@@ -80,7 +87,7 @@ def run(ctx: BenchContext) -> BenchResult:
             "runtime.output_dir": f"{tmp}/checkpoints",
         }
         experiment = load_experiment(config, overrides)
-        decode_s, step_s = batch_costs(experiment)
+        decode_only_s, decode_s, step_s = batch_costs(experiment)
         trained = pretrain(experiment, tracking_uri=f"sqlite:///{tmp}/mlflow.db", print_progress=False)
     data = experiment.data
     result = ctx.result(["epoch", "clips/s", "data wait", "epoch s"])
@@ -98,7 +105,8 @@ def run(ctx: BenchContext) -> BenchResult:
         f"{data.crop}, batch {data.batch_size}, {workers} workers, {cores} cores, {torch.get_num_threads()} torch "
         f"threads in the training process; {epochs} epochs of {steps} steps. Epoch 1 includes starting "
         f"the workers; each epoch's first batch waits for a worker to build it from scratch.",
-        f"In this run, one batch costs {1000 * decode_s:.0f} ms to decode and augment in one process and "
+        f"In this run, one batch costs {1000 * decode_s:.0f} ms to decode ({1000 * decode_only_s:.0f} ms) and "
+        f"augment ({1000 * (decode_s - decode_only_s):.0f} ms) in one process and "
         f"{1000 * step_s:.0f} ms to train on: the workers need {decode_s / step_s:.2f} core-seconds per "
         f"second of training to keep up, on {cores} cores shared with the training process.",
     ]

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from harness.bench.environment import describe_machine, load_average
 from harness.bench.result import BenchResult, markdown_table
 
@@ -159,6 +161,7 @@ def run_one(
     )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     load_before = load_average()
+    threads = torch.get_num_threads()  # benchmarks pin it; the next one starts from the default
     started = time.perf_counter()
     try:
         result = bench.module.run(ctx)
@@ -167,6 +170,8 @@ def run_one(
     except Exception as exc:
         traceback.print_exc()
         result = ctx.result([], skipped=f"failed: {exc.__class__.__name__}: {exc}")
+    finally:
+        torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - started
     result.environment = {
         **describe_machine(),
