@@ -24,10 +24,14 @@ EPILOG = """examples:
   rho study run studies/cpu/clips.yaml --workers 2
   rho study status clips
   rho ui                                          the MLflow UI on 127.0.0.1
+  rho bench decode --quick                        a speed benchmark (all: rho bench; see --list)
   rho report clips                                tables, plots and report.html in reports/clips/
   rho leaderboard --benchmark synth-linear        the best run per method, backbone and rho
   rho dashboard clips                             optuna-dashboard of a study on 127.0.0.1
 """
+
+
+DEFAULT_BENCH_OUTPUT = Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md"
 
 
 class UserError(Exception):
@@ -416,6 +420,24 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from harness.bench import BenchError, discover, run_benchmarks
+
+    try:
+        if args.list:
+            for name, bench in discover().items():
+                params = f" (--param {', '.join(bench.params)})" if bench.params else ""
+                print(f"{name:14} {bench.title}{params}")
+            return 0
+        results = run_benchmarks(
+            args.names, quick=args.quick, workdir=args.workdir, output=args.output, params=args.param or []
+        )
+    except BenchError as exc:
+        raise UserError(str(exc)) from None
+    print(f"results in {args.output}")
+    return 1 if any(r.skipped and r.skipped.startswith("failed") for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rho",
@@ -665,6 +687,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     dashboard.set_defaults(func=_dashboard)
+    bench = commands.add_parser(
+        "bench",
+        help="speed and memory benchmarks against reference implementations (benchmarks/RESULTS.md)",
+        description="Run benchmarks/speed/NAME.py (all by default): each measures the reference and ours in "
+        "the same run, prints a table with the ratio and whether the goal is met, and updates "
+        "benchmarks/RESULTS.md (machine, versions, load, date, the command).",
+    )
+    bench.add_argument(
+        "names", nargs="*", metavar="NAME", help="benchmarks to run (default: all; see --list)"
+    )
+    bench.add_argument("--list", action="store_true", help="list the benchmarks and their parameters")
+    bench.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks that everything runs, in seconds"
+    )
+    bench.add_argument(
+        "--param", action="append", metavar="[NAME.]KEY=VALUE", help="a benchmark parameter (repeatable)"
+    )
+    bench.add_argument(
+        "--output", default=str(DEFAULT_BENCH_OUTPUT), help="results file (default benchmarks/RESULTS.md)"
+    )
+    bench.add_argument(
+        "--workdir",
+        default="mlruns/bench",
+        help="cached test videos and scratch files (default mlruns/bench)",
+    )
+    bench.set_defaults(func=_bench)
     return parser
 
 
