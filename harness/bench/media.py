@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.encode import write_video
-from harness.data.manifest import VideoEntry, read_manifest, write_manifest
+from harness.data.manifest import ManifestError, VideoEntry, read_manifest, write_manifest
 from harness.data.synth import SynthSpec, synthesize
 
 
@@ -63,7 +63,7 @@ def textured_videos(
     manifest = folder / "videos.csv"
     stamp = folder / "done.json"
     spec = {"count": count, "seconds": seconds, "fps": fps, "width": width, "height": height, "version": 1}
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == spec):
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == spec and _all_present(manifest)):
         frames = max(1, round(seconds * fps))
         rows = []
         for index in range(count):
@@ -73,6 +73,15 @@ def textured_videos(
         write_manifest(manifest, rows)
         stamp.write_text(json.dumps(spec))
     return read_manifest(manifest)
+
+
+def _all_present(manifest: Path) -> bool:
+    """True when ``manifest`` reads and every video it names exists."""
+    try:
+        read_manifest(manifest)
+    except ManifestError:
+        return False
+    return True
 
 
 QUICK_SYNTH = SynthSpec(train_videos=16, val_videos=8, classes=2, duration=1.0, fps=8, size=32)
