@@ -155,11 +155,16 @@ def test_evaluation_cache_same_accuracy_as_reencoding(benches, workdir):
 
 @pytest.mark.slow
 def test_loading_reports_the_engine_data_wait(benches, workdir):
-    result = quick(benches, workdir, "loading", epochs=2)
-    assert result.column("epoch") == [1, 2]
-    for record in (result.row(epoch=e) for e in (1, 2)):
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2
+    result = quick(benches, workdir, "loading", epochs=2, threads=other)
+    assert [tuple(r[:2]) for r in result.rows] == [(threads, 1), (threads, 2), (other, 1), (other, 2)]
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
         assert 0.0 <= record["data wait"] <= 1.0 and record["clips/s"] > 0 and record["epoch s"] > 0
-    assert result.check("data wait, epochs 2+").value == result.row(epoch=2)["data wait"]
+    default = result.row(epoch=2, **{"torch threads": threads})
+    assert result.check("data wait, epochs 2+").value == default["data wait"]
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.slow
