@@ -67,6 +67,7 @@ def _data_synth(args: argparse.Namespace) -> int:
             size=args.size,
             seed=args.seed,
             constant_nuisance=args.constant_nuisance,
+            **({} if args.drift is None else {"drift": args.drift}),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -485,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same files")
     synth.add_argument(
         "--constant-nuisance", action="store_true", help="the control: nuisances constant within each video"
+    )
+    synth.add_argument(
+        "--drift",
+        type=float,
+        help="how far nuisances move towards a fresh draw at each keyframe, 0..1 (default: the demo's)",
     )
     synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     synth.set_defaults(func=_data_synth)

@@ -7,6 +7,8 @@ smooth (quintic) interpolation, so they are nearly constant within a ~1 s clip y
 between distant clips: the structure that makes ρ ≥ 2 temporal positives pay off. Small
 distractor ellipses pass through as mild clutter. ``constant_nuisance=True`` is the control:
 the same draws, frozen at the first keyframe, so ρ ≥ 2 can match a video by its nuisances.
+``drift`` sits between the two: each keyframe moves that fraction of the way to its fresh draw
+(1: independent draws, 0: frozen), so distant clips share more of their nuisances.
 
 Videos are H.264 mp4 files; with one encoder thread, no B-frames and no macroblock tree the
 bytes depend on the spec alone (x264's mbtree with B-frames was measured not to be
@@ -36,6 +38,7 @@ SHAPES = ("disk", "square", "triangle", "cross", "ring", "star", "bar", "crescen
 TEXTURES = ("solid", "stripes", "checker", "dots")
 MAX_CLASSES = len(SHAPES) * len(TEXTURES)
 KEYFRAME_SPACING = 2.0  # seconds, before rounding to a whole number of segments per video
+MAX_TURN = math.pi / 2  # the object's largest rotation between keyframes, radians
 LABEL_STREAM = 2**31  # the third seed word of the label shuffle: an index no video has
 ENCODER_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "bf": "0", "x264-params": "mbtree=0"}
 
@@ -52,6 +55,7 @@ class SynthSpec:
     size: int = 64  # square frames, even (H.264 4:2:0)
     seed: int = 0
     constant_nuisance: bool = False  # the control: nuisances constant within each video
+    drift: float = 1.0  # how far each keyframe moves towards a fresh draw: 0 frozen, 1 independent draws
 
     def __post_init__(self) -> None:
         rules = {
@@ -62,6 +66,7 @@ class SynthSpec:
             "fps": (self.fps >= 1, ">= 1"),
             "size": (self.size >= 16 and self.size % 2 == 0, "an even number >= 16"),
             "seed": (self.seed >= 0, ">= 0"),
+            "drift": (0.0 <= self.drift <= 1.0, "0..1 (0: nuisances frozen, 1: redrawn at each keyframe)"),
         }
         for name, (ok, allowed) in rules.items():
             if not ok:
@@ -148,7 +153,7 @@ def _draw_colours(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.
 
 def _draw_keyframes(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
     """Nuisance values at ``count`` keyframes, each [count, D]; angles random-walk, the rest are independent."""
-    turn = np.cumsum(rng.uniform(-math.pi / 2, math.pi / 2, count))
+    turn = np.cumsum(rng.uniform(-MAX_TURN, MAX_TURN, count))
     tilt = np.cumsum(rng.uniform(-math.pi / 3, math.pi / 3, count))
     light_dir = rng.uniform(0, 2 * math.pi, count)
     light = rng.uniform(0.0, 0.35, count)
@@ -168,6 +173,24 @@ def _draw_keyframes(rng: np.random.Generator, count: int) -> dict[str, np.ndarra
         "tint": rng.uniform(0.8, 1.2, (count, 3)),
         "light_gradient": light[:, None] * np.stack([np.cos(light_dir), np.sin(light_dir)], axis=1),
     }
+
+
+def _drift(keyframes: dict[str, np.ndarray], drift: float) -> dict[str, np.ndarray]:
+    """Each keyframe moves ``drift`` of the way from the previous one to its fresh draw.
+
+    ``drift`` 1 keeps the independent draws; smaller values make neighbouring keyframes (and so
+    distant clips of a video) share more of their nuisances. The draws themselves do not depend
+    on ``drift``, so datasets that differ only in it show the same videos at time 0.
+    """
+    if drift == 1.0:
+        return keyframes
+    moved = {}
+    for name, fresh in keyframes.items():
+        values = fresh.copy()
+        for k in range(1, len(values)):
+            values[k] = values[k - 1] + drift * (fresh[k] - values[k - 1])
+        moved[name] = values
+    return moved
 
 
 def _draw_distractor(rng: np.random.Generator, duration: float) -> Distractor:
@@ -195,7 +218,7 @@ def draw_plan(spec: SynthSpec, split: str, index: int) -> VideoPlan:
     spacing = spec.duration / (count - 1)
     key_times = np.arange(count) * spacing
     key_times[1:-1] += rng.uniform(-0.2, 0.2, count - 2) * spacing
-    keyframes = _draw_keyframes(rng, count)
+    keyframes = _drift(_draw_keyframes(rng, count), spec.drift)
     distractors = tuple(_draw_distractor(rng, spec.duration) for _ in range(rng.integers(1, 3)))
     wobble = np.array([0.03, rng.uniform(1.5, 3.0), *rng.uniform(0, 2 * math.pi, 2)])
     if spec.constant_nuisance:

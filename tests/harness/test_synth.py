@@ -177,6 +177,20 @@ def test_the_control_freezes_the_same_draws_at_the_first_keyframe():
         np.testing.assert_array_equal(frozen.keyframes[name], np.repeat(values[:1], len(values), axis=0))
 
 
+def test_drift_moves_each_keyframe_part_way_to_its_fresh_draw():
+    fresh = draw_plan(SynthSpec(), "train", 5).keyframes
+    frozen = draw_plan(SynthSpec(drift=0.0), "train", 5).keyframes
+    half = draw_plan(SynthSpec(drift=0.5), "train", 5).keyframes
+    for name, values in fresh.items():
+        np.testing.assert_array_equal(frozen[name], np.repeat(values[:1], len(values), axis=0))
+        np.testing.assert_array_equal(half[name][0], values[0])  # the same video at time 0
+        for k in range(1, len(values)):
+            np.testing.assert_allclose(half[name][k], (half[name][k - 1] + values[k]) / 2, rtol=1e-12)
+    assert (
+        np.abs(np.diff(half["position"], axis=0)).mean() < np.abs(np.diff(fresh["position"], axis=0)).mean()
+    )
+
+
 def test_interpolation_passes_through_keyframes_and_rests_there():
     key_times = np.array([0.0, 1.0, 2.5])
     values = np.array([[0.0], [4.0], [-2.0]])
@@ -187,7 +201,15 @@ def test_interpolation_passes_through_keyframes_and_rests_there():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("size", 33), ("classes", 1), ("classes", 33), ("duration", 0.0), ("train_videos", 0), ("seed", -1)],
+    [
+        ("size", 33),
+        ("classes", 1),
+        ("classes", 33),
+        ("duration", 0.0),
+        ("train_videos", 0),
+        ("seed", -1),
+        ("drift", 1.5),
+    ],
 )
 def test_a_bad_spec_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
