@@ -439,6 +439,14 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if any(r.skipped and r.skipped.startswith("failed") for r in results) else 0
 
 
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host and --port of a local web server (``rho ui``, ``rho dashboard``)."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rho",
@@ -641,10 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
     )
-    ui.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
-    )
-    ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    _add_server_arguments(ui)
     ui.set_defaults(func=_ui)
 
     tracking_help = "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
@@ -688,10 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument(
         "--storage", help="Optuna storage URL (default: $RHO_STORAGE or sqlite:///mlruns/optuna.db)"
     )
-    dashboard.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
-    )
-    dashboard.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    _add_server_arguments(dashboard)
     dashboard.set_defaults(func=_dashboard)
     bench = commands.add_parser(
         "bench",
