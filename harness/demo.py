@@ -2,8 +2,9 @@
 
 Synthesises the demo dataset (cached in data/synth), runs the study ``studies/demo.yaml``
 (ρSimCLR, ρSwAV, ρMoCo, ρBYOL × ρ ∈ {1, 2} on ``r3d_tiny``, plus the random-init and
-supervised baselines) into the embedded stores under ./mlruns, and prints the comparison
-tables. Re-running it resumes the study: finished trials are kept.
+supervised baselines) into the embedded stores under ./mlruns, prints the comparison
+tables and writes the study's report (reports/<study>/report.html). Re-running it resumes
+the study: finished trials are kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import optuna
 import pandas as pd
 
 from harness.data.synth import SynthSpec, synthesize
+from harness.report import write_report
 from harness.study import comparison_table, load_study, prepare_study, run_worker, trials_frame
 from harness.study.runner import resolve_storage
 from harness.tracking import resolve_tracking_uri
@@ -57,6 +59,8 @@ def run_demo(spec_path: Path = DEMO_STUDY) -> int:
     failed = frame[frame["state"] == "FAIL"] if not frame.empty else frame
     for _, row in failed.iterrows():
         print(f"trial {row['trial']} failed: {row['failure_reason']}")
-    print(f"\ndone in {time.monotonic() - started:.0f} s. Review every run in the MLflow UI: rho ui")
-    print(f"Trial table: rho study status {spec.name}")
+    report = write_report(tracking_uri, spec.name)
+    print(f"\nreport (tables, plots, training curves): {report.out / 'report.html'}")
+    print(f"done in {time.monotonic() - started:.0f} s. Review every run in the MLflow UI: rho ui")
+    print(f"Trial table: rho study status {spec.name}; Optuna view: rho dashboard {spec.name}")
     return 0 if failed.empty else 1
