@@ -2,7 +2,9 @@
 
 The requested times are served in order: frames between two requested ranges are decoded
 forward (never converted to RGB) when the gap is short, and skipped by a seek to the keyframe
-before the next range when it is longer than ``seek_threshold`` seconds. Decoding stops at
+before the next range when it is longer than ``seek_threshold`` seconds and the container's
+index shows that keyframe after what was already decoded (a seek to an earlier keyframe
+would decode those frames again; long GOPs such as x264's 250 make that common). Decoding stops at
 the last requested frame, so a short clip never costs a whole long video.
 
 A time maps to the frame shown then: frame index ``round(t × fps)`` of the stream, or the
@@ -112,6 +114,23 @@ def probe(container: av.container.InputContainer, path: str | Path = "") -> Vide
     )
 
 
+def _keyframe_indices(stream, fps: float, origin: int, time_base: Fraction) -> np.ndarray | None:
+    """Sorted frame indices of the keyframes in the container's index (mp4: all of them), or None without one.
+
+    Index timestamps are decode times, at most a few frames before the presentation times
+    with B-frames, so a keyframe may be placed a frame or two early: a seek is then skipped
+    where it would have saved those frames at best.
+    """
+    try:
+        entries = stream.index_entries
+        stamps = [entry.timestamp for entry in entries if entry.is_keyframe]
+    except (AttributeError, av.FFmpegError):
+        return None
+    if not stamps:
+        return None
+    return np.sort(np.round((np.array(stamps, dtype=np.float64) - origin) * float(time_base) * fps))
+
+
 def decode_times(
     container: av.container.InputContainer,
     times: np.ndarray,
@@ -145,10 +164,21 @@ def decode_times(
     last_frame = None
     gap = max(1, seek_threshold * fps)  # frames worth crossing by a seek
     seeking_helps = True  # False once a seek lands behind what was decoded (long GOPs)
+    keyframes = _keyframe_indices(stream, fps, origin, time_base)
+
+    def worth_seeking(target: int) -> bool:
+        """A long gap, and (where the container has an index) a keyframe after what was decoded."""
+        if not seeking_helps or target - max(position, 0) <= gap:
+            return False
+        if keyframes is None:
+            return True
+        before = np.searchsorted(keyframes, target, side="right") - 1  # the keyframe a seek lands on
+        return before >= 0 and keyframes[before] > position
+
     i = 0
     try:
         while i < len(targets):
-            seeked = seeking_helps and targets[i] - max(position, 0) > gap
+            seeked = worth_seeking(targets[i])
             if seeked:
                 offset = origin + int(targets[i] / fps / time_base)
                 container.seek(offset, stream=stream, backward=True, any_frame=False)
@@ -169,7 +199,7 @@ def decode_times(
                 position, last_frame = index, frame
                 if i == len(targets):
                     break
-                if seeking_helps and targets[i] - position > gap:
+                if worth_seeking(targets[i]):
                     break  # far gap: seek in the outer loop
             else:
                 break  # end of stream
