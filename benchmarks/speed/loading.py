@@ -135,4 +135,13 @@ def run(ctx: BenchContext) -> BenchResult:
         f"workers need {decode_s / step_s:.2f} core-seconds per second of training to keep up, on {cores} "
         f"cores shared with the training process.",
     ]
+    if not result.checks[0].met:
+        result.notes.append(
+            f"What limits it: the training process and {workers} workers share {cores} cores. Decoding is "
+            f"{decode_only_s / decode_s:.0%} of a batch's data cost (open, demux and H.264 decode of every "
+            f"frame up to the last one needed, most of them never shown); per-clip augmentation the rest. The "
+            f"step is short (a small 3D CNN on {data.crop} px clips), so every epoch's first batch, which one "
+            f"worker builds from scratch while the others wait for the sampler's next epoch, is a visible share "
+            f"of an epoch of {steps} steps; and when the workers run, the training threads lose cores to them."
+        )
     return result
