@@ -9,6 +9,7 @@ rank of a torchrun job (rank 0 logs and writes).
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
@@ -27,7 +28,7 @@ from harness.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint
 from harness.config import ConfigError, Experiment
 from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.manifest import num_classes
-from harness.data.sampler import EpochSampler
+from harness.data.sampler import EpochBatchSampler, EpochSampler
 from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from harness.preflight import check_store, check_writable
 from harness.progress import ProgressBar
@@ -170,17 +171,7 @@ def pretrain(
 
     dataset = train_dataset(experiment, entries)
     sampler = EpochSampler(len(dataset), experiment.runtime.seed, True, runtime.rank, runtime.world_size)
-    loader = DataLoader(
-        dataset,
-        batch_size=local_batch,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=data.workers,
-        persistent_workers=data.workers > 0,
-        pin_memory=runtime.device.type == "cuda",
-        prefetch_factor=4 if data.workers > 0 else None,
-    )
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(sampler) // local_batch
     optim_cfg = experiment.optim
     total_steps = steps_per_epoch * optim_cfg.epochs
     warmup_steps = round(optim_cfg.warmup_epochs * steps_per_epoch)
@@ -221,13 +212,25 @@ def pretrain(
     try:
         if not method.trainable:
             start_epoch = optim_cfg.epochs  # nothing to train (random init): evaluate as built
+        # One loader iterator for all remaining epochs: its workers run ahead across epoch ends.
+        # Its own generator keeps the global RNG untouched, so a resumed run stays bit-identical
+        # (items are seeded by (seed, epoch, index); worker seeds do not matter).
+        loader = DataLoader(
+            dataset,
+            batch_sampler=EpochBatchSampler(sampler, local_batch, start_epoch, optim_cfg.epochs),
+            num_workers=data.workers if start_epoch < optim_cfg.epochs else 0,
+            pin_memory=runtime.device.type == "cuda",
+            prefetch_factor=4 if data.workers > 0 and start_epoch < optim_cfg.epochs else None,
+            generator=torch.Generator().manual_seed(experiment.runtime.seed),
+        )
+        batches = iter(loader)
         for epoch in range(start_epoch, optim_cfg.epochs):
-            sampler.set_epoch(epoch)
             method.on_epoch_start(epoch)
             label = f"epoch {epoch + 1}/{optim_cfg.epochs}"
             epoch_metrics, step = _train_epoch(
                 method,
-                loader,
+                itertools.islice(batches, steps_per_epoch),
+                dataset,
                 optimizer,
                 runtime,
                 experiment,
@@ -272,7 +275,18 @@ def pretrain(
 
 
 def _train_epoch(
-    method, loader, optimizer, runtime, experiment, step, total_steps, warmup_steps, peak_lr, tracker, bar
+    method,
+    batches,
+    dataset,
+    optimizer,
+    runtime,
+    experiment,
+    step,
+    total_steps,
+    warmup_steps,
+    peak_lr,
+    tracker,
+    bar,
 ):
     """One pass over the loader; returns the epoch's mean metrics and the new global step."""
     method.train()
@@ -283,7 +297,7 @@ def _train_epoch(
     clip_grad = experiment.optim.clip_grad
     log_every = experiment.runtime.log_every
     tick = time.perf_counter()
-    for batch in loader:
+    for batch in batches:
         loaded = time.perf_counter()
         wait_time += loaded - tick
         batch = runtime.to_device(batch)
@@ -326,7 +340,7 @@ def _train_epoch(
     epoch.update(
         {"clips_per_s": clips_seen / elapsed, "data_wait": wait_time / elapsed, "epoch_time": elapsed}
     )
-    epoch.update(_padding_counts(loader.dataset))
+    epoch.update(_padding_counts(dataset))
     return epoch, step
 
 

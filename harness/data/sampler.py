@@ -42,3 +42,32 @@ class EpochSampler(Sampler[tuple[int, int]]):
         order += order[: total - len(order)]
         for index in order[self.rank : total : self.world_size]:
             yield self.epoch, index
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``sampler``'s keys for epochs ``start`` … ``stop - 1`` in one stream.
+
+    One DataLoader iterator then spans the whole training, so its workers prefetch the next
+    epoch's first batches while the current epoch ends (and while the checkpoint is written)
+    instead of starting every epoch from an empty queue. Each epoch's last partial batch is
+    dropped, so every epoch has ``steps_per_epoch`` batches whatever its start.
+    """
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, start: int, stop: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler, self.batch_size, self.start, self.stop = sampler, batch_size, start, stop
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in range(self.start, self.stop):
+            self.sampler.set_epoch(epoch)
+            keys = iter(self.sampler)
+            for _ in range(self.steps_per_epoch):
+                yield [next(keys) for _ in range(self.batch_size)]
