@@ -146,7 +146,10 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
         store = Path(tracking_uri.removeprefix("sqlite:///")).parent
         location = (store / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # The experiment kind makes MLflow 3's UI open on the runs table, not its GenAI overview.
+        return client.create_experiment(
+            name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
     except Exception:  # another worker created it in the meantime
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

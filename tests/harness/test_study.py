@@ -72,6 +72,7 @@ def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
     ]
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("rho.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
