@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -312,6 +313,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import signal
     import socket
     import subprocess
     import tempfile
@@ -328,7 +330,14 @@ def _ui(args: argparse.Namespace) -> int:
     command += ["--host", args.host, "--port", str(port), "--workers", "1"]
     # The server's log goes to a file: a pipe nobody reads would block it once full.
     log_file = tempfile.NamedTemporaryFile("w+", prefix="rho-ui-", suffix=".log", delete=False)
-    server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    # MLflow 3's GenAI job runner (huey consumers) is of no use here and slows start and stop.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # Its own session: stopping it reaches the uvicorn worker too, and nothing is left behind;
+    # SIGTERM (kill, a service manager) stops it as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     url = f"http://{args.host}:{port}"
     print(f"MLflow UI for {redact(uri)} at {url} (Ctrl-C stops it)", flush=True)
     try:
@@ -344,14 +353,30 @@ def _ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI exited with status {code}:\n{log_file.read()[-3000:]}", file=sys.stderr)
         return code or 1
     except KeyboardInterrupt:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop_process_group(server)
         print("MLflow UI stopped", flush=True)
         return 0
+
+
+def _stop_process_group(server, grace: float = 15.0) -> None:
+    """SIGTERM to ``server``'s whole process group, then SIGKILL to what is left after ``grace`` s."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            server.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; make sure its children are too
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
 
 
 def _dashboard(args: argparse.Namespace) -> int:

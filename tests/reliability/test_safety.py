@@ -98,8 +98,9 @@ def test_ui_listens_on_loopback_unless_told_otherwise(host, mlflow_uri):
                 addresses |= {c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN}
         assert addresses == {host or "127.0.0.1"}, addresses
     finally:
-        ui.terminate()
+        ui.terminate()  # SIGTERM stops the server as Ctrl-C does
         ui.wait(timeout=60)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # none left
 
 
 def test_manifest_rows_cannot_escape_the_data_root_unless_allowed(index_videos, tmp_path, capsys):
