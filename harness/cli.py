@@ -380,6 +380,8 @@ def _stop_process_group(server, grace: float = 15.0) -> None:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
+    import signal
+
     from harness.dashboard import dashboard_server
     from harness.study.runner import resolve_storage
     from harness.tracking import redact
@@ -396,6 +398,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         f"Optuna dashboard of study {args.study} ({redact(storage_url)}) at {url} (Ctrl-C stops it)",
         flush=True,
     )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill stops it as Ctrl-C does
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,6 +1,14 @@
 """Test-wide set-up: every test gets private HOME, TORCH_HOME and MPLCONFIGDIR folders."""
 
+import signal
+
 import pytest
+
+# A shell that starts the suite in the background (`make test &`, nohup, some CI runners) makes
+# it ignore SIGINT, and every process it starts inherits that: the tests that press Ctrl-C
+# (SIGINT) on `rho ui`, `rho dashboard` or a study would then wait in vain. Catching SIGINT here
+# makes the children start with the default disposition again, as in a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
