@@ -169,7 +169,7 @@ def run(ctx: BenchContext) -> BenchResult:
         optimizer = build_optimizer(ours.param_groups(0.0), experiment.optim, peak_lr)
         hand_optimizer = torch.optim.AdamW(hand.param_groups(0.0), lr=peak_lr, betas=(0.9, 0.999))
         runtime = Runtime.setup(experiment.runtime)
-        loader = _Loader(batches, types.SimpleNamespace(bad_files=set()))
+        dataset = types.SimpleNamespace(bad_files=set())  # what _train_epoch reads of the dataset
         tracker = RunLogger(uri, "rho-bench-step", run_name=name)
         ours_times, hand_times = [], []
         step_ours = step_hand = 0
@@ -177,7 +177,7 @@ def run(ctx: BenchContext) -> BenchResult:
             bar = ProgressBar(f"bench {name}", steps, stream=io.StringIO())
             started = time.perf_counter()
             _, step_ours = _train_epoch(
-                ours, loader, optimizer, runtime, experiment, step_ours,
+                ours, iter(batches), dataset, optimizer, runtime, experiment, step_ours,
                 total, 0, peak_lr, tracker, bar,
             )  # fmt: skip
             middle = time.perf_counter()
@@ -202,16 +202,3 @@ def run(ctx: BenchContext) -> BenchResult:
         f"hand-written loop; ms/step are medians over rounds, the ratio is the median of the rounds' ratios.",
     ]
     return result
-
-
-class _Loader:
-    """What ``_train_epoch`` needs of a DataLoader: iteration, a length, and ``dataset.bad_files``."""
-
-    def __init__(self, batches: list[dict], dataset: object):
-        self.batches, self.dataset = batches, dataset
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)

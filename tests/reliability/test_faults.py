@@ -83,6 +83,8 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tiny_synth, tmp_p
     )
     assert straight.returncode == 0, straight.stderr[-3000:]
     duration = time.monotonic() - started
+    history = load_checkpoint(tmp_path / "straight" / "last.pt")["history"]
+    epoch_s = sum(h["epoch_time"] for h in history) / len(history)  # kills land within the next epoch
     rng = random.Random(int(os.environ.get("RHO_TEST_KILL_SEED", "8")))
     killed_at: list[int] = []
     output = tmp_path / "killed"
@@ -104,7 +106,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tiny_synth, tmp_p
                 if attempt and now != before:
                     break
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(rng.uniform(0.0, 0.9) * epoch_s)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
