@@ -128,7 +128,8 @@ def run(ctx: BenchContext) -> BenchResult:
         f"{data.crop}, batch {data.batch_size}, {workers} workers, {cores} cores; {epochs} epochs of {steps} "
         f"steps. The check is on the engine's default torch threads ({default_threads}) in the training "
         f"process; other thread counts (--param threads=1,...) are shown for comparison. Epoch 1 includes "
-        f"starting the workers; each epoch's first batch waits for a worker to build it from scratch.",
+        f"starting the workers; later epochs' first batches were prefetched across the epoch end (one "
+        f"loader iterator spans the training).",
         f"In this run, one batch costs {1000 * decode_s:.0f} ms to decode ({1000 * decode_only_s:.0f} ms) and "
         f"augment ({1000 * (decode_s - decode_only_s):.0f} ms) in one process and "
         f"{1000 * step_s:.0f} ms to train on ({default_threads} torch threads, no workers running): the "
@@ -140,8 +141,7 @@ def run(ctx: BenchContext) -> BenchResult:
             f"What limits it: the training process and {workers} workers share {cores} cores. Decoding is "
             f"{decode_only_s / decode_s:.0%} of a batch's data cost (open, demux and H.264 decode of every "
             f"frame up to the last one needed, most of them never shown); per-clip augmentation the rest. The "
-            f"step is short (a small 3D CNN on {data.crop} px clips), so every epoch's first batch, which one "
-            f"worker builds from scratch while the others wait for the sampler's next epoch, is a visible share "
-            f"of an epoch of {steps} steps; and when the workers run, the training threads lose cores to them."
+            f"step is short (a small 3D CNN on {data.crop} px clips), so when the workers run, the training "
+            f"threads lose cores to them."
         )
     return result
