@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,3 +65,21 @@ def tiny_experiment_tree(synth: dict[str, Path], tmp: Path) -> dict:
         "optim": {"name": "sgd", "lr": 0.05, "base_batch_size": 4, "epochs": 2, "warmup_epochs": 0},
         "runtime": {"output_dir": str(tmp / "checkpoints"), "experiment": "tests", "log_every": 1},
     }
+
+
+def write_tiny_knn_benchmark(synth: dict[str, Path], folder: Path) -> Path:
+    """``folder/knn.yaml``: a kNN benchmark (``tiny-knn``) on ``tiny_synth`` that runs in a second."""
+    benchmark = folder / "knn.yaml"
+    benchmark.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-knn",
+                "protocol": "knn",
+                "train": str(synth["train"]),
+                "val": str(synth["val"]),
+                "views": {"frames": 2, "stride": 2, "crop": 16},
+                "knn": {"k": 5},
+            }
+        )
+    )
+    return benchmark

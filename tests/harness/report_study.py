@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from conftest import tiny_experiment_tree
+from conftest import tiny_experiment_tree, write_tiny_knn_benchmark
 
 NAME = "report-small"
 METRIC = "eval.tiny-knn.knn.top1"
@@ -35,19 +35,7 @@ def build_small_study(root: Path, tiny_synth: dict[str, Path], mlflow_template: 
         return study
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(mlflow_template, db)
-    benchmark = root / "knn.yaml"
-    benchmark.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny-knn",
-                "protocol": "knn",
-                "train": str(tiny_synth["train"]),
-                "val": str(tiny_synth["val"]),
-                "views": {"frames": 2, "stride": 2, "crop": 16},
-                "knn": {"k": 5},
-            }
-        )
-    )
+    benchmark = write_tiny_knn_benchmark(tiny_synth, root)
     tree = tiny_experiment_tree(tiny_synth, root)
     tree["eval"] = {"benchmarks": [str(benchmark)]}
     spec = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_experiment_tree
+from conftest import tiny_experiment_tree, write_tiny_knn_benchmark
 
 from harness.cli import build_parser
 
@@ -56,19 +56,7 @@ def test_evaluate_a_checkpoint_from_the_command_line(tiny_synth, tmp_path, mlflo
         "pretrain", str(config), "--output", str(tmp_path / "run"), "--tracking-uri", mlflow_uri, timeout=600
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    benchmark = tmp_path / "knn.yaml"
-    benchmark.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny-knn",
-                "protocol": "knn",
-                "train": str(tiny_synth["train"]),
-                "val": str(tiny_synth["val"]),
-                "views": {"frames": 2, "stride": 2, "crop": 16},
-                "knn": {"k": 5},
-            }
-        )
-    )
+    benchmark = write_tiny_knn_benchmark(tiny_synth, tmp_path)
     out = rho(
         "evaluate",
         str(tmp_path / "run" / "last.pt"),
