@@ -288,7 +288,7 @@ def _train_epoch(
     tracker,
     bar,
 ):
-    """One pass over the loader; returns the epoch's mean metrics and the new global step."""
+    """Train on one epoch's ``batches``; returns the epoch's mean metrics and the new global step."""
     method.train()
     sums: dict[str, float] = {}
     count = 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from harness.data.encode import write_video
@@ -42,3 +44,18 @@ def write_index_video(
 ) -> Path:
     """An mp4 of ``num_frames`` frames, frame i showing i."""
     return write_video(path, (index_frame(i, size) for i in range(num_frames)), fps=fps, gop=gop)
+
+
+def write_audio_only(path: Path) -> Path:
+    """An mp4 with one AAC stream and no video."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -2,29 +2,12 @@
 
 import subprocess
 import sys
-from fractions import Fraction
 
-import av
-import numpy as np
 import pytest
+from videos import write_audio_only
 
 from harness.data import write_manifest
 from harness.data.check import check_manifest
-
-
-def write_audio_only(path):
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(10):
-            samples = np.zeros((1, 1024), np.float32)
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture

@@ -16,14 +16,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))
 
-from videos import index_frame  # noqa: E402
+from videos import index_frame, write_audio_only  # noqa: E402
 
 
 def harness_fixtures():
@@ -70,21 +69,6 @@ def env_with(**extra: str) -> dict[str, str]:
 
 
 # --- bad video files -------------------------------------------------------------------------
-
-
-def write_audio_only(path: Path) -> Path:
-    """An mp4 with one AAC stream and no video."""
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 16000, i * 1024, Fraction(1, 16000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def write_vfr_index_video(path: Path, times: list[float], size: int = 64) -> Path:
