@@ -123,6 +123,10 @@ class DataConfig:
     seek_threshold: float = _spec(
         1.0, help="seek instead of decoding forward across gaps longer than this (s)", min=0.0
     )
+    cache: bool = _spec(
+        False,
+        help="decode each training video once and keep its frames in memory (small datasets; at most half the free RAM)",
+    )
     allow_outside_root: bool = _spec(
         False, help="allow manifest rows outside the manifest's folder (../, absolute paths, symlinks out)"
     )
@@ -227,7 +231,7 @@ class Experiment:
         d.pop("eval")
         runtime = d.pop("runtime")
         d["seed"] = runtime["seed"]
-        for key in ("workers", "val", "allow_outside_root"):
+        for key in ("workers", "val", "allow_outside_root", "cache"):
             d["data"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

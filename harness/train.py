@@ -27,6 +27,7 @@ from harness import distributed as dist_utils
 from harness.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import ConfigError, Experiment
 from harness.data import MultiClipDataset, read_manifest, train_transform
+from harness.data.decode import CacheFull, FrameCache
 from harness.data.manifest import num_classes
 from harness.data.sampler import EpochBatchSampler, EpochSampler
 from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -75,6 +76,7 @@ def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiC
         seed=experiment.runtime.seed,
         fps=data.fps,
         seek_threshold=data.seek_threshold,
+        cache=FrameCache() if data.cache else None,
     )
 
 
@@ -212,6 +214,8 @@ def pretrain(
     try:
         if not method.trainable:
             start_epoch = optim_cfg.epochs  # nothing to train (random init): evaluate as built
+        if dataset.cache is not None and start_epoch < optim_cfg.epochs:
+            _fill_cache(dataset, data.train, runtime.is_main)
         # One loader iterator for all remaining epochs: its workers run ahead across epoch ends.
         # Its own generator keeps the global RNG untouched, so a resumed run stays bit-identical
         # (items are seeded by (seed, epoch, index); worker seeds do not matter).
@@ -342,6 +346,23 @@ def _train_epoch(
     )
     epoch.update(_padding_counts(dataset))
     return epoch, step
+
+
+def _fill_cache(dataset: MultiClipDataset, manifest: str, verbose: bool) -> None:
+    """``data.cache``: decode every training video into memory before the loader's workers fork."""
+    started = time.perf_counter()
+    try:
+        dataset.preload()
+    except CacheFull as exc:
+        raise ConfigError(
+            "data.cache", True, f"{exc}; the videos of {manifest} do not fit in memory: set data.cache: false"
+        ) from None
+    if verbose:
+        print(
+            f"data.cache: {len(dataset.cache)} videos decoded into memory "
+            f"({dataset.cache.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
 
 
 def _padding_counts(dataset: MultiClipDataset) -> dict[str, float]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from harness.data.decode import BadVideo, decode_clips
+from harness.data.decode import BadVideo, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
 from harness.data.sampling import clip_starts
 from harness.data.transforms import ClipTransform
@@ -50,6 +50,8 @@ class MultiClipDataset(Dataset):
         seed: base seed of the per-item generators.
         fps: resample to this rate (None: each video's own rate).
         seek_threshold: decoder gap (s) above which it seeks rather than decodes forward.
+        cache: keep each video decoded in this cache after its first read (``preload`` fills
+            it up front); the items are the same with or without it.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class MultiClipDataset(Dataset):
         seed: int = 0,
         fps: float | None = None,
         seek_threshold: float = 1.0,
+        cache: FrameCache | None = None,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
@@ -71,8 +74,22 @@ class MultiClipDataset(Dataset):
         self.entries = list(read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest)
         self.clips, self.frames, self.stride = clips, frames, stride
         self.t_max, self.transform, self.seed = t_max, transform, seed
-        self.fps, self.seek_threshold = fps, seek_threshold
+        self.fps, self.seek_threshold, self.cache = fps, seek_threshold, cache
         self.bad_files: set[Path] = set()
+
+    def preload(self) -> None:
+        """Decode every video into the cache now (before DataLoader workers fork, so they share it).
+
+        Unreadable videos are skipped with a warning, as in training. Raises ``CacheFull`` when the
+        videos do not fit in the cache's limit.
+        """
+        if self.cache is None:
+            raise ValueError("preload needs a FrameCache (cache=...)")
+        for entry in self.entries:
+            try:
+                self.cache.get(entry.path)
+            except BadVideo as exc:
+                self._skip(entry, exc)
 
     @property
     def views(self) -> int:
@@ -91,9 +108,7 @@ class MultiClipDataset(Dataset):
             try:
                 clips, starts, padded = self._load(entry, rng)
             except BadVideo as exc:
-                if entry.path not in self.bad_files:
-                    self.bad_files.add(entry.path)
-                    log.warning("skipping unreadable video (%s); `rho data check` lists all such files", exc)
+                self._skip(entry, exc)
                 continue
             return {
                 "clips": clips,
@@ -108,6 +123,11 @@ class MultiClipDataset(Dataset):
             f"(last: {self.entries[row].path}); run `rho data check` on the manifest"
         )
 
+    def _skip(self, entry: VideoEntry, exc: BadVideo) -> None:
+        if entry.path not in self.bad_files:
+            self.bad_files.add(entry.path)
+            log.warning("skipping unreadable video (%s); `rho data check` lists all such files", exc)
+
     def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, int]:
         """Decode one video once and build its V transformed clips."""
 
@@ -116,7 +136,7 @@ class MultiClipDataset(Dataset):
             return clip_starts(num_frames, self.clips, span, t_max_frames, rng)
 
         frames, seconds, padded = decode_clips(
-            entry, self.frames, self.stride, self.fps, pick_starts, self.seek_threshold
+            entry, self.frames, self.stride, self.fps, pick_starts, self.seek_threshold, self.cache
         )
         frames_per_clip = torch.from_numpy(frames)
         if self.clips == 1:

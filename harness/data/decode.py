@@ -223,6 +223,7 @@ def decode_clips(
     fps: float | None,
     pick_starts: Callable[[int, int, float], np.ndarray],
     seek_threshold: float = 1.0,
+    cache: FrameCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Open a manifest entry once and decode the clips whose starts ``pick_starts`` chooses.
 
@@ -232,25 +233,127 @@ def decode_clips(
         pick_starts: (grid frames in the window, clip span in grid frames, grid fps) → start
             indices [n] on the grid.
         seek_threshold: see ``decode_times``.
+        cache: take the frames from this cache (decoding the whole video into it on a miss)
+            instead of decoding them from the file; the frames are the same.
 
     Returns:
         (uint8 [n, T, H, W, 3], start times in seconds [n], frames padded past the end).
     """
+    if cache is not None:
+        video = cache.get(entry.path)
+        return _clips(entry, video.info, frames, stride, fps, pick_starts, video.at)
     container = open_video(entry.path)
     try:
         info = probe(container, entry.path)
-        grid_fps = fps or info.fps
-        timing = ClipTiming(frames, stride, grid_fps)
-        window_start, window_end = entry.window
-        offset = window_start or 0.0
-        duration = min(info.duration, window_end if window_end is not None else math.inf) - offset
-        if duration <= 0:
-            raise BadVideo(
-                f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)"
-            )
-        starts = pick_starts(grid_length(duration, grid_fps), timing.span, grid_fps)
-        times = offset + np.concatenate([timing.frame_times(s) for s in starts])
-        decoded, padded = decode_times(container, times, seek_threshold, entry.path)
+        return _clips(
+            entry,
+            info,
+            frames,
+            stride,
+            fps,
+            pick_starts,
+            lambda times: decode_times(container, times, seek_threshold, entry.path),
+        )
     finally:
         container.close()
+
+
+def _clips(
+    entry: VideoEntry,
+    info: VideoInfo,
+    frames: int,
+    stride: int,
+    fps: float | None,
+    pick_starts: Callable[[int, int, float], np.ndarray],
+    fetch: Callable[[np.ndarray], tuple[np.ndarray, int]],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``decode_clips`` once the video is known: place the clips, then ``fetch`` their frame times."""
+    grid_fps = fps or info.fps
+    timing = ClipTiming(frames, stride, grid_fps)
+    window_start, window_end = entry.window
+    offset = window_start or 0.0
+    duration = min(info.duration, window_end if window_end is not None else math.inf) - offset
+    if duration <= 0:
+        raise BadVideo(f"{entry.path}: window {entry.window} lies outside the video ({info.duration:.2f} s)")
+    starts = pick_starts(grid_length(duration, grid_fps), timing.span, grid_fps)
+    times = offset + np.concatenate([timing.frame_times(s) for s in starts])
+    decoded, padded = fetch(times)
     return decoded.reshape(len(starts), frames, *decoded.shape[1:]), offset + starts / grid_fps, padded
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole videos decoded once and kept in memory (``data.cache``).
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """Every frame of one video, uint8 [N, H, W, 3], as ``decode_times`` gives them."""
+
+    frames: np.ndarray
+    info: VideoInfo
+
+    def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
+        """The frames shown at ``times`` and how many times lie past the last frame (``decode_times``' contract)."""
+        wanted = np.round(np.asarray(times, dtype=np.float64) * self.info.fps).astype(np.int64)
+        return self.frames[np.clip(wanted, 0, len(self.frames) - 1)], int((wanted >= len(self.frames)).sum())
+
+
+def decode_video(path: str | Path) -> DecodedVideo:
+    """Decode every frame of a video (the header's frame count; a short stream repeats its last frame)."""
+    container = open_video(path)
+    try:
+        info = probe(container, path)
+        frames, _ = decode_times(container, np.arange(info.num_frames) / info.fps, path=path)
+    finally:
+        container.close()
+    return DecodedVideo(frames, info)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable; free pages where /proc is missing)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class CacheFull(MemoryError):
+    """Adding a video would take a ``FrameCache`` past its byte limit."""
+
+
+class FrameCache:
+    """Decoded videos kept in memory, so each is decoded once rather than once per epoch.
+
+    For datasets that fit in memory (the synthetic set: about 250 MB for 320 videos at 64 px).
+    Filled in the training process before the DataLoader workers start, the forked workers share
+    its pages (copy-on-write, never written); a worker that misses decodes into its own copy.
+
+    Args:
+        limit_bytes: the most the frames may take (default: half the memory available now).
+    """
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
+        self.limit = limit_bytes if limit_bytes is not None else available_memory() // 2
+        self.nbytes = 0
+        self._videos: dict[str, DecodedVideo] = {}
+
+    def __len__(self) -> int:
+        return len(self._videos)
+
+    def get(self, path: str | Path) -> DecodedVideo:
+        """The decoded video at ``path``, decoding it on a miss; raises ``CacheFull`` past the limit."""
+        video = self._videos.get(str(path))
+        if video is None:
+            video = decode_video(path)
+            if self.nbytes + video.frames.nbytes > self.limit:
+                raise CacheFull(
+                    f"{path}: {len(self)} decoded videos take {self.nbytes / 2**20:.0f} MiB and this one "
+                    f"{video.frames.nbytes / 2**20:.0f} MiB more, past the cache's {self.limit / 2**20:.0f} MiB"
+                )
+            self._videos[str(path)] = video
+            self.nbytes += video.frames.nbytes
+        return video

@@ -11,11 +11,14 @@ convert to float and back (about 2x the cost of the whole pipeline at 32 px, 1.3
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from harness.config import AugmentConfig
 
@@ -40,6 +43,43 @@ class VideoClipTransform:
         return f"{type(self).__name__}({self.pipeline})"
 
 
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def rotate_hue(video: torch.Tensor, hue_factor: float) -> torch.Tensor:
+    """Shift the hue of float RGB in [0, 1], [..., 3, H, W], by ``hue_factor`` turns (-0.5..0.5).
+
+    The shift is a rotation of the chroma plane in YIQ space, which keeps luma and is one 3×3
+    matrix: about 20× cheaper on a small clip than torchvision's RGB → HSV → RGB round trip
+    (0.43 ms of the pipeline's 1 ms per 4×32×32 clip), and the same family of colour changes.
+    """
+    angle = -2 * math.pi * hue_factor  # the sign of torchvision's adjust_hue (red towards yellow for > 0)
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).to(video.dtype)
+    return torch.einsum("ij,...jhw->...ihw", matrix, video).clamp_(0.0, 1.0)
+
+
+class ColorJitter(v2.ColorJitter):
+    """torchvision's ColorJitter (random order, same factor ranges) with the hue step done by ``rotate_hue``."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        output = inpt
+        for fn_id in params["fn_idx"].tolist():
+            if fn_id == 0 and params["brightness_factor"] is not None:
+                output = F.adjust_brightness(output, params["brightness_factor"])
+            elif fn_id == 1 and params["contrast_factor"] is not None:
+                output = F.adjust_contrast(output, params["contrast_factor"])
+            elif fn_id == 2 and params["saturation_factor"] is not None:
+                output = F.adjust_saturation(output, params["saturation_factor"])
+            elif fn_id == 3 and params["hue_factor"] is not None:
+                output = tv_tensors.wrap(
+                    rotate_hue(output.as_subclass(torch.Tensor), params["hue_factor"]), like=inpt
+                )
+        return output
+
+
 def _finish() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
 
@@ -56,7 +96,7 @@ def train_transform(crop: int, augment: AugmentConfig | None = None) -> VideoCli
         v2.ToDtype(torch.float32, scale=True),
     ]
     if augment.color_p > 0:
-        jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+        jitter = ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
         steps.append(v2.RandomApply([jitter], p=augment.color_p))
     if augment.grayscale_p > 0:
         steps.append(v2.RandomGrayscale(augment.grayscale_p))

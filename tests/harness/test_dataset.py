@@ -154,3 +154,46 @@ def test_write_index_video_roundtrip(tmp_path):
     with av.open(str(path)) as container:
         decoded = [read_index(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
     assert decoded == list(range(30))
+
+
+@pytest.mark.parametrize("fps", [None, 5.0])
+def test_frame_cache_gives_the_same_items_and_decodes_each_video_once(index_videos, tmp_path, fps):
+    from harness.data.decode import FrameCache
+
+    rows = [
+        {"path": str(index_videos["long"]), "label": 0},
+        {"path": str(index_videos["short"]), "label": 1},  # shorter than a clip: padding counts too
+        {"path": str(index_videos["one_gop"]), "label": 2, "start": 3.0, "end": 6.0},
+    ]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    transform = train_transform(32)
+    plain = MultiClipDataset(manifest, clips=3, frames=8, stride=2, transform=transform, seed=5, fps=fps)
+    cache = FrameCache()
+    cached = MultiClipDataset(
+        manifest, clips=3, frames=8, stride=2, transform=transform, seed=5, fps=fps, cache=cache
+    )
+    cached.preload()
+    assert len(cache) == 3 and cache.nbytes == (100 + 12 + 150) * 64 * 64 * 3
+    for epoch in range(3):
+        for index in range(3):
+            a, b = plain[(epoch, index)], cached[(epoch, index)]
+            assert torch.equal(a["clips"], b["clips"]) and torch.equal(a["starts"], b["starts"])
+            assert a["padded"] == b["padded"]
+    assert cached[(0, 1)]["padded"] > 0
+
+
+def test_frame_cache_refuses_past_its_limit_and_preload_skips_bad_videos(index_videos, tmp_path):
+    from harness.data.decode import CacheFull, FrameCache
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"junk")
+    rows = [{"path": str(bad), "label": 0}, {"path": str(index_videos["short"]), "label": 1}]
+    dataset = MultiClipDataset(
+        write_manifest(tmp_path / "m.csv", rows), 2, 4, 2, cache=FrameCache(limit_bytes=10**6)
+    )
+    dataset.preload()
+    assert dataset.bad_files == {bad} and len(dataset.cache) == 1
+    full = FrameCache(limit_bytes=12 * 64 * 64 * 3 - 1)
+    with pytest.raises(CacheFull, match=r"short\.mp4.*past the cache's"):
+        full.get(index_videos["short"])
+    assert len(full) == 0 and full.nbytes == 0

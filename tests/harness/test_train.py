@@ -61,6 +61,20 @@ def test_resume_after_an_interruption_is_bit_identical(tiny_synth, tmp_path, mlf
         assert len(client.get_metric_history(resumed.run_id, "epoch.loss")) == 3
 
 
+def test_the_frame_cache_trains_the_same_weights_and_resumes_either_way(
+    tiny_synth, tmp_path, mlflow_uri, capsys
+):
+    plain = experiment(tiny_synth, tmp_path, optim__epochs=2)
+    cached = experiment(tiny_synth, tmp_path, optim__epochs=2, data__cache=True)
+    assert plain.training_hash() == cached.training_hash(), "a cache does not change what is trained"
+    a = pretrain(plain, output=tmp_path / "plain", tracking_uri=mlflow_uri, print_progress=False)
+    b = pretrain(cached, output=tmp_path / "cached", tracking_uri=mlflow_uri, print_progress=False)
+    assert "data.cache: 12 videos decoded into memory" in capsys.readouterr().out
+    wa, wb = load_checkpoint(a.checkpoint)["method"], load_checkpoint(b.checkpoint)["method"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+
+
 def test_a_checkpoint_of_another_config_is_refused(tiny_synth, tmp_path, mlflow_uri):
     uri = mlflow_uri
     pretrain(experiment(tiny_synth, tmp_path, optim__epochs=1), output=tmp_path / "run", tracking_uri=uri)
