@@ -214,3 +214,27 @@ def test_interpolation_passes_through_keyframes_and_rests_there():
 def test_a_bad_spec_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SynthSpec(**{field: value})
+
+
+def test_the_object_not_the_background_carries_the_contrast():
+    """The design that lets ρ = 2 learn: a large object on a soft grating (docs/demo-findings.md).
+
+    The object covers about an eighth of the frame on average (0.06 before FORMAT_VERSION 2), and
+    the grating's two colours lie much closer to each other than to the object's colour (their
+    distance was 0.44 of the object's step in median, and above it in a tenth of the draws).
+    """
+    from harness.data.synth import _object_layer
+
+    spec = SynthSpec(duration=1.0, fps=4, size=48)
+    areas, ratios = [], []
+    for index in range(200):
+        plan = draw_plan(spec, "train", index)
+        low, high = plan.keyframes["background_colours"][:, :3], plan.keyframes["background_colours"][:, 3:]
+        step = np.linalg.norm(plan.keyframes["object_colour"] - (low + high) / 2, axis=1)
+        ratios.extend(np.linalg.norm(high - low, axis=1) / step)
+        if index < 24:
+            tracks = nuisance_tracks(plan, frame_times(spec))
+            coverage, _ = _object_layer(plan.label, tracks, pixel_grid(spec.size), spec.size)
+            areas.append((coverage > 0.5).mean())
+    assert 0.09 < np.mean(areas) < 0.3
+    assert np.median(ratios) < 0.2 and np.percentile(ratios, 90) < 0.5
