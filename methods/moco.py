@@ -24,7 +24,9 @@ from methods._queue import KeyQueue
 from methods.base import SSLMethod, StepOutput
 
 
-def info_nce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1) -> Tensor:
+def info_nce_loss(
+    q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1, excluded: Tensor | None = None
+) -> Tensor:
     """InfoNCE: each query's own key against the queue's K negatives.
 
     ``l_i = -log(exp(q_i·k_i / τ) / (exp(q_i·k_i / τ) + sum_j exp(q_i·n_j / τ)))``, averaged
@@ -35,12 +37,16 @@ def info_nce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1)
         k: L2-normalised positive keys [N, D] (no gradient is needed through them).
         queue: negatives [K, D].
         temperature: τ.
+        excluded: [N, K] True where a queue entry is not a negative of that query (a key of the
+            query's own video); those terms leave the sum.
 
     Returns:
         Scalar loss.
     """
     positive = (q * k).sum(dim=1, keepdim=True)
     negative = q @ queue.T
+    if excluded is not None:
+        negative = negative.masked_fill(excluded, float("-inf"))
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
@@ -54,6 +60,10 @@ class MoCo(SSLMethod):
         hidden_dims, out_dim: projector widths (paper: 2048 hidden, 128 out).
         head_batch_norm: BatchNorm in the projector (MoCo v2: none).
         queue_size: number of negatives K (paper: 65536). All ρ keys of each video go in.
+        exclude_same_video: a query's own video's keys in the queue (its clips from earlier
+            epochs) are not its negatives. They are what ρ ≥ 2 teaches it to match: kept as
+            negatives, they contradict the objective whenever the queue spans more than a small
+            part of an epoch (2048 keys over 320 videos: about 6 per video).
         queue_per_rank: each rank queues only its own keys; by default every rank queues the
             keys of all ranks, so all hold the same global queue.
         momentum: base EMA momentum, annealed to 1 by a cosine over training.
@@ -73,6 +83,7 @@ class MoCo(SSLMethod):
         head_batch_norm: bool = False,
         queue_size: int = 65536,
         queue_per_rank: bool = False,
+        exclude_same_video: bool = True,
         momentum: float = 0.994,
         shuffle_bn: bool = True,
         memory: str = "standard",
@@ -80,6 +91,7 @@ class MoCo(SSLMethod):
         super().__init__(backbone, feature_dim)
         self.temperature = check_positive("temperature", temperature)
         self.queue_per_rank = queue_per_rank
+        self.exclude_same_video = exclude_same_video
         self.base_momentum = momentum
         self.momentum = momentum
         self.shuffle_bn = shuffle_bn
@@ -101,23 +113,34 @@ class MoCo(SSLMethod):
         return unshuffle_batch(key, permutation)
 
     @torch.no_grad()
-    def enqueue_keys(self, keys: Tensor) -> None:
-        """Put keys [N, V, D] into the queue, clip by clip: this rank's, or all ranks' in rank order."""
+    def enqueue_keys(self, keys: Tensor, videos: Tensor | None = None) -> None:
+        """Put keys [N, V, D] of videos [N] into the queue, clip by clip: this rank's, or all ranks' in rank order."""
         if not self.queue_per_rank:
             keys = all_gather_no_grad(keys)
-        self.queue.enqueue(keys.transpose(0, 1).reshape(-1, keys.shape[-1]))
+            videos = all_gather_no_grad(videos) if videos is not None else None
+        num_clips = keys.shape[1]
+        self.queue.enqueue(
+            keys.transpose(0, 1).reshape(-1, keys.shape[-1]),
+            videos.repeat(num_clips) if videos is not None else None,
+        )
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         clips = batch["clips"]
         num_clips = clips.shape[1]
         keys = embed_clips(self._key, clips)
         negatives = self.queue.keys.clone()
+        videos = batch.get("index")
+        excluded = None
+        if videos is not None:
+            videos = torch.as_tensor(videos, device=self.queue.videos.device).long()
+            if self.exclude_same_video:
+                excluded = videos[:, None] == self.queue.videos[None, :]
         num_pairs = num_clips * (num_clips - 1)
         total, queries = 0.0, []
         for clip in range(num_clips):
             q = self._query(clips[:, clip])
             loss = sum(
-                info_nce_loss(q, keys[:, t], negatives, self.temperature)
+                info_nce_loss(q, keys[:, t], negatives, self.temperature, excluded)
                 for t in other_clips(clip, num_clips)
             )
             loss = loss / num_pairs
@@ -126,11 +149,11 @@ class MoCo(SSLMethod):
                 loss = loss.detach()
             total = total + loss
             queries.append(q.detach())
-        self.enqueue_keys(keys)
+        self.enqueue_keys(keys, videos)
         queries = torch.stack(queries, dim=1)
         metrics = {
             "loss": total.item(),
-            "positive_accuracy": _positive_accuracy(queries, keys, negatives),
+            "positive_accuracy": _positive_accuracy(queries, keys, negatives, excluded),
             "momentum": self.momentum,
             "embedding_std": embedding_std(queries),
         }
@@ -143,11 +166,16 @@ class MoCo(SSLMethod):
 
 
 @torch.no_grad()
-def _positive_accuracy(queries: Tensor, keys: Tensor, negatives: Tensor) -> float:
+def _positive_accuracy(
+    queries: Tensor, keys: Tensor, negatives: Tensor, excluded: Tensor | None = None
+) -> float:
     """Fraction of (query, other clip's key) pairs where the key beats every negative; inputs [N, V, D], [K, D]."""
     hits = []
     for query, target in ordered_pairs(queries.shape[1]):
         positive = (queries[:, query] * keys[:, target]).sum(dim=1)
-        hardest_negative = (queries[:, query] @ negatives.T).max(dim=1).values
+        similarity = queries[:, query] @ negatives.T
+        if excluded is not None:
+            similarity = similarity.masked_fill(excluded, float("-inf"))
+        hardest_negative = similarity.max(dim=1).values
         hits.append((positive > hardest_negative).float().mean())
     return torch.stack(hits).mean().item()

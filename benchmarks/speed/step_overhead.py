@@ -55,7 +55,7 @@ def _ema(online: torch.nn.Module, target: torch.nn.Module, momentum: float) -> N
             t.copy_(b)
 
 
-def hand_loss(name: str, m: torch.nn.Module, clips: torch.Tensor) -> torch.Tensor:
+def hand_loss(name: str, m: torch.nn.Module, clips: torch.Tensor, videos: torch.Tensor) -> torch.Tensor:
     """The loss of one step written out in plain PyTorch on the method's modules."""
     views = clips.shape[1]
     pairs = views * (views - 1)
@@ -80,17 +80,23 @@ def hand_loss(name: str, m: torch.nn.Module, clips: torch.Tensor) -> torch.Tenso
                 [F.normalize(m.target_head(m.target_backbone(clips[:, v])), dim=-1) for v in range(views)], 1
             )
         negatives = m.queue.keys.clone()
+        own_video = videos[:, None] == m.queue.videos[None, :]  # not a negative of its own video's query
         total = 0.0
         for v in range(views):
             q = F.normalize(m.head(m.backbone(clips[:, v])), dim=-1)
             total = (
                 total
-                + sum(info_nce_loss(q, keys[:, t], negatives, m.temperature) for t in range(views) if t != v)
+                + sum(
+                    info_nce_loss(q, keys[:, t], negatives, m.temperature, own_video)
+                    for t in range(views)
+                    if t != v
+                )
                 / pairs
             )
         new = keys.transpose(0, 1).reshape(-1, keys.shape[-1])
         rows = (int(m.queue.pointer) + torch.arange(len(new))) % m.queue.size
         m.queue.keys[rows] = new
+        m.queue.videos[rows] = videos.repeat(views)
         m.queue.pointer.fill_((int(m.queue.pointer) + len(new)) % m.queue.size)
         m.queue.count.fill_(min(int(m.queue.count) + len(new), m.queue.size))
         return total
@@ -110,7 +116,7 @@ def hand_steps(name, m, optimizer, batches, step, total, warmup, peak_lr) -> int
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss = hand_loss(name, m, batch["clips"])
+        loss = hand_loss(name, m, batch["clips"], batch["index"])
         loss.backward()
         optimizer.step()
         step += 1

@@ -24,6 +24,16 @@ def _info_nce_loop(q, k, queue, temperature) -> float:
     return total / len(q)
 
 
+def _queries_and_keys(method, clips):
+    """The step's queries (online encoder) and keys (EMA encoder, no gradient), [N, V, D] each."""
+    queries = embed_clips(lambda c: F.normalize(method.head(method.backbone(c)), dim=-1), clips)
+    with torch.no_grad():
+        keys = embed_clips(
+            lambda c: F.normalize(method.target_head(method.target_backbone(c)), dim=-1), clips
+        )
+    return queries, keys
+
+
 def test_info_nce_matches_loop_formula():
     generator = torch.Generator().manual_seed(0)
     q, k = (F.normalize(torch.randn(5, 8, generator=generator, dtype=torch.float64), dim=1) for _ in range(2))
@@ -83,11 +93,7 @@ def test_step_loss_is_mean_over_ordered_pairs_and_all_keys_are_queued():
     queue_before = method.queue.keys.clone()
     loss = method.training_step(batch).loss
     clips = batch["clips"]
-    queries = embed_clips(lambda c: F.normalize(method.head(method.backbone(c)), dim=-1), clips)
-    with torch.no_grad():
-        keys = embed_clips(
-            lambda c: F.normalize(method.target_head(method.target_backbone(c)), dim=-1), clips
-        )
+    queries, keys = _queries_and_keys(method, clips)
     pairs = [(a, b) for a in range(3) for b in range(3) if a != b]
     expected = sum(info_nce_loss(queries[:, a], keys[:, b], queue_before, 0.2) for a, b in pairs) / len(pairs)
     torch.testing.assert_close(loss, expected)
@@ -101,3 +107,39 @@ def test_head_has_no_batch_norm_by_default():
     method = build_method("moco")
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in method.head)
     assert [m.out_features for m in method.head if isinstance(m, torch.nn.Linear)] == [32, 16]
+
+
+def test_a_querys_own_video_in_the_queue_is_not_its_negative():
+    method = build_method("moco", temperature=0.2)
+    first = make_batch(2)
+    method.training_step(first)
+    # The queue now holds both clips' keys of videos 0..3 (clip-major), the rest still unknown.
+    assert method.queue.videos[:8].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert (method.queue.videos[8:] == -1).all()
+
+    second = make_batch(2, seed=7)
+    second["index"] = torch.tensor([2, 9, 0, 11])  # videos 2 and 0 again, 9 and 11 new
+    queue, videos = method.queue.keys.clone(), method.queue.videos.clone()
+    loss = method.training_step(second).loss
+    clips = second["clips"]
+    queries, keys = _queries_and_keys(method, clips)
+    expected = 0.0
+    for a, b in ((0, 1), (1, 0)):
+        for i, video in enumerate(second["index"].tolist()):
+            negatives = queue[videos != video]
+            assert len(negatives) == 64 - (2 if video in (0, 2) else 0)
+            expected += _info_nce_loop(queries[i : i + 1, a], keys[i : i + 1, b], negatives, 0.2) / 8
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+    keep_all = build_method("moco", temperature=0.2, exclude_same_video=False)
+    keep_all.training_step(first)
+    assert keep_all.training_step(second).loss.item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_a_queue_saved_before_videos_were_kept_loads_with_them_unknown():
+    queue = KeyQueue(size=4, dim=2)
+    queue.enqueue(torch.ones(2, 2), torch.tensor([5, 6]))
+    old = {k: v for k, v in queue.state_dict().items() if k != "videos"}
+    fresh = KeyQueue(size=4, dim=2)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.keys, queue.keys) and (fresh.videos == -1).all()
