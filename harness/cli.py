@@ -261,6 +261,23 @@ def _study_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_delete(args: argparse.Namespace) -> int:
+    from harness.study import load_study
+    from harness.study.runner import delete_study, resolve_storage
+    from harness.tracking import redact
+
+    spec = load_study(args.spec, check_files=False)
+    storage_url = resolve_storage(args.storage)
+    trials, folders = delete_study(spec, storage_url)
+    print(
+        f"deleted study {spec.name} ({trials} trial{'' if trials == 1 else 's'}) from {redact(storage_url)}"
+    )
+    for folder in folders:
+        print(f"removed its checkpoints {folder}")
+    print(f"its MLflow runs stay in experiment {spec.name}; `rho study run {args.spec}` starts it over")
+    return 0
+
+
 def _study_list(args: argparse.Namespace) -> int:
     import optuna
 
@@ -643,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--storage", help="Optuna storage URL")
     status.set_defaults(func=_study_status)
+    delete = study.add_parser(
+        "delete",
+        help="delete a study's trials and checkpoints (its MLflow runs stay), to start it over",
+    )
+    delete.add_argument("spec", help="studies/X.yaml")
+    delete.add_argument("--storage", help="Optuna storage URL")
+    delete.set_defaults(func=_study_delete)
     listing = study.add_parser("list", help="every study in the storage")
     listing.add_argument("--storage", help="Optuna storage URL")
     listing.set_defaults(func=_study_list)

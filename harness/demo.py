@@ -15,10 +15,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from harness.data.synth import SynthSpec, synthesize
+from harness.data.synth import FORMAT_VERSION, SynthSpec, synthesize
 from harness.report import write_report
 from harness.study import comparison_table, load_study, prepare_study, run_worker, trials_frame
-from harness.study.runner import resolve_storage
+from harness.study.runner import StudyChangedError, delete_study, resolve_storage
 from harness.tracking import resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,17 @@ def run_demo(spec_path: Path = DEMO_STUDY) -> int:
     synthesize(DATA, SynthSpec(), workers=2)
     spec = load_study(spec_path)
     storage_url, tracking_uri = resolve_storage(None), resolve_tracking_uri(None)
-    added, _ = prepare_study(spec, storage_url, tracking_uri)
+    data_format = {"synth_format": FORMAT_VERSION}  # trials on an older synthetic dataset are stale too
+    try:
+        added, _ = prepare_study(spec, storage_url, tracking_uri, extra=data_format, strict=True)
+    except StudyChangedError:
+        trials, _ = delete_study(spec, storage_url)
+        print(
+            f"      the demo changed since its last run here: its {trials} old trials are deleted and it "
+            "starts over (their MLflow runs stay)",
+            flush=True,
+        )
+        added, _ = prepare_study(spec, storage_url, tracking_uri, extra=data_format)
     total = len(spec.points())
     print(
         f"[2/3] study {spec.name}: {total} trials ({total - added} already done), one MLflow run each",

@@ -34,6 +34,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 
 from harness.checkpoint import CheckpointWriteError
+from harness.config import ConfigError
 from harness.preflight import NotWritableError, check_store
 from harness.retry import ServiceUnavailableError
 from harness.study.spec import Point, StudySpec, dump_point
@@ -49,6 +50,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 ATTR_KEY, ATTR_POINT, ATTR_SEED = "rho.key", "rho.point", "rho.seed"
 ATTR_RUN, ATTR_REASON, ATTR_PARENT = "mlflow_run_id", "failure_reason", "mlflow_parent_run_id"
 ATTR_SAMPLED, ATTR_SURPLUS, ATTR_DUPLICATE = "rho.sampled", "rho.surplus", "rho.duplicate"
+ATTR_FINGERPRINT = "rho.fingerprint"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Failures of the machine, not of the trial (a store down for good, a full or read-only disk):
 # the worker records them on the trial and stops, rather than failing every trial after it.
@@ -179,12 +181,79 @@ def ensure_parent_run(study: optuna.Study, spec: StudySpec, tracking_uri: str) -
     return parent.run_id
 
 
-def prepare_study(spec: StudySpec, storage_url: str, tracking_uri: str) -> tuple[int, str]:
+def prepare_study(
+    spec: StudySpec,
+    storage_url: str,
+    tracking_uri: str,
+    extra: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> tuple[int, str]:
     """Create or load the study, queue its missing points and make sure its MLflow parent run
-    exists; returns (points newly queued, parent run id)."""
+    exists; returns (points newly queued, parent run id).
+
+    Raises:
+        StudyChangedError: the study exists from another spec (``StudySpec.fingerprint`` with
+            ``extra``): resuming it would mix their results with this spec's. With ``strict``, a
+            study with trials but no fingerprint (begun before fingerprints) counts as changed.
+    """
     study = open_study(spec, make_storage(storage_url, spec))
+    check_fingerprint(study, spec, storage_url, extra, strict)
     added = enqueue_points(study, spec)
     return added, ensure_parent_run(study, spec, tracking_uri)
+
+
+class StudyChangedError(ConfigError):
+    """The study exists from another spec (``check_fingerprint``)."""
+
+
+def check_fingerprint(
+    study: optuna.Study,
+    spec: StudySpec,
+    storage_url: str,
+    extra: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> None:
+    """Remember the spec's fingerprint on the study, or refuse a spec that changed since."""
+    current, stored = spec.fingerprint(extra), study.user_attrs.get(ATTR_FINGERPRINT)
+    if stored is None and strict and study.get_trials(deepcopy=False):
+        stored = "none"
+    if stored is None:
+        study.set_user_attr(ATTR_FINGERPRINT, current)
+    elif stored != current:
+        raise StudyChangedError(
+            "name",
+            spec.name,
+            f"study {spec.name!r} in {redact(storage_url)} was created from another spec (base config, "
+            f"per_method, grid, baselines, seeds or search space; fingerprint {stored}, this spec "
+            f"{current}), so it cannot resume with this one. "
+            f"Give this spec a new name to keep both, or start it over: rho study delete {spec.path or spec.name}",
+            source=str(spec.path) if spec.path else None,
+        )
+
+
+def delete_study(spec: StudySpec, storage_url: str) -> tuple[int, list[Path]]:
+    """Delete the spec's Optuna study and its trials' checkpoint folders; its MLflow runs stay.
+
+    Returns (trials deleted, checkpoint folders removed).
+    """
+    import shutil
+
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=make_storage(storage_url))
+    except KeyError:
+        trials = 0
+    else:
+        trials = len(study.get_trials(deepcopy=False))
+        optuna.delete_study(study_name=spec.name, storage=study._storage)
+    points = [(point.overrides, point.seed) for point in spec.points()] + [({}, spec.seeds[0])]
+    folders = {
+        Path(spec.experiment(overrides, seed, check_files=False).runtime.output_dir) / spec.name
+        for overrides, seed in points
+    }
+    removed = sorted(folder for folder in folders if folder.is_dir())
+    for folder in removed:
+        shutil.rmtree(folder)
+    return trials, removed
 
 
 @dataclass

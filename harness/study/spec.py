@@ -133,6 +133,32 @@ class StudySpec:
     table_rows: str = "method.name"
     table_columns: str = "data.clips"
 
+    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
+        """What the study's trials are: base config, per-method overrides, grid, baselines, seeds and
+        search space, hashed.
+
+        Leaves out what may differ between machines or runs without changing what is trained
+        (runtime, eval, the manifests' paths, workers, the frame cache) and the search's trial
+        budget (``n_trials`` may grow). Optuna fixes each swept key's choices when the study is
+        created, so a grid or seed list cannot grow in place either. ``extra`` adds anything else
+        the trials depend on (the demo: its dataset's format).
+        """
+        tree = copy.deepcopy(self.base)
+        tree.pop("runtime", None)
+        tree.pop("eval", None)
+        for key in ("train", "val", "workers", "cache", "allow_outside_root"):
+            (tree.get("data") or {}).pop(key, None)
+        payload = {
+            "base": tree,
+            "per_method": self.per_method,
+            "grid": self.grid,
+            "baselines": self.baselines,
+            "seeds": self.seeds,
+            "search": [repr(param) for param in self.search],
+            "extra": extra or {},
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def points(self) -> list[Point]:
         """Grid cells × seeds, then baselines × seeds, in a fixed order."""
         cells = [

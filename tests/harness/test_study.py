@@ -160,6 +160,46 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint(tiny_synth, tmp_path, ml
     assert dead.info.status == "FAILED"
 
 
+def test_a_changed_spec_is_refused_until_the_study_is_deleted(tiny_synth, tmp_path, mlflow_uri):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path, tiny_synth, name="changing", grid={"data.clips": [2]})
+    first = run_study(spec, storage, mlflow_uri)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = tmp_path / "checkpoints" / "changing"
+    assert list(checkpoints.glob("*/last.pt"))
+
+    # A machine-specific key (workers) is not a change: the finished study resumes as it is.
+    same = write_spec(
+        tmp_path, tiny_synth, name="changing", grid={"data.clips": [2]}, overrides={"data.workers": 0}
+    )
+    assert run_study(same, storage, mlflow_uri).returncode == 0
+    check_complete(storage, mlflow_uri, "changing", 1)
+
+    grown = write_spec(tmp_path, tiny_synth, name="changing", grid={"data.clips": [2, 1]})
+    refused = run_study(grown, storage, mlflow_uri)  # Optuna cannot extend a swept key's choices
+    assert refused.returncode == 2 and "created from another spec" in refused.stderr
+
+    # (each spec overwrites the file of the one before: they share the study's name)
+    changed = write_spec(
+        tmp_path, tiny_synth, name="changing", grid={"data.clips": [2]}, overrides={"optim.lr": 0.01}
+    )
+    refused = run_study(changed, storage, mlflow_uri)
+    assert refused.returncode == 2
+    assert "created from another spec" in refused.stderr and f"rho study delete {changed}" in refused.stderr
+    study = optuna.load_study(study_name="changing", storage=storage)
+    assert len(study.trials) == 1, "nothing ran or was queued"
+
+    deleted = rho("study", "delete", str(changed), "--storage", storage)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "(1 trial)" in deleted.stdout and not checkpoints.exists()
+    again = run_study(changed, storage, mlflow_uri)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="changing", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    run = MlflowClient(mlflow_uri).get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.data.params["optim.lr"] == "0.01"
+
+
 def test_bad_specs_fail_before_any_trial(tiny_synth, tmp_path):
     with pytest.raises(ConfigError, match="grid.data.clips = "):
         load_study(write_spec(tmp_path, tiny_synth, grid={"data.clips": []}))
