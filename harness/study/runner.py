@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,8 +237,6 @@ def delete_study(spec: StudySpec, storage_url: str) -> tuple[int, list[Path]]:
 
     Returns (trials deleted, checkpoint folders removed).
     """
-    import shutil
-
     try:
         study = optuna.load_study(study_name=spec.name, storage=make_storage(storage_url))
     except KeyError:
