@@ -225,13 +225,16 @@ class Experiment:
         """Dotted key → value, e.g. for MLflow params."""
         return flatten(self.to_dict())
 
+    # data keys that change how a run executes, never what it trains (kept out of training hashes)
+    EXECUTION_DATA_KEYS = ("workers", "val", "allow_outside_root", "cache")
+
     def training_hash(self) -> str:
         """Hash of everything that shapes the trained weights (not eval, logging or paths)."""
         d = self.to_dict()
         d.pop("eval")
         runtime = d.pop("runtime")
         d["seed"] = runtime["seed"]
-        for key in ("workers", "val", "allow_outside_root", "cache"):
+        for key in self.EXECUTION_DATA_KEYS:
             d["data"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -146,7 +146,7 @@ class StudySpec:
         tree = copy.deepcopy(self.base)
         tree.pop("runtime", None)
         tree.pop("eval", None)
-        for key in ("train", "val", "workers", "cache", "allow_outside_root"):
+        for key in ("train", *Experiment.EXECUTION_DATA_KEYS):  # train: machines mount data differently
             (tree.get("data") or {}).pop(key, None)
         payload = {
             "base": tree,
