@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods._checks import check_choice
+from methods._checks import check_choice, check_positive
 from methods._ema import cosine_momentum, ema_update, momentum_copy
 from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, embed_clips
@@ -43,6 +43,9 @@ class BYOL(SSLMethod):
         projector_hidden_dims, out_dim: projector widths (paper: 4096 with BN and ReLU, 256 out).
         predictor_hidden_dims: predictor hidden widths (paper: 256 -> 4096 -> 256).
         momentum: base EMA momentum of the target, annealed to 1 by a cosine over training.
+        predictor_lr_scale: the predictor's learning rate as a multiple of the schedule's (1: the
+            paper's). A predictor that adapts faster than the encoders it sits between is what
+            keeps BYOL from collapsing (Tian et al. 2021, DirectPred; SimSiam keeps its lr fixed).
         memory: ``"standard"``, or ``"low"``: targets first without grad, then each online
             clip forwarded and back-propagated on its own inside ``training_step``.
     """
@@ -56,9 +59,11 @@ class BYOL(SSLMethod):
         out_dim: int = 256,
         predictor_hidden_dims: Sequence[int] = (4096,),
         momentum: float = 0.996,
+        predictor_lr_scale: float = 1.0,
         memory: str = "standard",
     ) -> None:
         super().__init__(backbone, feature_dim)
+        self.predictor_lr_scale = check_positive("predictor_lr_scale", predictor_lr_scale)
         self.base_momentum = momentum
         self.momentum = momentum
         self.memory = check_choice("memory", memory, MEMORY_MODES)
@@ -66,6 +71,19 @@ class BYOL(SSLMethod):
         self.predictor = MLPHead(out_dim, predictor_hidden_dims, out_dim, batch_norm=True)
         self.target_backbone = momentum_copy(backbone)
         self.target_projector = momentum_copy(self.projector)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The base groups, with the predictor's parameters in groups of their own at ``predictor_lr_scale``."""
+        if self.predictor_lr_scale == 1.0:
+            return super().param_groups(weight_decay)
+        predictor = {id(parameter) for parameter in self.predictor.parameters()}
+        groups = []
+        for group in super().param_groups(weight_decay):
+            rest = [p for p in group["params"] if id(p) not in predictor]
+            own = [p for p in group["params"] if id(p) in predictor]
+            groups += [{**group, "params": rest}] if rest else []
+            groups += [{**group, "params": own, "lr_scale": self.predictor_lr_scale}] if own else []
+        return groups
 
     @torch.no_grad()
     def _target(self, clip: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from harness.train import pretrain
 
 TITLE = "ρBYOL ρ=2, Slow R-50 8x8 at 224, bf16 on one GPU: clips/s and data wait"
 GOAL = "record clips/s and the data-wait fraction on a GPU (no threshold given)"
-ORDER = 7
+ORDER = 8
 PARAMS = {
     "videos": "training videos (default 128)",
     "batch": "videos per batch (default 32)",

@@ -27,7 +27,7 @@ from harness.train import build_method, pretrain, train_dataset
 
 TITLE = "data loading vs training step on the demo config with its default workers"
 GOAL = "under 10% of step time spent waiting for data"
-ORDER = 5
+ORDER = 6
 PARAMS = {
     "epochs": "epochs to train (default 4; quick 2)",
     "config": "experiment YAML (default the demo's)",

@@ -27,7 +27,7 @@ from harness.bench.environment import usable_cores
 
 TITLE = "peak memory of a training step for ρ = 2, 3, 4: standard vs low-memory mode"
 GOAL = "low-memory mode at ρ = 4 at most 1.3x its own ρ = 2, with the same gradients as standard mode"
-ORDER = 3
+ORDER = 4
 PARAMS = {"methods": "comma-separated methods (default simclr,swav,moco,byol; quick simclr)"}
 
 HEADS = {

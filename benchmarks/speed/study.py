@@ -28,7 +28,7 @@ from harness.study.spec import parse_study
 
 TITLE = "lr_search with its median pruner vs without: trial-epochs spent and best objective"
 GOAL = "at least 40% fewer trial-epochs for an equal best objective (within seed noise)"
-ORDER = 6
+ORDER = 7
 PARAMS = {
     "trials": "sampled trials per run (default: the spec's 20; quick 4)",
     "epochs": "epochs per trial (default: the spec's 20; quick 3)",

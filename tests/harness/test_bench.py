@@ -74,7 +74,7 @@ def test_results_file_keeps_each_benchmark_last_run(tmp_path, benches):
 
 
 def test_names_and_params_are_checked_before_running(benches):
-    assert list(benches)[:3] == ["decode", "step_overhead", "memory"]
+    assert list(benches)[:4] == ["decode", "augment", "step_overhead", "memory"]
     with pytest.raises(BenchError, match="unknown benchmark 'decod'; known: decode"):
         select(benches, ["decod"])
     chosen = select(benches, ["decode", "study"])
@@ -116,6 +116,16 @@ def test_cli_decode_quick_writes_results(tmp_path, workdir, capsys):
     text = output.read_text()
     assert "rho bench --quick decode" in text and "## decode" in text and "load average" in text
     assert "| decode | quick |" in capsys.readouterr().out
+
+
+def test_augment_is_bit_identical_to_the_v2_pipeline(benches, workdir):
+    result = quick(benches, workdir, "augment", clips=20)
+    assert len(result.rows) == 3 and result.column("bit-identical") == [True, True, True]
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
+        assert record["v2 clips/s"] > 0 and record["ours / v2"] == pytest.approx(
+            record["ours clips/s"] / record["v2 clips/s"]
+        )
 
 
 def test_step_overhead_same_weights_as_hand_written_loop(benches, workdir):

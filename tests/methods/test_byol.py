@@ -64,3 +64,30 @@ def test_heads_follow_paper_shapes():
     optimised = {id(p) for group in method.param_groups(0.1) for p in group["params"]}
     assert {id(p) for p in method.predictor.parameters()} <= optimised
     assert not optimised & {id(p) for p in method.target_projector.parameters()}
+
+
+def test_predictor_lr_scale_moves_only_the_predictor_faster():
+    from harness.config import OptimConfig
+    from harness.optim import build_optimizer, set_lr
+
+    plain, scaled = build_method("byol"), build_method("byol", predictor_lr_scale=10.0)
+    assert len(scaled.param_groups(1e-4)) == 4 and len(plain.param_groups(1e-4)) == 2
+    grouped = [p for group in scaled.param_groups(1e-4) for p in group["params"]]
+    trainable = [p for p in scaled.parameters() if p.requires_grad]
+    assert sorted(map(id, grouped)) == sorted(map(id, trainable))  # each trainable parameter once
+    batch = make_batch(2)
+    sgd = OptimConfig(name="sgd", momentum=0.0)
+    for method in (plain, scaled):
+        optimizer = build_optimizer(method.param_groups(0.0), sgd, peak_lr=0.01)
+        set_lr(optimizer, 0.01)
+        method.training_step(batch).loss.backward()
+        method.before = {name: p.detach().clone() for name, p in method.named_parameters()}
+        method.grads = {name: p.grad.clone() for name, p in method.named_parameters() if p.grad is not None}
+        optimizer.step()
+    for method, predictor_rate in ((plain, 0.01), (scaled, 0.1)):
+        after = dict(method.named_parameters())
+        for name, grad in method.grads.items():
+            rate = predictor_rate if name.startswith("predictor.") else 0.01
+            assert torch.allclose(method.before[name] - after[name].detach(), rate * grad, atol=1e-7), name
+    with pytest.raises(ValueError, match="predictor_lr_scale"):
+        build_method("byol", predictor_lr_scale=0.0)
