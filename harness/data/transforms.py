@@ -62,23 +62,28 @@ def rotate_hue(video: torch.Tensor, hue_factor: float) -> torch.Tensor:
     return torch.einsum("ij,...jhw->...ihw", matrix, video).clamp_(0.0, 1.0)
 
 
+def colour_jitter(video: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """Apply ``ColorJitter.make_params``'s factors to float RGB [..., 3, H, W] in their drawn order.
+
+    torchvision's brightness, contrast and saturation kernels, and ``rotate_hue`` for the hue.
+    """
+    for fn_id in params["fn_idx"].tolist():
+        if fn_id == 0 and params["brightness_factor"] is not None:
+            video = F.adjust_brightness_image(video, params["brightness_factor"])
+        elif fn_id == 1 and params["contrast_factor"] is not None:
+            video = F.adjust_contrast_image(video, params["contrast_factor"])
+        elif fn_id == 2 and params["saturation_factor"] is not None:
+            video = F.adjust_saturation_image(video, params["saturation_factor"])
+        elif fn_id == 3 and params["hue_factor"] is not None:
+            video = rotate_hue(video, params["hue_factor"])
+    return video
+
+
 class ColorJitter(v2.ColorJitter):
     """torchvision's ColorJitter (random order, same factor ranges) with the hue step done by ``rotate_hue``."""
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        output = inpt
-        for fn_id in params["fn_idx"].tolist():
-            if fn_id == 0 and params["brightness_factor"] is not None:
-                output = F.adjust_brightness(output, params["brightness_factor"])
-            elif fn_id == 1 and params["contrast_factor"] is not None:
-                output = F.adjust_contrast(output, params["contrast_factor"])
-            elif fn_id == 2 and params["saturation_factor"] is not None:
-                output = F.adjust_saturation(output, params["saturation_factor"])
-            elif fn_id == 3 and params["hue_factor"] is not None:
-                output = tv_tensors.wrap(
-                    rotate_hue(output.as_subclass(torch.Tensor), params["hue_factor"]), like=inpt
-                )
-        return output
+        return tv_tensors.wrap(colour_jitter(inpt.as_subclass(torch.Tensor), params), like=inpt)
 
 
 class RandomGrayscale(v2.RandomGrayscale):
@@ -148,19 +153,6 @@ class TrainClipTransform:
             h, w = height, width
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def _colour_jitter(self, video: torch.Tensor) -> torch.Tensor:
-        params = self.jitter.make_params([video])
-        for fn_id in params["fn_idx"].tolist():
-            if fn_id == 0 and params["brightness_factor"] is not None:
-                video = F.adjust_brightness_image(video, params["brightness_factor"])
-            elif fn_id == 1 and params["contrast_factor"] is not None:
-                video = F.adjust_contrast_image(video, params["contrast_factor"])
-            elif fn_id == 2 and params["saturation_factor"] is not None:
-                video = F.adjust_saturation_image(video, params["saturation_factor"])
-            elif fn_id == 3 and params["hue_factor"] is not None:
-                video = rotate_hue(video, params["hue_factor"])
-        return video
-
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         video = frames.permute(0, 3, 1, 2)  # [T, 3, H, W]
         top, left, height, width = self._crop_box(*video.shape[-2:])
@@ -178,7 +170,7 @@ class TrainClipTransform:
             video = F.horizontal_flip_image(video)
         video = F.to_dtype_image(video, torch.float32, scale=True)
         if self.color_p > 0 and torch.rand(1) < self.color_p:
-            video = self._colour_jitter(video)
+            video = colour_jitter(video, self.jitter.make_params([video]))
         if self.grayscale_p > 0 and torch.rand(1) < self.grayscale_p:
             video = F.rgb_to_grayscale_image(video, num_output_channels=3)
         if self.blur_p > 0 and torch.rand(1) < self.blur_p:
