@@ -59,5 +59,7 @@ def run(ctx: BenchContext) -> BenchResult:
         f"{clips} clips per 32 px case ({max(4, clips // 20)} at 224 px), one torch thread, the same seed for "
         "both pipelines clip by clip; `bit-identical`: every output equal to the v2 pipeline's.",
         "The v2 pipeline uses our RandomGrayscale: torchvision's own passes video tensors through unchanged.",
+        "What is left of our time is the kernels themselves (antialiased resize, colour operations, "
+        "normalisation): v2's per-call machinery was about 30% of its time at 32 px and is negligible at 224 px.",
     ]
     return result
