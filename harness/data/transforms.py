@@ -103,6 +103,11 @@ def _finish() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
 
 
+def _blur_kernel(crop: int) -> int:
+    """The Gaussian blur's kernel side: odd, about 10% of the crop as in SimCLR."""
+    return max(3, (crop // 10) | 1)
+
+
 class TrainClipTransform:
     """The paper's per-clip augmentation, run by calling torchvision's tensor kernels directly.
 
@@ -129,7 +134,7 @@ class TrainClipTransform:
         self.jitter = ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
         self.grayscale_p = augment.grayscale_p
         self.blur_p = augment.blur_p
-        self.blur_kernel = max(3, (crop // 10) | 1)  # odd, about 10% of the crop as in SimCLR
+        self.blur_kernel = _blur_kernel(crop)
         self.blur_sigma = (0.1, 2.0)
 
     def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
@@ -205,8 +210,9 @@ def reference_train_transform(crop: int, augment: AugmentConfig | None = None) -
     if augment.grayscale_p > 0:
         steps.append(RandomGrayscale(augment.grayscale_p))
     if augment.blur_p > 0:
-        kernel = max(3, (crop // 10) | 1)  # odd, about 10% of the crop as in SimCLR
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=augment.blur_p))
+        steps.append(
+            v2.RandomApply([v2.GaussianBlur(_blur_kernel(crop), sigma=(0.1, 2.0))], p=augment.blur_p)
+        )
     return VideoClipTransform(v2.Compose([*steps, v2.Normalize(MEAN, STD)]))
 
 
