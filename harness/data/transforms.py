@@ -135,6 +135,7 @@ class TrainClipTransform:
         self.grayscale_p = augment.grayscale_p
         self.blur_p = augment.blur_p
         self.blur_kernel = _blur_kernel(crop)
+        self._mean, self._std = list(MEAN), list(STD)
         self.blur_sigma = (0.1, 2.0)
 
     def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
@@ -181,7 +182,7 @@ class TrainClipTransform:
         if self.blur_p > 0 and torch.rand(1) < self.blur_p:
             sigma = torch.empty(1).uniform_(*self.blur_sigma).item()
             video = F.gaussian_blur_image(video, [self.blur_kernel] * 2, [sigma, sigma])
-        video = F.normalize_image(video, list(MEAN), list(STD))
+        video = F.normalize_image(video, self._mean, self._std)
         return video.permute(1, 0, 2, 3).contiguous()
 
     def __repr__(self) -> str:
