@@ -156,6 +156,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from harness.train import pretrain
 
     experiment = load_experiment(args.config, args.overrides)
+
+    def write_run_id(run_id: str) -> None:  # for a caller (a study's torchrun trial) that needs it early
+        Path(args.result_json).write_text(json.dumps({"run_id": run_id}))
+
     result = pretrain(
         experiment,
         resume=args.resume,
@@ -165,6 +169,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         parent_run_id=args.parent_run_id,
         tags=json.loads(args.tags) if args.tags else None,
+        on_run_start=write_run_id if args.result_json else None,
     )
     if result.run_id is None:
         return 0  # not rank 0

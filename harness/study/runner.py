@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -468,7 +468,7 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
         try:
             if gpus_per_trial > 1:
                 metrics = _run_torchrun(
-                    experiment, output, point, trial, tracking_uri, parent_run_id, tags, gpus_per_trial
+                    experiment, output, trial, tracking_uri, parent_run_id, tags, gpus_per_trial, remember_run
                 )
             else:
                 result = pretrain(
@@ -553,12 +553,20 @@ def _close_dead_run(tracking_uri: str, run_id: str) -> None:
 
 
 def _run_torchrun(
-    experiment, output, point, trial, tracking_uri, parent_run_id, tags, gpus
+    experiment, output, trial, tracking_uri, parent_run_id, tags, gpus, on_run_start
 ) -> dict[str, float]:
-    """Run the trial as a ``torchrun --nproc_per_node=gpus`` job; metrics come back in a JSON file."""
+    """Run the trial as a ``torchrun --nproc_per_node=gpus`` job.
+
+    Rank 0 writes its MLflow run id to ``result.json`` as soon as the run exists, and the metrics
+    when it ends; ``on_run_start`` gets the run id either way, also when the job fails, so that
+    the trial (and a retry of it) links to its run.
+    """
     output.mkdir(parents=True, exist_ok=True)
     config = output / "trial_config.yaml"
-    config.write_text(experiment.to_yaml())
+    # The store URL (it may hold a password) goes to the ranks in their environment, never in
+    # argv (which `ps` shows to every user) or in the config file; with the config's own
+    # runtime.tracking_uri cleared, $MLFLOW_TRACKING_URI is what the ranks use.
+    config.write_text(replace(experiment, runtime=replace(experiment.runtime, tracking_uri=None)).to_yaml())
     result = output / "result.json"
     result.unlink(missing_ok=True)
     command = [
@@ -577,8 +585,6 @@ def _run_torchrun(
         str(output),
         "--run-name",
         f"{experiment.runtime.experiment}-t{trial.number}",
-        "--tracking-uri",
-        tracking_uri,
         "--parent-run-id",
         parent_run_id,
         "--result-json",
@@ -586,8 +592,35 @@ def _run_torchrun(
         "--tags",
         json.dumps(tags),
     ]
-    subprocess.run(command, check=True)
-    return json.loads(result.read_text())["metrics"]
+    job = subprocess.run(command, env=dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri))
+    payload = json.loads(result.read_text()) if result.is_file() else {}
+    if payload.get("run_id"):
+        on_run_start(payload["run_id"])
+    if job.returncode != 0:
+        raise RuntimeError(
+            f"the torchrun job of trial {trial.number} exited with code {job.returncode}; "
+            "its ranks' errors are in this worker's output above"
+        )
+    return payload["metrics"]
+
+
+def worker_command(
+    spec_path: str, storage_url: str, tracking_uri: str | None, gpus_per_trial: int
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of one local worker process.
+
+    The storage and tracking URLs travel in the environment (``RHO_STORAGE``,
+    ``MLFLOW_TRACKING_URI``), which the worker reads when ``--storage`` and ``--tracking-uri``
+    are absent: a PostgreSQL or MLflow server URL may hold a password, and argv is visible to
+    every user of the machine (``ps``), the environment only to the process's owner.
+    """
+    env = dict(os.environ, RHO_STORAGE=storage_url)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    command = [sys.executable, "-m", "harness", "study", "worker", spec_path]
+    if gpus_per_trial:
+        command += ["--gpus-per-trial", str(gpus_per_trial)]
+    return command, env
 
 
 def run_workers(
@@ -597,15 +630,10 @@ def run_workers(
     gpus = _visible_gpus()
     processes = []
     for index in range(workers):
-        env = dict(os.environ)
+        command, env = worker_command(spec_path, storage_url, tracking_uri, gpus_per_trial)
         if gpus:
             per = max(1, gpus_per_trial)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(index * per + j) % len(gpus)] for j in range(per))
-        command = [sys.executable, "-m", "harness", "study", "worker", spec_path, "--storage", storage_url]
-        if tracking_uri:
-            command += ["--tracking-uri", tracking_uri]
-        if gpus_per_trial:
-            command += ["--gpus-per-trial", str(gpus_per_trial)]
         processes.append(subprocess.Popen(command, env=env))
     try:
         codes = [p.wait() for p in processes]

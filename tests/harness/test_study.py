@@ -285,12 +285,73 @@ def postgres_url():
     return url
 
 
+def run_watching_children(args: list[str], tmp_path: Path, timeout: float = 600):
+    """Run ``rho ARGS``; also return the argv of every process it started, sampled while it ran."""
+    import psutil
+
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, stdout=out, stderr=err)
+        argvs, deadline = set(), time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    argvs.add(tuple(child.cmdline()))
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.kill()
+        returncode = proc.wait()
+    return subprocess.CompletedProcess(args, returncode, stdout.read_text(), stderr.read_text()), argvs
+
+
+def test_worker_argv_holds_no_store_url():
+    from harness.study.runner import worker_command
+
+    storage, tracking = "postgresql://rho:s3cret@db:5432/optuna", "http://user:t0ken@mlflow:5000"
+    command, env = worker_command("studies/demo.yaml", storage, tracking, gpus_per_trial=2)
+    assert not any("s3cret" in arg or "t0ken" in arg for arg in command), command
+    assert env["RHO_STORAGE"] == storage and env["MLFLOW_TRACKING_URI"] == tracking
+    assert command[-2:] == ["--gpus-per-trial", "2"]
+
+
 def test_two_workers_share_a_postgresql_storage(tiny_synth, tmp_path, mlflow_uri, postgres_url):
     spec = write_spec(tmp_path, tiny_synth, name="pg")
-    out = run_study(spec, postgres_url, mlflow_uri, workers=2)
+    args = [
+        "study",
+        "run",
+        str(spec),
+        "--workers",
+        "2",
+        "--storage",
+        postgres_url,
+        "--tracking-uri",
+        mlflow_uri,
+    ]
+    out, argvs = run_watching_children(args, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     import sqlalchemy
 
     password = sqlalchemy.engine.make_url(postgres_url).password
     assert password and password not in out.stdout + out.stderr, "storage URLs are printed redacted"
+    workers = [argv for argv in argvs if "worker" in argv]
+    assert workers, argvs  # the workers were seen, so the next check is not vacuous
+    assert not any(password in arg for argv in argvs for arg in argv), "a child's argv shows the password"
     check_complete(postgres_url, mlflow_uri, "pg", 4)
+
+
+def test_gpus_per_trial_runs_each_trial_as_a_two_rank_torchrun_job(tiny_synth, tmp_path, mlflow_uri):
+    # On CPU the same path runs each trial as two gloo ranks; the ranks find the MLflow store in
+    # their environment, not in argv, and log one child run under the study's parent run.
+    spec = write_spec(tmp_path, tiny_synth, name="ddp", grid={"data.clips": [2]})
+    out = rho(
+        "study", "run", str(spec), "--gpus-per-trial", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+        "--tracking-uri", mlflow_uri, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _, runs = check_complete(f"sqlite:///{tmp_path}/optuna.db", mlflow_uri, "ddp", 1)
+    child = next(r for r in runs if r.data.tags.get("rho.role") != "study")
+    assert child.data.tags["world_size"] == "2"
+    config = yaml.safe_load(next((tmp_path / "checkpoints").rglob("trial_config.yaml")).read_text())
+    assert config["runtime"]["tracking_uri"] is None  # the store URL is not written to disk
