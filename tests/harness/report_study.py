@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from conftest import tiny_experiment_tree, write_tiny_knn_benchmark
+from tiny_data import tiny_experiment_tree, write_tiny_knn_benchmark
 
 NAME = "report-small"
 METRIC = "eval.tiny-knn.knn.top1"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_experiment_tree, write_tiny_knn_benchmark
+from tiny_data import tiny_experiment_tree, write_tiny_knn_benchmark
 
 from harness.cli import build_parser
 

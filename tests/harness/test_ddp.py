@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import tiny_experiment_tree
 from mlflow import MlflowClient
+from tiny_data import tiny_experiment_tree
 
 from harness.checkpoint import load_checkpoint
 

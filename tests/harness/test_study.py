@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import tiny_experiment_tree
 from mlflow import MlflowClient
+from tiny_data import tiny_experiment_tree
 
 from harness.config import ConfigError
 from harness.study import load_study

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_experiment_tree
 from mlflow import MlflowClient
+from tiny_data import tiny_experiment_tree
 
 from harness.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from harness.config import build_experiment

@@ -1,10 +1,9 @@
-"""Shared pieces of the reliability tests: the data fixtures of tests/harness, the `rho` command,
+"""Shared pieces of the reliability tests: the tiny experiment of tests/tiny_data.py, the `rho` command,
 bad video files, private mounts (a full disk, a read-only folder) and an MLflow server that can
 be stopped and restarted on the same port."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -17,28 +16,10 @@ from pathlib import Path
 
 import av
 import pytest
+from tiny_data import tiny_experiment_tree  # noqa: F401  (tests/ is on sys.path: tests/conftest.py)
+from videos import index_frame, write_audio_only
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests"
-sys.path.insert(0, str(TESTS))
-
-from videos import index_frame, write_audio_only  # noqa: E402
-
-
-def harness_fixtures():
-    """tests/harness/conftest.py under its own module name (its fixtures and ``tiny_experiment_tree``)."""
-    module = sys.modules.get("harness_test_fixtures")
-    if module is None:
-        spec = importlib.util.spec_from_file_location(
-            "harness_test_fixtures", TESTS / "harness" / "conftest.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["harness_test_fixtures"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-tiny_experiment_tree = harness_fixtures().tiny_experiment_tree
 
 
 def rho(*args: str, env: dict | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
