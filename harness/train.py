@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,6 +198,8 @@ def pretrain(
         run_id = state.get("run_id") if resume_run else None
         if runtime.is_main:
             print(f"resuming {output / LAST} after epoch {start_epoch} (step {step})", flush=True)
+    elif resume and resume_run and runtime.is_main:
+        run_id = _run_without_checkpoint(output, config_hash)  # killed before its first checkpoint
 
     tracker = None
     if runtime.is_main:
@@ -209,6 +213,7 @@ def pretrain(
                 tracker.log_metrics(
                     {f"epoch.{k}": v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"])
                 )
+        _write_run_file(output, tracker.run_id, config_hash)
         if on_run_start is not None:
             on_run_start(tracker.run_id)
     try:
@@ -384,6 +389,29 @@ def _state(
         "history": history,
         "run_id": tracker.run_id if tracker is not None else None,
     }
+
+
+RUN_FILE = "run.json"  # the MLflow run of the training in this folder, written when the run starts
+
+
+def _write_run_file(output: Path, run_id: str, config_hash: str) -> None:
+    """Record the run in ``output/run.json`` (atomically), so that a training killed before its
+    first checkpoint is resumed into the same MLflow run instead of leaving it RUNNING forever."""
+    tmp = output / f".{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"run_id": run_id, "config_hash": config_hash}))
+    os.replace(tmp, output / RUN_FILE)
+
+
+def _run_without_checkpoint(output: Path, config_hash: str) -> str | None:
+    """The run id in ``output/run.json`` when it belongs to this config, else None."""
+    try:
+        record = json.loads((output / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("config_hash") != config_hash:
+        return None
+    print(f"resuming MLflow run {record['run_id']}: it stopped before its first checkpoint", flush=True)
+    return record["run_id"]
 
 
 def _start_tracking(

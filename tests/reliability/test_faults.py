@@ -126,6 +126,41 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tiny_synth, tmp_p
     assert run.info.status == "FINISHED"
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_resumed_not_left_running(
+    tiny_synth, tmp_path, mlflow_uri
+):
+    """SIGKILL `rho pretrain` as soon as its MLflow run exists, before any checkpoint: `--resume`
+    continues that run (from scratch), so no run is left RUNNING forever."""
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    tree["backbone"]["width"] = 32  # a first epoch of seconds, so the kill lands before its checkpoint
+    tree["data"].update(crop=32, frames=4, stride=1)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "harness", "pretrain", str(config), "--resume", "--output", str(output)]
+    process = subprocess.Popen(
+        command + ["--tracking-uri", mlflow_uri], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not (output / "run.json").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (output / "run.json").is_file(), process.stderr.read()[-3000:]
+    assert not (output / "last.pt").exists(), "the kill came after the first checkpoint: make epoch 1 longer"
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    (killed,) = client.search_runs([experiment])
+    assert killed.info.status == "RUNNING"  # what a killed process leaves behind
+
+    again = rho(*command[3:], "--tracking-uri", mlflow_uri)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stopped before its first checkpoint" in again.stdout
+    (run,) = client.search_runs([experiment])  # the same run, not a second one
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert load_checkpoint(output / "last.pt")["run_id"] == run.info.run_id
+
+
 # --- a full disk and a read-only store -----------------------------------------------------------
 
 
