@@ -49,10 +49,10 @@ from harness.config import (
     DATASETS,
     AugmentConfig,
     ConfigError,
-    _check_value,
-    _spec,
-    _unknown_key_hint,
+    check_value,
     expand_env,
+    field_spec,
+    unknown_key_hint,
 )
 
 PROTOCOLS = ("linear", "knn", "finetune")
@@ -63,17 +63,17 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 class ViewsSpec:
     """Clip shape and the fixed views taken of each video (see ``harness.data.views``)."""
 
-    frames: int = _spec(8, help="T, frames per clip", min=1)
-    stride: int = _spec(8, help="τ, frames between sampled frames (at fps)", min=1)
-    fps: float | None = _spec(None, help="resample to this frame rate (null: the video's own)", gt=0.0)
-    crop: int = _spec(224, help="crop side in pixels", gt=0)
-    short_side: int | None = _spec(
+    frames: int = field_spec(8, help="T, frames per clip", min=1)
+    stride: int = field_spec(8, help="τ, frames between sampled frames (at fps)", min=1)
+    fps: float | None = field_spec(None, help="resample to this frame rate (null: the video's own)", gt=0.0)
+    crop: int = field_spec(224, help="crop side in pixels", gt=0)
+    short_side: int | None = field_spec(
         None, help="resize the short side to this before cropping (null: crop*256/224)", gt=0
     )
-    train_temporal: int = _spec(1, help="temporal views per training video", min=1)
-    train_spatial: int = _spec(1, help="spatial views per training video: 1 or 3")
-    test_temporal: int = _spec(10, help="temporal views per test video", min=1)
-    test_spatial: int = _spec(3, help="spatial views per test video: 1 or 3")
+    train_temporal: int = field_spec(1, help="temporal views per training video", min=1)
+    train_spatial: int = field_spec(1, help="spatial views per training video: 1 or 3")
+    test_temporal: int = field_spec(10, help="temporal views per test video", min=1)
+    test_spatial: int = field_spec(3, help="spatial views per test video: 1 or 3")
 
 
 @dataclass
@@ -84,20 +84,20 @@ class LinearSpec:
     batch 256 because the features are standardised (SlowFast: 0.5 at batch 64 on raw features).
     """
 
-    epochs: int = _spec(60, help="passes over the training features", min=1)
-    lr: float = _spec(0.1, help="peak learning rate (SGD)", gt=0.0)
-    batch_size: int = _spec(256, help="features per step", min=1)
-    weight_decay: float = _spec(0.0, help="L2 weight decay", min=0.0)
-    momentum: float = _spec(0.9, help="SGD momentum", min=0.0, max=1.0)
-    warmup_epochs: float = _spec(8.0, help="linear warmup epochs before the half-cosine", min=0.0)
+    epochs: int = field_spec(60, help="passes over the training features", min=1)
+    lr: float = field_spec(0.1, help="peak learning rate (SGD)", gt=0.0)
+    batch_size: int = field_spec(256, help="features per step", min=1)
+    weight_decay: float = field_spec(0.0, help="L2 weight decay", min=0.0)
+    momentum: float = field_spec(0.9, help="SGD momentum", min=0.0, max=1.0)
+    warmup_epochs: float = field_spec(8.0, help="linear warmup epochs before the half-cosine", min=0.0)
 
 
 @dataclass
 class KnnSpec:
     """Weighted kNN on frozen, cached features (InstDisc / SlowFast: k 200, τ 0.07)."""
 
-    k: int = _spec(200, help="neighbours (capped at the training set size)", min=1)
-    temperature: float = _spec(0.07, help="votes are weighted exp(cosine / temperature)", gt=0.0)
+    k: int = field_spec(200, help="neighbours (capped at the training set size)", min=1)
+    temperature: float = field_spec(0.07, help="votes are weighted exp(cosine / temperature)", gt=0.0)
 
 
 def finetune_augment() -> AugmentConfig:
@@ -115,14 +115,14 @@ def finetune_augment() -> AugmentConfig:
 class FinetuneSpec:
     """Whole network + linear head trained end to end (SlowFast finetune_ucf: 200 epochs, batch 64, lr 0.005)."""
 
-    epochs: int = _spec(200, help="passes over the training videos", min=1)
-    lr: float = _spec(0.005, help="peak learning rate (SGD)", gt=0.0)
-    batch_size: int = _spec(64, help="clips per step", min=1)
-    weight_decay: float = _spec(1e-4, help="weight decay (not on biases and norm layers)", min=0.0)
-    momentum: float = _spec(0.9, help="SGD momentum", min=0.0, max=1.0)
-    warmup_epochs: float = _spec(0.0, help="linear warmup epochs before the half-cosine", min=0.0)
-    dropout: float = _spec(0.5, help="dropout before the classifier", min=0.0, max=1.0)
-    augment: AugmentConfig = _spec(factory=finetune_augment, help="per-clip training augmentation")
+    epochs: int = field_spec(200, help="passes over the training videos", min=1)
+    lr: float = field_spec(0.005, help="peak learning rate (SGD)", gt=0.0)
+    batch_size: int = field_spec(64, help="clips per step", min=1)
+    weight_decay: float = field_spec(1e-4, help="weight decay (not on biases and norm layers)", min=0.0)
+    momentum: float = field_spec(0.9, help="SGD momentum", min=0.0, max=1.0)
+    warmup_epochs: float = field_spec(0.0, help="linear warmup epochs before the half-cosine", min=0.0)
+    dropout: float = field_spec(0.5, help="dropout before the classifier", min=0.0, max=1.0)
+    augment: AugmentConfig = field_spec(factory=finetune_augment, help="per-clip training augmentation")
 
 
 ProtocolSpec = LinearSpec | KnnSpec | FinetuneSpec
@@ -186,7 +186,7 @@ def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
     """A ``Benchmark`` from the file's mapping; every key and value checked."""
     for key in raw:
         if key not in TOP_LEVEL:
-            raise ConfigError(key, raw[key], _unknown_key_hint(key, list(TOP_LEVEL)))
+            raise ConfigError(key, raw[key], unknown_key_hint(key, list(TOP_LEVEL)))
     protocol = _required(raw, "protocol")
     if protocol not in PROTOCOLS:
         raise ConfigError("protocol", protocol, _choice_hint(str(protocol), PROTOCOLS))
@@ -245,13 +245,13 @@ def _section(prefix: str, default: Any, values: Any) -> Any:
     for key, value in values.items():
         dotted = f"{prefix}.{key}"
         if key not in fields:
-            raise ConfigError(dotted, value, _unknown_key_hint(dotted, [f"{prefix}.{k}" for k in fields]))
+            raise ConfigError(dotted, value, unknown_key_hint(dotted, [f"{prefix}.{k}" for k in fields]))
         current = getattr(default, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _section(dotted, current, value)
         else:
             hint = typing.get_type_hints(type(default))[key]
-            changes[key] = _check_value(dotted, value, hint, fields[key].metadata, check_files=False)
+            changes[key] = check_value(dotted, value, hint, fields[key].metadata, check_files=False)
     return dataclasses.replace(default, **changes)
 
 

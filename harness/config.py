@@ -75,7 +75,9 @@ def expand_env(key: str, text: str) -> tuple[str, list[str]]:
     return ENV_REFERENCE.sub(substitute, text), names
 
 
-def _spec(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str = "", **rules: Any) -> Any:
+def field_spec(
+    default: Any = dataclasses.MISSING, *, factory: Any = None, help: str = "", **rules: Any
+) -> Any:
     """A dataclass field with a help text and validation rules (min, max, choices, ...)."""
     metadata = {"help": help, **rules}
     if factory is not None:
@@ -87,116 +89,116 @@ def _spec(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str 
 class AugmentConfig:
     """Per-clip spatial augmentation (the paper's aug+), identical across the frames of a clip."""
 
-    crop_scale: list[float] = _spec(
+    crop_scale: list[float] = field_spec(
         factory=lambda: [0.2, 0.766], help="random resized crop area range", pair01=True
     )
-    aspect: list[float] = _spec(
+    aspect: list[float] = field_spec(
         factory=lambda: [0.75, 4 / 3], help="random resized crop aspect range", pair=True
     )
-    flip: float = _spec(0.5, help="horizontal flip probability", min=0.0, max=1.0)
-    color_p: float = _spec(0.8, help="colour jitter probability", min=0.0, max=1.0)
-    color_strength: list[float] = _spec(
+    flip: float = field_spec(0.5, help="horizontal flip probability", min=0.0, max=1.0)
+    color_p: float = field_spec(0.8, help="colour jitter probability", min=0.0, max=1.0)
+    color_strength: list[float] = field_spec(
         factory=lambda: [0.6, 0.6, 0.6, 0.15], help="brightness, contrast, saturation, hue", length=4, min=0.0
     )
-    grayscale_p: float = _spec(0.2, help="grayscale probability", min=0.0, max=1.0)
-    blur_p: float = _spec(0.0, help="Gaussian blur probability", min=0.0, max=1.0)
+    grayscale_p: float = field_spec(0.2, help="grayscale probability", min=0.0, max=1.0)
+    blur_p: float = field_spec(0.0, help="Gaussian blur probability", min=0.0, max=1.0)
 
 
 @dataclass
 class DataConfig:
     """Where the videos are and how ρ clips are sampled from each."""
 
-    dataset: str = _spec("synthetic", help="dataset family (tags and defaults)", choices=DATASETS)
-    train: str = _spec("data/synth/train.csv", help="training manifest (CSV path,label)", file=True)
-    val: str | None = _spec(None, help="validation manifest, for the online kNN monitor", file=True)
-    clips: int = _spec(2, help="ρ, clips per video", min=1)
-    frames: int = _spec(8, help="T, frames per clip", min=1)
-    stride: int = _spec(8, help="τ, frames between sampled frames (at fps)", min=1)
-    fps: float | None = _spec(None, help="resample to this frame rate (null: the video's own)", gt=0.0)
-    t_max: float | None = _spec(None, help="max seconds between clip starts (null: global)", min=0.0)
-    crop: int = _spec(224, help="output crop side in pixels", gt=0)
-    short_side: int | None = _spec(
+    dataset: str = field_spec("synthetic", help="dataset family (tags and defaults)", choices=DATASETS)
+    train: str = field_spec("data/synth/train.csv", help="training manifest (CSV path,label)", file=True)
+    val: str | None = field_spec(None, help="validation manifest, for the online kNN monitor", file=True)
+    clips: int = field_spec(2, help="ρ, clips per video", min=1)
+    frames: int = field_spec(8, help="T, frames per clip", min=1)
+    stride: int = field_spec(8, help="τ, frames between sampled frames (at fps)", min=1)
+    fps: float | None = field_spec(None, help="resample to this frame rate (null: the video's own)", gt=0.0)
+    t_max: float | None = field_spec(None, help="max seconds between clip starts (null: global)", min=0.0)
+    crop: int = field_spec(224, help="output crop side in pixels", gt=0)
+    short_side: int | None = field_spec(
         None, help="evaluation resize of the short side (null: crop*256/224)", gt=0
     )
-    batch_size: int = _spec(64, help="global batch size in videos", min=1)
-    workers: int = _spec(2, help="DataLoader worker processes", min=0)
-    seek_threshold: float = _spec(
+    batch_size: int = field_spec(64, help="global batch size in videos", min=1)
+    workers: int = field_spec(2, help="DataLoader worker processes", min=0)
+    seek_threshold: float = field_spec(
         1.0, help="seek instead of decoding forward across gaps longer than this (s)", min=0.0
     )
-    cache: bool = _spec(
+    cache: bool = field_spec(
         False,
         help="decode each training video once and keep its frames in memory (small datasets; at most half the free RAM)",
     )
-    allow_outside_root: bool = _spec(
+    allow_outside_root: bool = field_spec(
         False, help="allow manifest rows outside the manifest's folder (../, absolute paths, symlinks out)"
     )
-    augment: AugmentConfig = _spec(factory=AugmentConfig, help="per-clip augmentation")
+    augment: AugmentConfig = field_spec(factory=AugmentConfig, help="per-clip augmentation")
 
 
 @dataclass
 class BackboneConfig:
     """The encoder: a name from ``harness.backbones.available()`` plus its keyword parameters."""
 
-    name: str = _spec("r3d_tiny", help="backbone name", registry="backbones")
-    params: dict[str, Any] = _spec(factory=dict, help="keyword parameters for harness.backbones.build")
-    sync_bn: bool = _spec(False, help="convert BatchNorm to SyncBatchNorm under DDP")
+    name: str = field_spec("r3d_tiny", help="backbone name", registry="backbones")
+    params: dict[str, Any] = field_spec(factory=dict, help="keyword parameters for harness.backbones.build")
+    sync_bn: bool = field_spec(False, help="convert BatchNorm to SyncBatchNorm under DDP")
 
 
 @dataclass
 class MethodConfig:
     """The SSL method: a name from ``methods.available()`` plus its keyword parameters."""
 
-    name: str = _spec("simclr", help="method name", registry="methods")
-    params: dict[str, Any] = _spec(factory=dict, help="the method's keyword parameters")
+    name: str = field_spec("simclr", help="method name", registry="methods")
+    params: dict[str, Any] = field_spec(factory=dict, help="the method's keyword parameters")
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and schedule: linear warmup then half-cosine."""
 
-    name: str = _spec("sgd", help="optimiser", choices=OPTIMIZERS)
-    lr: float = _spec(0.6, help="base learning rate at base_batch_size", gt=0.0)
-    base_batch_size: int = _spec(256, help="the batch size that lr is given for", min=1)
-    lr_scaling: str = _spec(
+    name: str = field_spec("sgd", help="optimiser", choices=OPTIMIZERS)
+    lr: float = field_spec(0.6, help="base learning rate at base_batch_size", gt=0.0)
+    base_batch_size: int = field_spec(256, help="the batch size that lr is given for", min=1)
+    lr_scaling: str = field_spec(
         "linear", help="lr = base lr × (global batch / base_batch_size)^(1 or ½ or 0)", choices=LR_SCALING
     )
-    weight_decay: float = _spec(1e-6, help="weight decay (not on biases and norms)", min=0.0)
-    momentum: float = _spec(0.9, help="SGD/LARS momentum", min=0.0, max=1.0)
-    nesterov: bool = _spec(False, help="Nesterov momentum")
-    trust: float = _spec(0.001, help="LARS trust coefficient", gt=0.0)
-    betas: list[float] = _spec(factory=lambda: [0.9, 0.999], help="AdamW betas", pair01=True)
-    epochs: int = _spec(200, help="pretraining epochs", min=1)
-    warmup_epochs: float = _spec(35.0, help="linear warmup epochs (0 for none)", min=0.0)
-    min_lr_ratio: float = _spec(0.0, help="final lr as a fraction of the peak", min=0.0, max=1.0)
-    clip_grad: float | None = _spec(None, help="clip the gradient norm to this (null: off)", gt=0.0)
+    weight_decay: float = field_spec(1e-6, help="weight decay (not on biases and norms)", min=0.0)
+    momentum: float = field_spec(0.9, help="SGD/LARS momentum", min=0.0, max=1.0)
+    nesterov: bool = field_spec(False, help="Nesterov momentum")
+    trust: float = field_spec(0.001, help="LARS trust coefficient", gt=0.0)
+    betas: list[float] = field_spec(factory=lambda: [0.9, 0.999], help="AdamW betas", pair01=True)
+    epochs: int = field_spec(200, help="pretraining epochs", min=1)
+    warmup_epochs: float = field_spec(35.0, help="linear warmup epochs (0 for none)", min=0.0)
+    min_lr_ratio: float = field_spec(0.0, help="final lr as a fraction of the peak", min=0.0, max=1.0)
+    clip_grad: float | None = field_spec(None, help="clip the gradient norm to this (null: off)", gt=0.0)
 
 
 @dataclass
 class EvalConfig:
     """Evaluation after pretraining and the online kNN monitor."""
 
-    benchmarks: list[str] = _spec(
+    benchmarks: list[str] = field_spec(
         factory=list, help="benchmark YAML files to evaluate after pretraining", files=True
     )
-    knn_monitor: bool = _spec(False, help="kNN accuracy on data.val after every epoch")
-    knn_k: int = _spec(200, help="neighbours for the kNN monitor", min=1)
+    knn_monitor: bool = field_spec(False, help="kNN accuracy on data.val after every epoch")
+    knn_k: int = field_spec(200, help="neighbours for the kNN monitor", min=1)
 
 
 @dataclass
 class RuntimeConfig:
     """Where and how the run executes."""
 
-    seed: int = _spec(0, help="random seed", min=0)
-    device: str = _spec("auto", help="auto picks cuda when available", choices=DEVICES)
-    precision: str = _spec("auto", help="auto is bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
-    channels_last: bool = _spec(True, help="channels_last_3d memory format on CUDA")
-    output_dir: str = _spec("mlruns/checkpoints", help="folder for checkpoints")
-    tracking_uri: str | None = _spec(
+    seed: int = field_spec(0, help="random seed", min=0)
+    device: str = field_spec("auto", help="auto picks cuda when available", choices=DEVICES)
+    precision: str = field_spec("auto", help="auto is bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
+    channels_last: bool = field_spec(True, help="channels_last_3d memory format on CUDA")
+    output_dir: str = field_spec("mlruns/checkpoints", help="folder for checkpoints")
+    tracking_uri: str | None = field_spec(
         None, help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
     )
-    experiment: str = _spec("rho-pretrain", help="MLflow experiment name")
-    log_every: int = _spec(10, help="log step metrics every N steps", min=1)
-    save_encoder: bool = _spec(False, help="log the final encoder weights as an MLflow artifact")
+    experiment: str = field_spec("rho-pretrain", help="MLflow experiment name")
+    log_every: int = field_spec(10, help="log step metrics every N steps", min=1)
+    save_encoder: bool = field_spec(False, help="log the final encoder weights as an MLflow artifact")
 
 
 @dataclass
@@ -343,7 +345,7 @@ def build_experiment(tree: dict[str, Any], check_files: bool = True) -> Experime
     """Turn a nested dict into a validated ``Experiment``."""
     unknown = [k for k in tree if k not in SECTIONS]
     if unknown:
-        raise ConfigError(unknown[0], tree[unknown[0]], _unknown_key_hint(unknown[0], list(SECTIONS)))
+        raise ConfigError(unknown[0], tree[unknown[0]], unknown_key_hint(unknown[0], list(SECTIONS)))
     sections = {}
     for name, cls in SECTIONS.items():
         value = tree.get(name) or {}
@@ -374,7 +376,7 @@ def all_keys() -> list[str]:
     return keys
 
 
-def _unknown_key_hint(key: str, choices: list[str]) -> str:
+def unknown_key_hint(key: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"unknown key; {hint}known keys: {', '.join(choices)}"
@@ -391,7 +393,7 @@ def _build_section(prefix: str, cls: type, values: dict[str, Any], check_files: 
     if unknown:
         key = f"{prefix}.{unknown[0]}"
         known = [f"{prefix}.{k}" for k in fields]
-        raise ConfigError(key, values[unknown[0]], _unknown_key_hint(key, [*known, *all_keys()]))
+        raise ConfigError(key, values[unknown[0]], unknown_key_hint(key, [*known, *all_keys()]))
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"
@@ -401,9 +403,9 @@ def _build_section(prefix: str, cls: type, values: dict[str, Any], check_files: 
                 raise ConfigError(key, sub, f"a mapping of {name} settings")
             kwargs[name] = _build_section(key, hints[name], sub, check_files)
         elif name in values:
-            kwargs[name] = _check_value(key, values[name], hints[name], f.metadata, check_files)
+            kwargs[name] = check_value(key, values[name], hints[name], f.metadata, check_files)
         elif check_files and f.metadata.get("file") and f.default is not None:
-            kwargs[name] = _check_value(key, f.default, hints[name], f.metadata, check_files)
+            kwargs[name] = check_value(key, f.default, hints[name], f.metadata, check_files)
     return cls(**kwargs)
 
 
@@ -412,7 +414,7 @@ def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
     values = dict(values)
     extra_sync = {}
     if cls is BackboneConfig and "sync_bn" in values:
-        extra_sync["sync_bn"] = _check_value(f"{prefix}.sync_bn", values.pop("sync_bn"), bool, {}, False)
+        extra_sync["sync_bn"] = check_value(f"{prefix}.sync_bn", values.pop("sync_bn"), bool, {}, False)
     nested = values.pop("params", None) or {}
     name = values.pop("name", cls().name)
     params = {**nested, **values}
@@ -428,7 +430,7 @@ def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
                 raise ConfigError(
                     f"method.{key}",
                     value,
-                    _unknown_key_hint(key, list(allowed)).replace("known keys", f"{name} takes"),
+                    unknown_key_hint(key, list(allowed)).replace("known keys", f"{name} takes"),
                 )
             default = allowed[key]
             if default is not None and not _same_kind(value, default):
@@ -454,7 +456,7 @@ def _same_kind(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def _check_value(key: str, value: Any, hint: Any, rules: dict[str, Any], check_files: bool) -> Any:
+def check_value(key: str, value: Any, hint: Any, rules: dict[str, Any], check_files: bool) -> Any:
     """Coerce ``value`` to the annotated type and apply the field's rules."""
     optional = False
     origin = typing.get_origin(hint)
