@@ -69,7 +69,7 @@ def expand_env(key: str, text: str) -> tuple[str, list[str]]:
         raise ConfigError(
             key,
             text,
-            f"${{{name}}} to be set: export {name}=/path/to/your/data (the folder that holds the manifests)",
+            f"${{{name}}} to be set: export {name}=/path/to/the/folder, or give a default: ${{{name}:-folder}}",
         )
 
     return ENV_REFERENCE.sub(substitute, text), names
@@ -192,7 +192,9 @@ class RuntimeConfig:
     device: str = field_spec("auto", help="auto picks cuda when available", choices=DEVICES)
     precision: str = field_spec("auto", help="auto is bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
     channels_last: bool = field_spec(True, help="channels_last_3d memory format on CUDA")
-    output_dir: str = field_spec("mlruns/checkpoints", help="folder for checkpoints")
+    output_dir: str = field_spec(
+        "mlruns/checkpoints", help="folder for checkpoints (${VAR} expands: ${SCRATCH}/ckpt)", env=True
+    )
     tracking_uri: str | None = field_spec(
         None, help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
     )
@@ -470,7 +472,7 @@ def check_value(key: str, value: Any, hint: Any, rules: dict[str, Any], check_fi
             return None
         raise ConfigError(key, value, f"a value is required ({help_text})")
     value = _coerce(key, value, hint, origin, help_text)
-    if rules.get("file"):
+    if rules.get("file") or rules.get("env"):
         value = expand_env(key, value)[0]
     if rules.get("files"):
         value = [expand_env(key, item)[0] for item in value]

@@ -115,3 +115,12 @@ def test_cli_exits_2_with_one_line_and_no_traceback():
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "data.clips = 0" in out.stderr and ">= 1" in out.stderr
+
+
+def test_output_dir_expands_environment_variables(monkeypatch):
+    monkeypatch.setenv("RHO_TEST_SCRATCH", "/scratch/me")
+    assert load("runtime.output_dir=${RHO_TEST_SCRATCH}/ckpt").runtime.output_dir == "/scratch/me/ckpt"
+    monkeypatch.delenv("RHO_TEST_SCRATCH")
+    assert load("runtime.output_dir=${RHO_TEST_SCRATCH:-runs}/ckpt").runtime.output_dir == "runs/ckpt"
+    with pytest.raises(ConfigError, match=r"runtime.output_dir .*export RHO_TEST_SCRATCH="):
+        load("runtime.output_dir=${RHO_TEST_SCRATCH}/ckpt")
