@@ -36,7 +36,7 @@ from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from harness.preflight import check_store, check_writable
 from harness.progress import ProgressBar
 from harness.runtime import Runtime, seed_everything
-from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
+from harness.tracking import RunLogger, environment_tags, redact, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def _state(
 ) -> dict[str, Any]:
     return {
         "config_hash": experiment.training_hash(),
-        "config": experiment.to_yaml(),
+        "config": redact(experiment.to_yaml()),  # no URL password on disk (rebuilding the method needs none)
         "epoch": epoch,
         "step": step,
         "method": method.state_dict(),

@@ -136,7 +136,9 @@ def test_a_missing_manifest_is_named_with_the_variable_it_came_from(tmp_path, da
 
 def test_an_unset_variable_without_default_says_to_set_it(tmp_path, monkeypatch):
     monkeypatch.delenv("RHO_DATA", raising=False)
-    with pytest.raises(ConfigError, match=r"bench.yaml: train = .*export RHO_DATA=/path/to/the/folder, or give a default"):
+    with pytest.raises(
+        ConfigError, match=r"bench.yaml: train = .*export RHO_DATA=/path/to/the/folder, or give a default"
+    ):
         load_benchmark(write(tmp_path, GOOD), check_files=False)
     with pytest.raises(ConfigError, match=r"export RHO_DATA"):
         load_benchmark(REPO / "benchmarks" / "k400_linear.yaml")

@@ -204,5 +204,9 @@ def test_a_study_writes_no_password_anywhere(tiny_synth, tmp_path, mlflow_uri):
         texts += [p.read_text(errors="ignore") for p in local.rglob("*") if p.is_file()]
     child = next(r for r in runs if r.data.tags.get("rho.role") != "study")
     assert child.data.params["runtime.tracking_uri"] == url.replace(password, "***"), "logged, redacted"
+    written = [p for p in Path(tree["runtime"]["output_dir"]).rglob("*") if p.is_file()]
+    assert any(p.name == "last.pt" for p in written), written
+    for path in written:  # checkpoints (their copy of the config), run.json, everything on disk
+        texts.append(repr(load_checkpoint(path)) if path.suffix == ".pt" else path.read_text(errors="ignore"))
     leaks = [t[:200] for t in texts if password in t]
     assert not leaks, leaks
