@@ -528,7 +528,10 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
 ) -> None:
-    """Train ``model`` (clips [B, C, T, H, W] → logits) on view 0 of ``dataset``'s items with cross-entropy."""
+    """Train ``model`` (clips [B, C, T, H, W] → logits) on view 0 of ``dataset``'s items with cross-entropy.
+
+    ``dataset`` should hold one view per item (``min_views=1`` at ρ = 1); any others are decoded
+    and augmented for nothing."""
     device = torch.device(device)
     sampler = EpochSampler(len(dataset), seed=seed)
     loader = DataLoader(
@@ -577,7 +580,7 @@ def finetune(
 ) -> dict[str, float]:
     """Fine-tune a copy of ``encoder`` with a linear head on the training videos; test with view averaging.
 
-    Training items are one clip per video (``MultiClipDataset`` ρ = 1, view 0) with the
+    Training items are one clip per video (``MultiClipDataset`` ρ = 1, one view) with the
     benchmark's augmentation; ``encoder`` itself is left untouched. Randomness (head init,
     dropout, data) derives from ``seed`` without disturbing the caller's RNG.
 
@@ -598,6 +601,7 @@ def finetune(
         transform=augment,
         seed=seed,
         fps=views.fps,
+        min_views=1,  # one augmented clip per video and step: no second view decoded and thrown away
     )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

@@ -52,6 +52,8 @@ class MultiClipDataset(Dataset):
         seek_threshold: decoder gap (s) above which it seeks rather than decodes forward.
         cache: keep each video decoded in this cache after its first read (``preload`` fills
             it up front); the items are the same with or without it.
+        min_views: V is max(ρ, min_views). 2 (the default) makes ρ = 1 items two augmentations
+            of one clip, the SSL positive pair; 1 gives supervised training one clip per video.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class MultiClipDataset(Dataset):
         fps: float | None = None,
         seek_threshold: float = 1.0,
         cache: FrameCache | None = None,
+        min_views: int = 2,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
@@ -75,6 +78,9 @@ class MultiClipDataset(Dataset):
         self.clips, self.frames, self.stride = clips, frames, stride
         self.t_max, self.transform, self.seed = t_max, transform, seed
         self.fps, self.seek_threshold, self.cache = fps, seek_threshold, cache
+        if min_views not in (1, 2):
+            raise ValueError(f"min_views must be 1 or 2, got {min_views}")
+        self.min_views = min_views
         self.bad_files: set[Path] = set()
 
     def preload(self) -> None:
@@ -93,8 +99,8 @@ class MultiClipDataset(Dataset):
 
     @property
     def views(self) -> int:
-        """V, clips per item: max(ρ, 2)."""
-        return max(self.clips, 2)
+        """V, clips per item: max(ρ, min_views)."""
+        return max(self.clips, self.min_views)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -139,9 +145,9 @@ class MultiClipDataset(Dataset):
             entry, self.frames, self.stride, self.fps, pick_starts, self.seek_threshold, self.cache
         )
         frames_per_clip = torch.from_numpy(frames)
-        if self.clips == 1:
-            frames_per_clip = frames_per_clip.expand(2, *frames_per_clip.shape[1:])
-            seconds = np.repeat(seconds, 2)
+        if self.views > self.clips:  # ρ = 1 with two views: two augmentations of the one clip
+            frames_per_clip = frames_per_clip.expand(self.views, *frames_per_clip.shape[1:])
+            seconds = np.repeat(seconds, self.views)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(
                 int(rng.integers(2**63 - 1))

@@ -37,6 +37,21 @@ def test_clips_hold_exactly_the_requested_frames(index_manifest, rho, t_max):
                 assert starts[0] == starts[1]
 
 
+def test_one_view_items_hold_one_clip_with_the_requested_frames(index_manifest):
+    two = MultiClipDataset(index_manifest, clips=1, frames=4, stride=3, seed=3)
+    one = MultiClipDataset(index_manifest, clips=1, frames=4, stride=3, seed=3, min_views=1)
+    assert (one.views, two.views) == (1, 2)
+    for index in range(len(one)):
+        item, pair = one[(0, index)], two[(0, index)]
+        assert item["clips"].shape == (1, 3, 4, 64, 64) and item["starts"].shape == (1,)
+        assert item["starts"][0] == pair["starts"][0]  # the same clip; only the second view is gone
+        first = int(round(float(item["starts"][0]) * 10))
+        assert clip_indices(item["clips"][0]) == [first + 3 * j for j in range(4)]
+    assert MultiClipDataset(index_manifest, clips=3, frames=2, stride=1, min_views=1).views == 3
+    with pytest.raises(ValueError, match="min_views must be 1 or 2"):
+        MultiClipDataset(index_manifest, clips=1, frames=2, stride=1, min_views=0)
+
+
 def test_target_fps_resamples_the_grid(index_manifest):
     dataset = MultiClipDataset(index_manifest, clips=2, frames=5, stride=1, fps=5.0)
     item = dataset[0]
