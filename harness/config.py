@@ -182,6 +182,12 @@ class EvalConfig:
     )
     knn_monitor: bool = field_spec(False, help="kNN accuracy on data.val after every epoch")
     knn_k: int = field_spec(200, help="neighbours for the kNN monitor", min=1)
+    knn_monitor_videos: int | None = field_spec(
+        5000,
+        help="kNN monitor: at most this many videos of data.train and of data.val, a fixed random subset "
+        "(null: all); the monitor runs after every epoch",
+        min=1,
+    )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -452,6 +453,14 @@ def _start_tracking(
     return tracker
 
 
+def _subset(entries: list, limit: int | None, seed: int) -> list:
+    """At most ``limit`` of ``entries``: the same random subset, in manifest order, every epoch."""
+    if limit is None or len(entries) <= limit:
+        return entries
+    chosen = np.random.default_rng([seed, limit]).choice(len(entries), limit, replace=False)
+    return [entries[i] for i in sorted(chosen)]
+
+
 def _knn_monitor(method, experiment: Experiment, runtime: Runtime) -> float:
     """kNN top-1 of the current encoder on data.val against data.train (centre views)."""
     from harness.data.views import ViewDataset
@@ -461,8 +470,11 @@ def _knn_monitor(method, experiment: Experiment, runtime: Runtime) -> float:
     views = dict(
         frames=data.frames, stride=data.stride, crop=data.crop, short_side=data.short_side, fps=data.fps
     )
+    limit, seed = experiment.eval.knn_monitor_videos, experiment.runtime.seed
     train, val = (
-        ViewDataset(read_manifest(path, allow_outside_root=data.allow_outside_root), **views)
+        ViewDataset(
+            _subset(read_manifest(path, allow_outside_root=data.allow_outside_root), limit, seed), **views
+        )
         for path in (data.train, data.val)
     )
     return knn_monitor(

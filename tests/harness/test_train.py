@@ -21,7 +21,7 @@ def experiment(tiny_synth, tmp_path, **sections):
     tree = tiny_experiment_tree(tiny_synth, tmp_path)
     for key, value in sections.items():
         section, _, name = key.partition("__")
-        tree[section][name] = value
+        tree.setdefault(section, {})[name] = value
     return build_experiment(tree)
 
 
@@ -157,3 +157,18 @@ def test_lars_scales_updates_by_the_trust_ratio_but_not_for_excluded_groups():
     # trust ratio = 0.01 * |w| / |g| = 0.01 * 4 / 1 = 0.04; update = 0.04 * 0.5
     assert torch.allclose(weight, torch.full((4,), 2.0 - 0.02))
     assert torch.allclose(bias, torch.full((4,), 1.5))
+
+
+def test_knn_monitor_runs_every_epoch_on_a_fixed_subset(tiny_synth, tmp_path, mlflow_uri):
+    from harness.train import _subset
+
+    rows = list(range(100))
+    subset = _subset(rows, 10, seed=0)
+    assert len(subset) == 10 and subset == sorted(subset) and subset == _subset(rows, 10, seed=0)
+    assert subset != _subset(rows, 10, seed=1) and _subset(rows, None, 0) == rows == _subset(rows, 100, 0)
+
+    exp = experiment(tiny_synth, tmp_path, eval__knn_monitor=True, eval__knn_k=3, eval__knn_monitor_videos=4)
+    result = pretrain(exp, output=tmp_path / "run", tracking_uri=mlflow_uri, print_progress=False)
+    history = MlflowClient(mlflow_uri).get_metric_history(result.run_id, "epoch.knn_top1")
+    assert [m.step for m in history] == [1, 2]
+    assert all(m.value in (0.0, 25.0, 50.0, 75.0, 100.0) for m in history), history  # 4 of 8 val videos
