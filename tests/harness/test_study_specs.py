@@ -166,3 +166,20 @@ def test_constant_nuisance_control_runs_on_its_own_data_with_the_same_views():
         b = load_benchmark(REPO / "benchmarks" / f"{control}.yaml", check_files=False)
         assert a.views == b.views and a.protocol == b.protocol
         assert "synth_constant" in str(b.train) and "synth_constant" in str(b.val) and a.name != b.name
+
+
+def test_demo_long_is_the_demo_with_four_times_the_steps():
+    demo, long = load(STUDIES / "demo.yaml"), load(STUDIES / "cpu" / "demo_long.yaml")
+    assert (demo.grid, demo.per_method, demo.baselines, demo.seeds) == (
+        long.grid,
+        long.per_method,
+        long.baselines,
+        long.seeds,
+    )
+    short, longer = demo.points(), long.points()
+    assert len(short) == len(longer) == 10
+    for a, b in zip(short, longer, strict=True):
+        ea, eb = (s.experiment(p.overrides, p.seed, check_files=False) for s, p in ((demo, a), (long, b)))
+        assert eb.optim.epochs == 4 * ea.optim.epochs
+        eb.optim.epochs = ea.optim.epochs
+        assert ea.to_dict() == eb.to_dict()
