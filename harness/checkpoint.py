@@ -30,6 +30,23 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (full disk, read-only folder); the previous one is intact."""
 
 
+class _RememberingWriter:
+    """A binary file for ``torch.save`` that keeps the first ``OSError`` its writes raised."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
 
@@ -41,10 +58,18 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with open(tmp, "wb") as raw:
+            handle = _RememberingWriter(raw)
+            try:
+                torch.save({"format": FORMAT, **state}, handle)
+            except RuntimeError:
+                # torch reports a failed write as "unexpected pos ..."; raise the OSError behind it
+                # (No space left on device, ...) so that the message says what happened.
+                if handle.error is not None:
+                    raise handle.error from None
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
         _remove_stale_temp_files(path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError

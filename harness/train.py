@@ -214,7 +214,8 @@ def pretrain(
                 tracker.log_metrics(
                     {f"epoch.{k}": v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"])
                 )
-        _write_run_file(output, tracker.run_id, config_hash)
+        if not (output / LAST).is_file():  # once a checkpoint exists, it holds the run id
+            _write_run_file(output, tracker.run_id, config_hash)
         if on_run_start is not None:
             on_run_start(tracker.run_id)
     try:
@@ -399,8 +400,16 @@ def _write_run_file(output: Path, run_id: str, config_hash: str) -> None:
     """Record the run in ``output/run.json`` (atomically), so that a training killed before its
     first checkpoint is resumed into the same MLflow run instead of leaving it RUNNING forever."""
     tmp = output / f".{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"run_id": run_id, "config_hash": config_hash}))
-    os.replace(tmp, output / RUN_FILE)
+    try:
+        tmp.write_text(json.dumps({"run_id": run_id, "config_hash": config_hash}))
+        os.replace(tmp, output / RUN_FILE)
+    except OSError as exc:  # a convenience only: the first checkpoint will hold the run id
+        tmp.unlink(missing_ok=True)
+        log.warning(
+            "could not write %s (%s); a kill before the first checkpoint would start a new run",
+            output / RUN_FILE,
+            exc.strerror or exc,
+        )
 
 
 def _run_without_checkpoint(output: Path, config_hash: str) -> str | None:
