@@ -10,13 +10,14 @@ order of an epoch and every item's randomness derive from (seed, epoch, index).
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from harness.atomic import atomic_file, remove_stale_temp_files
 
 FORMAT = 1
 LAST = "last.pt"
@@ -55,10 +56,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             permission); ``path`` still holds the previous checkpoint, if there was one.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as raw:
+        with atomic_file(path, "wb", fsync=True) as raw:
             handle = _RememberingWriter(raw)
             try:
                 torch.save({"format": FORMAT, **state}, handle)
@@ -68,10 +67,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
                 if handle.error is not None:
                     raise handle.error from None
                 raise
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-        _remove_stale_temp_files(path)
+        remove_stale_temp_files(path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was kept"
@@ -79,26 +75,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             f"could not write checkpoint {path} ({reason}); {kept}. Free disk space or make the folder "
             "writable (or set runtime.output_dir), then resume (--resume, or re-run the study)"
         ) from exc
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only folder has no temp file to remove
     return path
-
-
-def _remove_stale_temp_files(path: Path) -> None:
-    """Delete temp files of ``path`` left by writers of this host that were killed mid-write."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = stale.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            pass  # alive, or not ours to judge
 
 
 def load_checkpoint(path: str | Path, expected_hash: str | None = None) -> dict[str, Any]:

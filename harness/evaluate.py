@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from harness.atomic import atomic_file
 from harness.benchmark import Benchmark, FinetuneSpec, KnnSpec, LinearSpec
 from harness.data import MultiClipDataset, train_transform
 from harness.data.manifest import read_manifest
@@ -277,14 +278,9 @@ class FeatureCache:
 
     def save(self, path: Path, key: str, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Write atomically: a temporary file beside ``path``, then a rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         checksum = _tensor_digest([("f", features), ("l", labels)])
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save({"key": key, "checksum": checksum, "features": features, "labels": labels}, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path, "wb") as handle:
+            torch.save({"key": key, "checksum": checksum, "features": features, "labels": labels}, handle)
 
     def get_or_extract(
         self,

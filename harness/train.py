@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader
 import methods
 from harness import backbones
 from harness import distributed as dist_utils
+from harness.atomic import atomic_file
 from harness.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import ConfigError, Experiment
 from harness.data import MultiClipDataset, read_manifest, train_transform
@@ -399,12 +399,10 @@ RUN_FILE = "run.json"  # the MLflow run of the training in this folder, written 
 def _write_run_file(output: Path, run_id: str, config_hash: str) -> None:
     """Record the run in ``output/run.json`` (atomically), so that a training killed before its
     first checkpoint is resumed into the same MLflow run instead of leaving it RUNNING forever."""
-    tmp = output / f".{RUN_FILE}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(json.dumps({"run_id": run_id, "config_hash": config_hash}))
-        os.replace(tmp, output / RUN_FILE)
+        with atomic_file(output / RUN_FILE) as handle:
+            handle.write(json.dumps({"run_id": run_id, "config_hash": config_hash}))
     except OSError as exc:  # a convenience only: the first checkpoint will hold the run id
-        tmp.unlink(missing_ok=True)
         log.warning(
             "could not write %s (%s); a kill before the first checkpoint would start a new run",
             output / RUN_FILE,

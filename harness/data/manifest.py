@@ -11,6 +11,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.atomic import atomic_file
+
 REQUIRED_COLUMNS = ("path", "label")
 
 
@@ -123,8 +125,7 @@ def write_manifest(
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = sorted({k for row in rows for k in row} - set(REQUIRED_COLUMNS))
     folder = path.parent.resolve()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_file(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[*REQUIRED_COLUMNS, *extra])
         writer.writeheader()
         for row in rows:
@@ -133,7 +134,6 @@ def write_manifest(
             if relative_to_manifest and video.is_absolute() and video.resolve().is_relative_to(folder):
                 out["path"] = video.resolve().relative_to(folder).as_posix()
             writer.writerow(out)
-    tmp.replace(path)
     return path
 
 
