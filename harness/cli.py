@@ -156,21 +156,38 @@ def _pretrain(args: argparse.Namespace) -> int:
     from harness.train import pretrain
 
     experiment = load_experiment(args.config, args.overrides)
+    on_epoch_end, pruned = None, ()
+    if os.environ.get("RHO_TRIAL"):  # a rank of a study's torchrun trial (harness.study.runner)
+        import optuna
+
+        from harness.study.runner import torchrun_pruning_callback
+
+        on_epoch_end, pruned = torchrun_pruning_callback(), optuna.TrialPruned
+
+    started: dict[str, str] = {}
 
     def write_run_id(run_id: str) -> None:  # for a caller (a study's torchrun trial) that needs it early
+        started["run_id"] = run_id
         Path(args.result_json).write_text(json.dumps({"run_id": run_id}))
 
-    result = pretrain(
-        experiment,
-        resume=args.resume,
-        resume_run=not args.new_run,
-        run_name=args.run_name,
-        output=Path(args.output) if args.output else None,
-        tracking_uri=args.tracking_uri,
-        parent_run_id=args.parent_run_id,
-        tags=json.loads(args.tags) if args.tags else None,
-        on_run_start=write_run_id if args.result_json else None,
-    )
+    try:
+        result = pretrain(
+            experiment,
+            resume=args.resume,
+            resume_run=not args.new_run,
+            run_name=args.run_name,
+            output=Path(args.output) if args.output else None,
+            tracking_uri=args.tracking_uri,
+            parent_run_id=args.parent_run_id,
+            tags=json.loads(args.tags) if args.tags else None,
+            on_epoch_end=on_epoch_end,
+            on_run_start=write_run_id if args.result_json else None,
+        )
+    except pruned as exc:  # a study's torchrun trial, pruned: every rank ends here
+        print(f"pruned: {exc}", flush=True)
+        if started and args.result_json:
+            Path(args.result_json).write_text(json.dumps({**started, "pruned": str(exc)}))
+        return 0
     if result.run_id is None:
         return 0  # not rank 0
     print(f"MLflow run {result.run_id}")

@@ -154,6 +154,15 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` (any picklable value) on every rank; ``obj`` itself in one process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 @torch.no_grad()
 def broadcast_state(module: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers into every rank's ``module``; no-op in one process."""

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,8 +139,8 @@ def pretrain(
         tracking_uri: MLflow store (default: config, then $MLFLOW_TRACKING_URI, then ./mlruns).
         parent_run_id: nest the MLflow run under this run (study trials).
         tags: extra MLflow tags.
-        on_epoch_end: called with (epoch, metrics) after each epoch's checkpoint; it may
-            raise to stop the run (Optuna pruning).
+        on_epoch_end: called with (epoch, metrics) after each epoch's checkpoint, on rank 0; it
+            may raise to stop the run (Optuna pruning), and then every rank raises the same.
         on_run_start: called with the MLflow run id once the run exists (rank 0).
         print_progress: show a progress bar per epoch.
 
@@ -262,7 +263,7 @@ def pretrain(
                 tracker.log_metrics({f"epoch.{k}": v for k, v in epoch_metrics.items()}, step=epoch + 1)
                 tracker.flush()
             if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, epoch_metrics)
+                _on_main_then_all(on_epoch_end, runtime, epoch + 1, epoch_metrics)
         if runtime.is_main and (not (output / LAST).is_file() or not method.trainable):
             save_checkpoint(
                 output / LAST, _state(method, optimizer, experiment, optim_cfg.epochs, step, history, tracker)
@@ -283,6 +284,31 @@ def pretrain(
             except Exception as tracking_exc:  # keep the original error
                 log.warning("could not close the MLflow run: %s", tracking_exc)
         raise
+
+
+def _on_main_then_all(callback: Callable[[int, dict], None], runtime: Runtime, *args) -> None:
+    """Call ``callback`` on rank 0; an exception it raises (``optuna.TrialPruned``, say) is raised on
+    every rank, so that all ranks stop together instead of waiting for rank 0 in the next step."""
+    error = None
+    if runtime.is_main:
+        try:
+            callback(*args)
+        except Exception as exc:
+            error = exc
+    shared = dist_utils.broadcast_object(_picklable(error))
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise shared
+
+
+def _picklable(error: Exception | None) -> Exception | None:
+    """``error``, or a RuntimeError with its message when it cannot be sent to the other ranks."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{error.__class__.__name__}: {error}")
 
 
 def _train_epoch(

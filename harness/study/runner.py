@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -92,22 +93,72 @@ def open_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
             seed=spec.seeds[0], n_startup_trials=max(2, min(10, spec.n_trials // 3))
         )
     )
-    pruner: optuna.pruners.BasePruner
-    if spec.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.pruner_warmup)
-    elif spec.pruner == "hyperband":
-        epochs = int(spec.base.get("optim", {}).get("epochs", 10))
-        pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, spec.pruner_warmup), max_resource=epochs)
-    else:
-        pruner = optuna.pruners.NopPruner()
     return optuna.create_study(
         study_name=spec.name,
         storage=storage,
         sampler=sampler,
-        pruner=pruner,
+        pruner=make_pruner(**_pruner_settings(spec)),
         direction=spec.direction,
         load_if_exists=True,
     )
+
+
+def _pruner_settings(spec: StudySpec) -> dict[str, Any]:
+    epochs = int(spec.base.get("optim", {}).get("epochs", 10))
+    return {"kind": spec.pruner, "warmup": spec.pruner_warmup, "epochs": epochs}
+
+
+def make_pruner(kind: str, warmup: int, epochs: int) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of a spec's ``pruner`` (``none``, ``median``, ``hyperband``)."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup), max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, dict[str, float]], None]:
+    """An ``on_epoch_end`` that reports ``metric`` to Optuna and raises TrialPruned when the pruner says so."""
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if metric in metrics:
+            trial.report(metrics[metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={metrics[metric]:.4g}")
+
+    return report_epoch
+
+
+TRIAL_ENV = "RHO_TRIAL"
+
+
+def torchrun_pruning_callback() -> Callable[[int, dict[str, float]], None] | None:
+    """In a torchrun trial's rank 0: the pruning callback of the trial named by ``$RHO_TRIAL``.
+
+    The worker that starts the job puts the study, the trial and its pruner there (and the
+    storage URL in ``$RHO_STORAGE``), so that rank 0 reports each epoch to Optuna itself and all
+    ranks stop together when the trial is pruned; None outside such a job or without a pruner.
+    """
+    raw = os.environ.get(TRIAL_ENV)
+    if not raw:
+        return None
+    settings = json.loads(raw)
+    if settings["pruner"]["kind"] == "none":
+        return None
+    state: dict[str, Callable] = {}
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if "callback" not in state:  # connect on the first report, on rank 0 only
+            study = optuna.load_study(
+                study_name=settings["study"],
+                storage=make_storage(os.environ["RHO_STORAGE"]),
+                pruner=make_pruner(**settings["pruner"]),
+            )
+            trial = optuna.trial.Trial(study, settings["trial_id"])
+            state["callback"] = pruning_callback(trial, settings["metric"])
+        state["callback"](epoch, metrics)
+
+    return report_epoch
 
 
 def enqueue_points(study: optuna.Study, spec: StudySpec) -> int:
@@ -449,14 +500,7 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
         resumed = " (resuming)" if (output / "last.pt").is_file() else ""
         print(f"\n== trial {trial.number} of study {spec.name}: {label}{resumed}", flush=True)
 
-    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if spec.pruner != "none" and spec.pruner_metric in metrics:
-            trial.report(metrics[spec.pruner_metric], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned after epoch {epoch}: {spec.pruner_metric}={metrics[spec.pruner_metric]:.4g}"
-                )
-
+    report_epoch = pruning_callback(trial, spec.pruner_metric) if spec.pruner != "none" else None
     started = time.monotonic()
     run_started = {}
 
@@ -467,9 +511,16 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
     with _Heartbeat(storage, trial._trial_id, spec.limits["heartbeat_interval"] or 1):
         try:
             if gpus_per_trial > 1:
+                pruning = {
+                    "study": spec.name,
+                    "trial_id": trial._trial_id,
+                    "metric": spec.pruner_metric,
+                    "pruner": _pruner_settings(spec),
+                }
                 metrics = _run_torchrun(
-                    experiment, output, trial, tracking_uri, parent_run_id, tags, gpus_per_trial, remember_run
-                )
+                    experiment, output, trial, tracking_uri, parent_run_id, tags, gpus_per_trial, remember_run,
+                    storage.url, pruning,
+                )  # fmt: skip
             else:
                 result = pretrain(
                     experiment,
@@ -553,13 +604,15 @@ def _close_dead_run(tracking_uri: str, run_id: str) -> None:
 
 
 def _run_torchrun(
-    experiment, output, trial, tracking_uri, parent_run_id, tags, gpus, on_run_start
+    experiment, output, trial, tracking_uri, parent_run_id, tags, gpus, on_run_start, storage_url, pruning
 ) -> dict[str, float]:
     """Run the trial as a ``torchrun --nproc_per_node=gpus`` job.
 
     Rank 0 writes its MLflow run id to ``result.json`` as soon as the run exists, and the metrics
     when it ends; ``on_run_start`` gets the run id either way, also when the job fails, so that
-    the trial (and a retry of it) links to its run.
+    the trial (and a retry of it) links to its run. Rank 0 reports every epoch to the trial in
+    the storage itself (``pruning``, passed as ``$RHO_TRIAL``); a pruned job ends with
+    ``"pruned"`` in ``result.json``, raised here as ``optuna.TrialPruned``.
     """
     output.mkdir(parents=True, exist_ok=True)
     config = output / "trial_config.yaml"
@@ -592,10 +645,14 @@ def _run_torchrun(
         "--tags",
         json.dumps(tags),
     ]
-    job = subprocess.run(command, env=dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, RHO_STORAGE=storage_url)
+    env[TRIAL_ENV] = json.dumps(pruning)
+    job = subprocess.run(command, env=env)
     payload = json.loads(result.read_text()) if result.is_file() else {}
     if payload.get("run_id"):
         on_run_start(payload["run_id"])
+    if job.returncode == 0 and payload.get("pruned"):
+        raise optuna.TrialPruned(payload["pruned"])
     if job.returncode != 0:
         raise RuntimeError(
             f"the torchrun job of trial {trial.number} exited with code {job.returncode}; "

@@ -14,6 +14,7 @@ import yaml
 from mlflow import MlflowClient
 from tiny_data import tiny_experiment_tree
 
+from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError
 from harness.study import load_study
 from harness.study.runner import ATTR_PARENT
@@ -341,17 +342,39 @@ def test_two_workers_share_a_postgresql_storage(tiny_synth, tmp_path, mlflow_uri
     check_complete(postgres_url, mlflow_uri, "pg", 4)
 
 
-def test_gpus_per_trial_runs_each_trial_as_a_two_rank_torchrun_job(tiny_synth, tmp_path, mlflow_uri):
+def test_gpus_per_trial_runs_each_trial_as_a_two_rank_torchrun_job_and_prunes_it(
+    tiny_synth, tmp_path, mlflow_uri
+):
     # On CPU the same path runs each trial as two gloo ranks; the ranks find the MLflow store in
-    # their environment, not in argv, and log one child run under the study's parent run.
-    spec = write_spec(tmp_path, tiny_synth, name="ddp", grid={"data.clips": [2]})
+    # their environment, not in argv, and log one child run under the study's parent run. Rank 0
+    # reports each epoch to Optuna: with the epoch's mean lr as the pruned metric (maximised), the
+    # third trial (lowest lr) is below the median of the first two after epoch 1, and both ranks stop.
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(
+        tmp_path, tiny_synth, name="ddp", grid={"data.clips": [2], "optim.lr": [0.05, 0.04, 0.01]},
+        objective={"metric": "lr", "direction": "maximize"},
+        pruner={"type": "median", "metric": "lr", "warmup_epochs": 1},
+    )  # fmt: skip
     out = rho(
-        "study", "run", str(spec), "--gpus-per-trial", "2", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+        "study", "run", str(spec), "--gpus-per-trial", "2", "--storage", storage,
         "--tracking-uri", mlflow_uri, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    _, runs = check_complete(f"sqlite:///{tmp_path}/optuna.db", mlflow_uri, "ddp", 1)
+    study, runs = check_complete(storage, mlflow_uri, "ddp", 2)
     child = next(r for r in runs if r.data.tags.get("rho.role") != "study")
     assert child.data.tags["world_size"] == "2"
     config = yaml.safe_load(next((tmp_path / "checkpoints").rglob("trial_config.yaml")).read_text())
     assert config["runtime"]["tracking_uri"] is None  # the store URL is not written to disk
+
+    first, second, third = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state for t in (first, second)] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(first.intermediate_values) == [1, 2]  # reported by rank 0 of the torchrun job
+    assert third.state == optuna.trial.TrialState.PRUNED, third.user_attrs
+    assert sorted(third.intermediate_values) == [1]
+    assert "pruned after epoch 1" in third.user_attrs["failure_reason"]
+    pruned_run = MlflowClient(mlflow_uri).get_run(third.user_attrs["mlflow_run_id"])
+    assert pruned_run.info.status != "RUNNING" and "TrialPruned" in pruned_run.data.tags["failure_reason"]
+    history = load_checkpoint(tmp_path / "checkpoints" / "ddp" / third.user_attrs["rho.key"] / "last.pt")[
+        "history"
+    ]
+    assert [record["epoch"] for record in history] == [1], "both ranks stopped after epoch 1"
