@@ -805,6 +805,26 @@ def _redacted(exc: BaseException) -> str:
     return redact(str(exc))
 
 
+_URL_OPTIONS = {
+    "storage": ("--storage", "RHO_STORAGE"),
+    "tracking_uri": ("--tracking-uri", "MLFLOW_TRACKING_URI"),
+}
+
+
+def _warn_passwords_in_argv(args: argparse.Namespace) -> None:
+    """A URL with a password on the command line is visible to every user of the machine (``ps``)."""
+    from harness.tracking import redact
+
+    for attribute, (option, variable) in _URL_OPTIONS.items():
+        value = getattr(args, attribute, None)
+        if isinstance(value, str) and redact(value) != value:
+            print(
+                f"rho: warning: the password in {option} is visible to every user of this machine "
+                f"(ps) while rho runs; set ${variable} instead and leave {option} out",
+                file=sys.stderr,
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rho``; returns the exit status."""
     parser = build_parser()
@@ -817,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.preflight import NotWritableError
     from harness.retry import ServiceUnavailableError
 
+    _warn_passwords_in_argv(args)
     try:
         return args.func(args)
     except (ServiceUnavailableError, CheckpointWriteError, NotWritableError) as exc:
