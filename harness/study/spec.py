@@ -6,7 +6,7 @@ description: methods x rho on the synthetic dataset
 experiment: experiments/demo.yaml   # the base experiment: a path (relative to this file) or a mapping
 overrides: {optim.epochs: 8}        # dotted keys applied to the base
 per_method:                         # dotted keys applied to the trials of one method (its own lr, say)
-  moco: {optim.lr: 5.0e-4}
+  moco: {optim.lr: 2.0e-3, optim.warmup_epochs: 10}
 grid:                               # dotted key -> list of values; the full cross product
   method: [{name: simclr, temperature: 0.2}, {name: byol}]   # a whole section may be a value
   data.clips: [1, 2]
