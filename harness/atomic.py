@@ -31,7 +31,8 @@ def atomic_file(
         fsync: flush the file to disk before the rename (for files that must survive a power cut).
         open_kwargs: passed to ``open`` (``newline``, ``encoding``).
 
-    If the body raises, ``path`` is left as it was and the temp file is removed.
+    If the body raises, ``path`` is left as it was and the temp file is removed. After a write,
+    the temp files of ``path`` left by killed writers of this host are removed too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,7 @@ def atomic_file(
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        remove_stale_temp_files(path)
     finally:
         try:
             tmp.unlink(missing_ok=True)

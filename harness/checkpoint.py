@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.atomic import atomic_file, remove_stale_temp_files
+from harness.atomic import atomic_file
 
 FORMAT = 1
 LAST = "last.pt"
@@ -67,7 +67,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
                 if handle.error is not None:
                     raise handle.error from None
                 raise
-        remove_stale_temp_files(path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was kept"

@@ -122,7 +122,6 @@ def write_manifest(
     so a dataset folder can be moved as a whole.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extra = sorted({k for row in rows for k in row} - set(REQUIRED_COLUMNS))
     folder = path.parent.resolve()
     with atomic_file(path, newline="") as handle:

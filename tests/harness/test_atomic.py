@@ -25,7 +25,7 @@ def test_a_write_that_raises_keeps_the_old_file_and_leaves_no_temp_file(tmp_path
     assert sorted(p.name for p in target.parent.iterdir()) == ["state.json"]
 
 
-def test_a_killed_writer_leaves_the_old_file_and_its_temp_file_is_removed_later(tmp_path):
+def test_a_killed_writer_leaves_the_old_file_and_the_next_write_removes_its_temp_file(tmp_path):
     target = tmp_path / "last.bin"
     target.write_bytes(b"previous")
     writer = subprocess.Popen(
@@ -52,11 +52,14 @@ def test_a_killed_writer_leaves_the_old_file_and_its_temp_file_is_removed_later(
     try:
         live_temp = target.with_name(f".{target.name}.{alive.pid}.tmp")
         live_temp.write_bytes(b"in progress")
+        with atomic_file(target, "wb") as handle:  # the next write cleans up after the dead writer
+            handle.write(b"next")
+        assert target.read_bytes() == b"next"
+        assert not stale.exists(), "a dead writer's temp file is removed"
+        assert live_temp.exists(), "a live writer's temp file is left alone"
         own_temp = temp_path(target)
         own_temp.write_bytes(b"mine")
         remove_stale_temp_files(target)
-        assert not stale.exists(), "a dead writer's temp file is removed"
-        assert live_temp.exists(), "a live writer's temp file is left alone"
         assert own_temp.exists(), "this process's own temp file is left alone"
     finally:
         alive.kill()
