@@ -489,7 +489,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness.bench import BenchError, discover, run_benchmarks
+    from harness.speed import SpeedError, discover, run_benchmarks
 
     try:
         if args.list:
@@ -500,7 +500,7 @@ def _bench(args: argparse.Namespace) -> int:
         results = run_benchmarks(
             args.names, quick=args.quick, workdir=args.workdir, output=args.output, params=args.param or []
         )
-    except BenchError as exc:
+    except SpeedError as exc:
         raise UserError(str(exc)) from None
     print(f"results in {args.output}")
     return 1 if any(r.skipped and r.skipped.startswith("failed") for r in results) else 0

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.bench import BenchContext, BenchResult, Check
-from harness.bench.media import Stopwatch
 from harness.config import AugmentConfig
 from harness.data.transforms import reference_train_transform, train_transform
+from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.media import Stopwatch
 
 TITLE = "clips/s augmenting one clip: train_transform vs its torchvision v2 pipeline"
 GOAL = "at least 2x the v2 pipeline at the demo's 4x32x32 clips, bit-identical output"
@@ -29,7 +29,7 @@ CASES = (
 )
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     clips = ctx.param("clips", 100 if ctx.quick else 2000)
     torch.set_num_threads(1)  # one DataLoader worker
     result = ctx.result(["case", "v2 clips/s", "ours clips/s", "ours / v2", "bit-identical"])

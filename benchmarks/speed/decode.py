@@ -21,11 +21,11 @@ import av
 import numpy as np
 import torch
 
-from harness.bench import BenchContext, BenchResult, Check
-from harness.bench.media import Stopwatch, textured_videos
 from harness.compat import patch_torchvision
 from harness.data import MultiClipDataset, train_transform
 from harness.data.decode import _rgb
+from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.media import Stopwatch, textured_videos
 
 TITLE = "clips/s decoding ρ clips: MultiClipDataset vs pytorchvideo get_clip vs one forward decode"
 GOAL = "at ρ = 4, at least 3x pytorchvideo's per-clip get_clip and within 1.3x of the forward-decode limit"
@@ -77,7 +77,7 @@ def forward_limit(path: str, starts: np.ndarray, frames: int, stride: int, fps: 
     return picked.reshape(len(starts), frames, *picked.shape[1:])
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     quick = ctx.quick
     frames, stride = (4, 4) if quick else (8, 8)
     videos = ctx.param("videos", 2 if quick else 8)

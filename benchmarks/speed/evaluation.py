@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbones
-from harness.bench import BenchContext, BenchResult, Check
-from harness.bench.media import demo_data_root, rho_data
 from harness.benchmark import Benchmark, LinearSpec, load_benchmark
 from harness.data.manifest import num_classes, read_manifest
 from harness.evaluate import (
@@ -36,6 +34,8 @@ from harness.evaluate import (
     view_probabilities,
 )
 from harness.optim import lr_at, set_lr
+from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.media import demo_data_root, rho_data
 
 TITLE = "linear probe: feature cache vs re-encoding the training videos every probe epoch"
 GOAL = "at least 5x faster at 10 probe epochs, the same top-1 within 0.5 point"
@@ -84,7 +84,7 @@ def reencoding_probe(
     return accuracy(probabilities, test_labels)
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     epochs = ctx.param("epochs", 10)
     workers = ctx.param("workers", 2)
     with rho_data(demo_data_root(ctx.workdir.parent / "data", ctx.quick)):

@@ -12,11 +12,11 @@ import tempfile
 
 import torch
 
-from harness.bench import BenchContext, BenchResult
-from harness.bench.environment import cuda_device, usable_cores
-from harness.bench.media import textured_videos
 from harness.config import Experiment, load_experiment
 from harness.data.manifest import write_manifest
+from harness.speed import SpeedContext, SpeedResult
+from harness.speed.environment import cuda_device, usable_cores
+from harness.speed.media import textured_videos
 from harness.train import pretrain
 
 TITLE = "ρBYOL ρ=2, Slow R-50 8x8 at 224, bf16 on one GPU: clips/s and data wait"
@@ -54,7 +54,7 @@ def gpu_experiment(
     return load_experiment(None, {}, base=tree)
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     result = ctx.result(["epoch", "clips/s", "data wait", "epoch s"])
     if not torch.cuda.is_available():
         result.skipped = "no CUDA device"

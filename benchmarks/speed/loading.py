@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from harness.bench import BenchContext, BenchResult, Check
-from harness.bench.environment import usable_cores
-from harness.bench.media import demo_data_root, rho_data
 from harness.config import load_experiment
 from harness.data.manifest import read_manifest
+from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.environment import usable_cores
+from harness.speed.media import demo_data_root, rho_data
 from harness.train import build_method, pretrain, train_dataset
 
 TITLE = "data loading vs training step on the demo config with its default workers"
@@ -78,7 +78,7 @@ def batch_costs(experiment, batches: int = 2) -> tuple[float, float, float]:
     return decode_only, decode, statistics.median(times[1:])
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     epochs = ctx.param("epochs", 2 if ctx.quick else 4)
     config = Path(ctx.param("config", str(DEMO), str))
     default_threads = torch.get_num_threads()

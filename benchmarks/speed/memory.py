@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from harness.bench import BenchContext, BenchResult, Check
-from harness.bench.environment import usable_cores
+from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.environment import usable_cores
 
 TITLE = "peak memory of a training step for ρ = 2, 3, 4: standard vs low-memory mode"
 GOAL = "low-memory mode at ρ = 4 at most 1.3x its own ρ = 2, with the same gradients as standard mode"
@@ -42,7 +42,7 @@ def child(spec: dict) -> dict:
     """One step of ``spec`` in this process; its peak memory; gradients saved to ``spec['grads']``."""
     import methods as method_registry
     from harness import backbones
-    from harness.bench.media import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from harness.speed.media import peak_rss_bytes, reset_peak_rss, rss_bytes
 
     torch.set_num_threads(1)
     device = torch.device(spec["device"])
@@ -109,7 +109,7 @@ def gradient_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return max(float((a[k] - b[k]).abs().max()) for k in a) / max(scale, 1e-30)
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     quick = ctx.quick
     methods = ctx.param("methods", "simclr" if quick else "simclr,swav,moco,byol", str).split(",")
     unknown = [m for m in methods if m not in HEADS]

@@ -21,11 +21,11 @@ import types
 import torch
 import torch.nn.functional as F
 
-from harness.bench import BenchContext, BenchResult, Check
 from harness.config import load_experiment
 from harness.optim import build_optimizer, lr_at, scaled_lr
 from harness.progress import ProgressBar
 from harness.runtime import Runtime
+from harness.speed import Check, SpeedContext, SpeedResult
 from harness.tracking import RunLogger
 from harness.train import _train_epoch, build_method
 from methods._ema import cosine_momentum
@@ -139,7 +139,7 @@ def max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     )
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     quick = ctx.quick
     rounds = ctx.param("rounds", 2 if quick else 10)
     steps = ctx.param("steps", 2 if quick else 4)

@@ -19,10 +19,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from harness.bench import BenchContext, BenchResult, Check
-from harness.bench.media import demo_data_root, rho_data
 from harness.config import read_yaml
 from harness.data.manifest import num_classes, read_manifest
+from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.media import demo_data_root, rho_data
 from harness.study.runner import ATTR_DUPLICATE, ATTR_SURPLUS, make_storage, open_study, run_worker
 from harness.study.spec import parse_study
 
@@ -61,7 +61,7 @@ def trial_epochs(study: optuna.Study, epochs: int) -> tuple[int, int, int, int]:
     return spent, completed, pruned, failed
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def run(ctx: SpeedContext) -> SpeedResult:
     raw = read_yaml(LR_SEARCH)
     quick = ctx.quick
     overrides = dict(raw.get("overrides") or {})

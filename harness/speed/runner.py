@@ -1,8 +1,8 @@
-"""``rho bench``: find the benchmarks of ``benchmarks/speed/*.py``, run them, print and record the results.
+"""``rho bench``: find the speed benchmarks of ``benchmarks/speed/*.py``, run them, print and record the results.
 
-A benchmark is a Python file with ``TITLE`` (what it compares), ``GOAL`` (the goal it is held
+A speed benchmark is a Python file with ``TITLE`` (what it compares), ``GOAL`` (the goal it is held
 to), ``ORDER`` (its place in RESULTS.md), optional ``PARAMS`` (``{name: help}`` for
-``--param name=value``) and ``run(ctx: BenchContext) -> BenchResult``. It measures the reference
+``--param name=value``) and ``run(ctx: SpeedContext) -> SpeedResult``. It measures the reference
 and ours in the same run and reports their ratio and whether the goal is met.
 
 Results are kept per benchmark in ``RESULTS.json`` beside ``RESULTS.md`` (default
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from harness.bench.environment import describe_machine, load_average
-from harness.bench.result import BenchResult, markdown_table
+from harness.speed.environment import describe_machine, load_average
+from harness.speed.result import SpeedResult, markdown_table
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SPEED_DIR = BENCHMARKS / "speed"
@@ -35,13 +35,13 @@ DEFAULT_OUTPUT = BENCHMARKS / "RESULTS.md"
 DEFAULT_WORKDIR = Path("mlruns/bench")
 
 
-class BenchError(ValueError):
-    """A bad benchmark name, parameter or benchmark file: reported before anything runs."""
+class SpeedError(ValueError):
+    """A bad speed benchmark name, parameter or file: reported before anything runs."""
 
 
 @dataclass
-class BenchContext:
-    """What a benchmark gets: its size, a work folder for cached inputs, and its ``--param`` values."""
+class SpeedContext:
+    """What a speed benchmark gets: its size, a work folder for cached inputs, and its ``--param`` values."""
 
     name: str
     title: str
@@ -61,20 +61,20 @@ class BenchContext:
         try:
             return kind(self.params[key])
         except ValueError:
-            raise BenchError(
+            raise SpeedError(
                 f"bench {self.name}: --param {key}={self.params[key]!r} is not a valid {kind.__name__}"
             ) from None
 
-    def result(self, columns: Sequence[str], **fields: Any) -> BenchResult:
+    def result(self, columns: Sequence[str], **fields: Any) -> SpeedResult:
         """An empty result of this benchmark with the given table columns."""
-        return BenchResult(
+        return SpeedResult(
             name=self.name, title=self.title, goal=self.goal, columns=list(columns), size=self.size, **fields
         )
 
 
 @dataclass
-class Benchmark:
-    """One ``benchmarks/speed/<name>.py``."""
+class SpeedBench:
+    """One speed benchmark: the loaded ``benchmarks/speed/<name>.py``."""
 
     name: str
     path: Path
@@ -100,63 +100,63 @@ class Benchmark:
 def _load(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"rho_bench_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise BenchError(f"{path}: cannot be loaded as a Python module")
+        raise SpeedError(f"{path}: cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
     spec.loader.exec_module(module)
     for attribute in ("TITLE", "GOAL", "run"):
         if not hasattr(module, attribute):
-            raise BenchError(f"{path}: a benchmark file needs {attribute} (see harness/bench/runner.py)")
+            raise SpeedError(f"{path}: a benchmark file needs {attribute} (see harness/speed/runner.py)")
     return module
 
 
-def discover(folder: str | Path = SPEED_DIR) -> dict[str, Benchmark]:
+def discover(folder: str | Path = SPEED_DIR) -> dict[str, SpeedBench]:
     """Every benchmark file of ``folder`` (not starting with ``_``), in ``ORDER``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise BenchError(f"{folder}: no such benchmark folder")
+        raise SpeedError(f"{folder}: no such benchmark folder")
     found = [
-        Benchmark(path.stem, path, _load(path))
+        SpeedBench(path.stem, path, _load(path))
         for path in sorted(folder.glob("*.py"))
         if not path.name.startswith("_")
     ]
     return {bench.name: bench for bench in sorted(found, key=lambda b: (b.order, b.name))}
 
 
-def select(available: dict[str, Benchmark], names: Sequence[str]) -> list[Benchmark]:
+def select(available: dict[str, SpeedBench], names: Sequence[str]) -> list[SpeedBench]:
     """The named benchmarks (all when ``names`` is empty); an unknown name is an error listing the known ones."""
     if not names:
         return list(available.values())
     unknown = [name for name in names if name not in available]
     if unknown:
-        raise BenchError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(available)}")
+        raise SpeedError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(available)}")
     return [available[name] for name in dict.fromkeys(names)]
 
 
-def parse_params(pairs: Sequence[str], chosen: Sequence[Benchmark]) -> dict[str, dict[str, str]]:
+def parse_params(pairs: Sequence[str], chosen: Sequence[SpeedBench]) -> dict[str, dict[str, str]]:
     """``name.key=value`` or ``key=value`` (for every chosen benchmark taking ``key``) → per-benchmark params."""
     params: dict[str, dict[str, str]] = {bench.name: {} for bench in chosen}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise BenchError(f"--param {pair!r}: expected key=value or benchmark.key=value")
+            raise SpeedError(f"--param {pair!r}: expected key=value or benchmark.key=value")
         target, dot, short = key.partition(".")
         targets = [b for b in chosen if b.name == target] if dot else chosen
         name = short if dot else key
         takers = [bench for bench in targets if name in bench.params]
         if not takers:
             known = {bench.name: sorted(bench.params) for bench in targets}
-            raise BenchError(f"--param {pair!r}: no chosen benchmark takes {name!r}; parameters: {known}")
+            raise SpeedError(f"--param {pair!r}: no chosen benchmark takes {name!r}; parameters: {known}")
         for bench in takers:
             params[bench.name][name] = value
     return params
 
 
 def run_one(
-    bench: Benchmark, quick: bool, workdir: Path, params: dict[str, str], command: str
-) -> BenchResult:
+    bench: SpeedBench, quick: bool, workdir: Path, params: dict[str, str], command: str
+) -> SpeedResult:
     """Run one benchmark; a crash becomes a result whose ``skipped`` names the error."""
-    ctx = BenchContext(
+    ctx = SpeedContext(
         bench.name, bench.title, bench.goal, quick, Path(workdir).resolve() / bench.name, params
     )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def run_one(
     started = time.perf_counter()
     try:
         result = bench.module.run(ctx)
-    except BenchError:
+    except SpeedError:
         raise
     except Exception as exc:
         traceback.print_exc()
@@ -192,7 +192,7 @@ def run_benchmarks(
     params: Sequence[str] = (),
     folder: str | Path = SPEED_DIR,
     echo: Callable[[str], None] = print,
-) -> list[BenchResult]:
+) -> list[SpeedResult]:
     """Run the named benchmarks (all by default), print each result, and update ``output`` (RESULTS.md).
 
     Names and parameters are checked before anything runs.
@@ -215,7 +215,7 @@ def run_benchmarks(
     return results
 
 
-def summary(results: Sequence[BenchResult]) -> str:
+def summary(results: Sequence[SpeedResult]) -> str:
     """One line per benchmark: its checks' verdict and how long it took."""
     rows = []
     for result in results:
@@ -230,7 +230,7 @@ def summary(results: Sequence[BenchResult]) -> str:
 
 
 def write_results(
-    output: str | Path, results: Sequence[BenchResult], available: dict[str, Benchmark]
+    output: str | Path, results: Sequence[SpeedResult], available: dict[str, SpeedBench]
 ) -> Path:
     """Merge ``results`` into ``<output>.json`` (one entry per benchmark) and render ``output`` from it."""
     output = Path(output)
@@ -242,13 +242,13 @@ def write_results(
     store.write_text(json.dumps(kept, indent=1, sort_keys=True, default=str) + "\n")
     order = {name: index for index, name in enumerate(available)}
     stored = sorted(
-        (BenchResult.from_dict(data) for data in kept.values()), key=lambda r: order.get(r.name, len(order))
+        (SpeedResult.from_dict(data) for data in kept.values()), key=lambda r: order.get(r.name, len(order))
     )
     output.write_text(render(stored))
     return output
 
 
-def render(results: Sequence[BenchResult]) -> str:
+def render(results: Sequence[SpeedResult]) -> str:
     """RESULTS.md: how to reproduce, the summary, then one section per benchmark."""
     latest = max(
         (r.environment for r in results if r.environment), key=lambda e: e.get("date", ""), default={}

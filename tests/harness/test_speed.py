@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from harness.bench import BenchResult, Check, discover
-from harness.bench.runner import BenchContext, BenchError, parse_params, run_one, select, write_results
 from harness.cli import main
+from harness.speed import Check, SpeedResult, discover
+from harness.speed.runner import SpeedContext, SpeedError, parse_params, run_one, select, write_results
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("bench")
 
 
-def quick(benches, workdir, name: str, **params) -> BenchResult:
+def quick(benches, workdir, name: str, **params) -> SpeedResult:
     result = run_one(benches[name], True, workdir, {k: str(v) for k, v in params.items()}, f"test {name}")
     assert result.skipped is None or name == "gpu", result.skipped
     assert result.name == name and result.size == "quick" and result.seconds > 0
@@ -49,22 +49,22 @@ def test_check_verdicts_and_markdown_round_trip(tmp_path):
     assert at_least.met and not at_most.met and not Check("x", float("nan"), ">=", 0.0).met
     with pytest.raises(ValueError, match="op must be"):
         Check("x", 1.0, "==", 1.0)
-    result = BenchResult("demo", "a vs b", "b at least 3x a", ["case", "a", "b"], [["one", 1.0, 3.2]])
+    result = SpeedResult("demo", "a vs b", "b at least 3x a", ["case", "a", "b"], [["one", 1.0, 3.2]])
     result.checks = [at_least, at_most]
     assert result.met is False
     text = result.markdown()
     assert "| case | a | b |" in text and "| one | 1 | 3.2 |" in text
     assert "speed-up: 3.2x (goal >= 3x) met" in text and "overhead: 1.2x (goal <= 1.05x) NOT met" in text
-    again = BenchResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    again = SpeedResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result and again.row(case="one") == {"case": "one", "a": 1.0, "b": 3.2}
 
 
 def test_results_file_keeps_each_benchmark_last_run(tmp_path, benches):
     output = tmp_path / "RESULTS.md"
-    first = BenchResult("decode", "t", "g", ["x"], [[1]], environment={"date": "2026-01-01", "machine": "m1"})
-    other = BenchResult("memory", "t", "g", ["x"], [[2]], environment={"date": "2026-01-02", "machine": "m2"})
+    first = SpeedResult("decode", "t", "g", ["x"], [[1]], environment={"date": "2026-01-01", "machine": "m1"})
+    other = SpeedResult("memory", "t", "g", ["x"], [[2]], environment={"date": "2026-01-02", "machine": "m2"})
     write_results(output, [first, other], benches)
-    rerun = BenchResult("decode", "t", "g", ["x"], [[3]], environment={"date": "2026-01-03", "machine": "m3"})
+    rerun = SpeedResult("decode", "t", "g", ["x"], [[3]], environment={"date": "2026-01-03", "machine": "m3"})
     write_results(output, [rerun], benches)
     text = output.read_text()
     assert text.index("## decode") < text.index("## memory")  # the benchmarks' ORDER
@@ -75,19 +75,19 @@ def test_results_file_keeps_each_benchmark_last_run(tmp_path, benches):
 
 def test_names_and_params_are_checked_before_running(benches):
     assert list(benches)[:4] == ["decode", "augment", "step_overhead", "memory"]
-    with pytest.raises(BenchError, match="unknown benchmark 'decod'; known: decode"):
+    with pytest.raises(SpeedError, match="unknown benchmark 'decod'; known: decode"):
         select(benches, ["decod"])
     chosen = select(benches, ["decode", "study"])
     assert parse_params(["items=2", "study.trials=3"], chosen) == {
         "decode": {"items": "2"},
         "study": {"trials": "3"},
     }
-    with pytest.raises(BenchError, match="no chosen benchmark takes 'rounds'"):
+    with pytest.raises(SpeedError, match="no chosen benchmark takes 'rounds'"):
         parse_params(["rounds=2"], chosen)
-    with pytest.raises(BenchError, match="expected key=value"):
+    with pytest.raises(SpeedError, match="expected key=value"):
         parse_params(["items"], chosen)
-    ctx = BenchContext("decode", "t", "g", True, workdir=None, params={"items": "many"})
-    with pytest.raises(BenchError, match="items='many' is not a valid int"):
+    ctx = SpeedContext("decode", "t", "g", True, workdir=None, params={"items": "many"})
+    with pytest.raises(SpeedError, match="items='many' is not a valid int"):
         ctx.param("items", 3)
 
 
@@ -102,7 +102,7 @@ def test_cli_unknown_benchmark_exits_2(capsys):
 def test_cli_decode_quick_writes_results(tmp_path, workdir, capsys):
     output = tmp_path / "RESULTS.md"
     assert main(["bench", "decode", "--quick", "--output", str(output), "--workdir", str(workdir)]) == 0
-    stored = BenchResult.from_dict(json.loads(output.with_suffix(".json").read_text())["decode"])
+    stored = SpeedResult.from_dict(json.loads(output.with_suffix(".json").read_text())["decode"])
     assert stored.column("ρ") == [1, 2, 4]
     for row in stored.rows:
         record = dict(zip(stored.columns, row, strict=True))

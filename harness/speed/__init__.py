@@ -5,7 +5,7 @@ The benchmarks themselves are ``benchmarks/speed/*.py``; this package finds and 
 (``media``) and the description of the machine (``environment``).
 """
 
-from harness.bench.result import BenchResult, Check
-from harness.bench.runner import BenchContext, BenchError, discover, run_benchmarks
+from harness.speed.result import Check, SpeedResult
+from harness.speed.runner import SpeedContext, SpeedError, discover, run_benchmarks
 
-__all__ = ["BenchContext", "BenchError", "BenchResult", "Check", "discover", "run_benchmarks"]
+__all__ = ["Check", "SpeedContext", "SpeedError", "SpeedResult", "discover", "run_benchmarks"]

@@ -1,7 +1,7 @@
 """What a speed or memory benchmark hands back: a table, the goals it checks and notes.
 
 A benchmark measures the reference and ours in the same run; each ``Check`` holds a measured
-ratio (or difference), the goal it is held to and whether it is met. ``BenchResult`` renders
+ratio (or difference), the goal it is held to and whether it is met. ``SpeedResult`` renders
 as a Markdown section (``markdown``) and round-trips through JSON (``to_dict``/``from_dict``)
 so that ``benchmarks/RESULTS.md`` keeps the last result of every benchmark.
 """
@@ -39,7 +39,7 @@ class Check:
 
 
 @dataclass
-class BenchResult:
+class SpeedResult:
     """The outcome of one benchmark.
 
     Attributes:
@@ -126,7 +126,7 @@ class BenchResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+    def from_dict(cls, data: dict[str, Any]) -> SpeedResult:
         data = dict(data)
         data["checks"] = [Check(**check) for check in data.get("checks", [])]
         return cls(**data)
