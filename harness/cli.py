@@ -318,8 +318,7 @@ def _study_list(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from harness.benchmark import load_benchmark
-    from harness.evaluate import evaluate
+    from harness.eval import evaluate, load_benchmark
     from harness.train import load_trained
 
     method, experiment, state = load_trained(args.checkpoint)

@@ -18,6 +18,8 @@ import torch.distributed as dist
 
 from harness.config import RuntimeConfig
 
+Device = str | torch.device
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -67,6 +69,13 @@ class Runtime:
             device, rank, world_size, local_rank, bf16=bf16, channels_last=use_cuda and config.channels_last
         )
 
+    @classmethod
+    def for_device(cls, device: Device) -> Runtime:
+        """One process on ``device``: bf16 autocast and channels_last_3d on CUDA, fp32 elsewhere (evaluation)."""
+        device = torch.device(device)
+        on_cuda = device.type == "cuda"
+        return cls(device, bf16=on_cuda, channels_last=on_cuda)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast where enabled, else nothing."""
         if self.bf16:
@@ -79,6 +88,11 @@ class Runtime:
             k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()
         }
+
+    def clips_to_device(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips [B, C, T, H, W] on the device (asynchronously from pinned memory), channels_last_3d where enabled."""
+        clips = clips.to(self.device, non_blocking=True)
+        return clips.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else clips
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move a model to the device, in channels_last_3d where enabled (CUDA)."""

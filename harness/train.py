@@ -497,7 +497,7 @@ def _subset(entries: list, limit: int | None, seed: int) -> list:
 def _knn_monitor(method, experiment: Experiment, runtime: Runtime) -> float:
     """kNN top-1 of the current encoder on data.val against data.train (centre views)."""
     from harness.data.views import ViewDataset
-    from harness.evaluate import knn_monitor
+    from harness.eval import knn_monitor
 
     data = experiment.data
     views = dict(
@@ -521,8 +521,7 @@ def _evaluate_all(
     """Every benchmark of ``eval.benchmarks`` on the final encoder; metrics logged as eval.<benchmark>.<protocol>.*"""
     if not experiment.eval.benchmarks:
         return {}
-    from harness.benchmark import load_benchmark
-    from harness.evaluate import evaluate
+    from harness.eval import evaluate, load_benchmark
 
     results: dict[str, float] = {}
     for path in experiment.eval.benchmarks:

@@ -52,6 +52,25 @@ class StepOutput:
     backward_done: bool = False
 
 
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups of ``module``: weights decay, biases and norm parameters don't.
+
+    Parameters with ``ndim <= 1`` (biases, BatchNorm/LayerNorm affine) get weight decay 0
+    and ``lars_exclude: True`` so that LARS skips its trust-ratio adaptation for them, as
+    in SimCLR/BYOL. Parameters that don't require grad (momentum/target encoders, which
+    move only by EMA) are left out. Empty groups are omitted.
+    """
+    decay, no_decay = [], []
+    for parameter in module.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+    return [group for group in groups if group["params"]]
+
+
 class SSLMethod(nn.Module, ABC):
     """A (self-)supervised training objective around a video backbone.
 
@@ -96,19 +115,5 @@ class SSLMethod(nn.Module, ABC):
         """Called before the first step of epoch ``epoch`` (0-based)."""
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimizer parameter groups: weights decay, biases and norm parameters don't.
-
-        Parameters with ``ndim <= 1`` (biases, BatchNorm/LayerNorm affine) get weight decay 0
-        and ``lars_exclude: True`` so that LARS skips its trust-ratio adaptation for them, as
-        in SimCLR/BYOL. Parameters that don't require grad (momentum/target encoders, which
-        move only by EMA) are left out. Empty groups are omitted.
-        """
-        decay, no_decay = [], []
-        for parameter in self.parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-        groups = [
-            {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
-        ]
-        return [group for group in groups if group["params"]]
+        """Optimizer parameter groups: weights decay, biases and norm parameters don't (``weight_decay_groups``)."""
+        return weight_decay_groups(self, weight_decay)

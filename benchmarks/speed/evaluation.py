@@ -1,6 +1,6 @@
 """Linear probe with the feature cache vs re-encoding the training videos in every probe epoch.
 
-Ours: ``harness.evaluate.evaluate`` on the linear benchmark — features of the training and
+Ours: ``harness.eval.evaluate`` on the linear benchmark — features of the training and
 test views extracted once and cached (``FeatureCache``), then the classifier trained on them;
 timed cold (empty cache: one extraction of each split) and warm (a second evaluation of the
 same encoder, e.g. another probe setting or the kNN protocol on the same views: cache hits
@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbones
-from harness.benchmark import Benchmark, LinearSpec, load_benchmark
 from harness.data.manifest import num_classes, read_manifest
-from harness.evaluate import (
+from harness.eval import (
+    Benchmark,
+    LinearSpec,
     accuracy,
     benchmark_views,
     evaluate,
     extract_features,
+    load_benchmark,
     standardize,
     view_probabilities,
 )
@@ -48,7 +50,7 @@ SYNTH_LINEAR = Path(__file__).resolve().parents[1] / "synth_linear.yaml"
 def reencoding_probe(
     encoder: nn.Module, feature_dim: int, benchmark: Benchmark, settings: LinearSpec, seed: int, workers: int
 ) -> dict[str, float]:
-    """The linear probe of ``harness.evaluate.linear_probe``, re-extracting the training features every epoch."""
+    """The linear probe of ``harness.eval.linear_probe``, re-extracting the training features every epoch."""
     train_views, test_views = benchmark_views(benchmark, "train"), benchmark_views(benchmark, "test")
     classes = num_classes(train_views.entries + test_views.entries)
     classifier = nn.Linear(feature_dim, classes)

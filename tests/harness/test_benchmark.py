@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.benchmark import FinetuneSpec, KnnSpec, LinearSpec, expand_env, load_benchmark
-from harness.config import ConfigError
+from harness.config import ConfigError, expand_env
+from harness.eval import FinetuneSpec, KnnSpec, LinearSpec, load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.yaml"))

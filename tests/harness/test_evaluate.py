@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from harness import backbones
-from harness.benchmark import Benchmark, FinetuneSpec, KnnSpec, LinearSpec, load_benchmark
 from harness.data import MultiClipDataset, train_transform, write_manifest
 from harness.data.encode import write_video
 from harness.data.views import ViewDataset
-from harness.evaluate import (
+from harness.eval import (
+    Benchmark,
     FeatureCache,
+    FinetuneSpec,
+    KnnSpec,
+    LinearSpec,
     classifier_network,
     evaluate,
     extract_features,
@@ -24,6 +27,7 @@ from harness.evaluate import (
     knn_probe,
     knn_scores,
     linear_probe,
+    load_benchmark,
     train_classifier,
     video_embeddings,
     weights_fingerprint,
@@ -265,7 +269,7 @@ def test_a_corrupted_cache_file_is_detected_and_recomputed(tmp_path, brightness_
     )
     truncated.write_bytes(truncated.read_bytes()[:100])
     counter = ForwardCounter(encoder)
-    with caplog.at_level(logging.WARNING, logger="harness.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="harness.eval.features"):
         assert evaluate(encoder, benchmark, encoder_key="e", cache_dir=cache_dir, progress=False) == first
     assert counter.calls == 2 and len(caplog.records) == 2, [r.getMessage() for r in caplog.records]
     cache = FeatureCache(cache_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.benchmark import load_benchmark
 from harness.config import Experiment
+from harness.eval import load_benchmark
 from harness.study import StudySpec, load_study
 
 REPO = Path(__file__).resolve().parents[2]

@@ -174,7 +174,7 @@ def test_knn_monitor_runs_every_epoch_on_a_fixed_subset(tiny_synth, tmp_path, ml
     # The last epoch's value is the monitor of the final encoder on the 4-video subsets, recomputed here.
     from harness.data import read_manifest
     from harness.data.views import ViewDataset
-    from harness.evaluate import knn_monitor
+    from harness.eval import knn_monitor
     from harness.train import load_trained
 
     method, trained, _ = load_trained(result.checkpoint)

@@ -19,12 +19,11 @@ import yaml
 from mlflow import MlflowClient
 from reliability_helpers import REPO, free_port, rho, tiny_experiment_tree
 
-from harness.benchmark import load_benchmark
 from harness.checkpoint import CheckpointError, load_checkpoint
 from harness.cli import main
 from harness.config import ConfigError, load_experiment
 from harness.data import write_manifest
-from harness.evaluate import FeatureCache
+from harness.eval import FeatureCache, load_benchmark
 from harness.study import load_study
 from harness.study.storage import ReconnectingRDBStorage, StorageUnavailableError
 from harness.tracking import RunLogger, TrackingUnavailableError, tracking_call

@@ -55,7 +55,6 @@ from harness.config import (
     unknown_key_hint,
 )
 
-PROTOCOLS = ("linear", "knn", "finetune")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -127,6 +126,7 @@ class FinetuneSpec:
 
 ProtocolSpec = LinearSpec | KnnSpec | FinetuneSpec
 PROTOCOL_SPECS: dict[str, type] = {"linear": LinearSpec, "knn": KnnSpec, "finetune": FinetuneSpec}
+PROTOCOL_NAMES = tuple(PROTOCOL_SPECS)
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Benchmark:
         return f"eval.{self.name}.{self.protocol}.{what}"
 
 
-TOP_LEVEL = ("name", "dataset", "protocol", "train", "val", "views", *PROTOCOLS)
+TOP_LEVEL = ("name", "dataset", "protocol", "train", "val", "views", *PROTOCOL_NAMES)
 
 
 def load_benchmark(path: str | Path, check_files: bool = True) -> Benchmark:
@@ -188,9 +188,9 @@ def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
         if key not in TOP_LEVEL:
             raise ConfigError(key, raw[key], unknown_key_hint(key, list(TOP_LEVEL)))
     protocol = _required(raw, "protocol")
-    if protocol not in PROTOCOLS:
-        raise ConfigError("protocol", protocol, _choice_hint(str(protocol), PROTOCOLS))
-    for other in PROTOCOLS:
+    if protocol not in PROTOCOL_NAMES:
+        raise ConfigError("protocol", protocol, _choice_hint(str(protocol), PROTOCOL_NAMES))
+    for other in PROTOCOL_NAMES:
         if other != protocol and other in raw:
             raise ConfigError(
                 other, raw[other], f"only the section of the protocol ({protocol}) is allowed here"

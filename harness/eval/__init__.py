@@ -1,0 +1,56 @@
+"""Evaluation of an encoder on a benchmark (``benchmarks/*.yaml``: a dataset and a protocol).
+
+``spec`` reads and validates the benchmark files; ``protocols`` holds the registry of the
+linear (``linear``), kNN (``knn``) and fine-tuning (``finetune``) protocols and ``evaluate``,
+which dispatches through it; ``features`` extracts and caches frozen features; ``monitor`` is
+the kNN monitor of pretraining; ``metrics`` scores class predictions.
+"""
+
+from harness.eval.context import EvalContext
+from harness.eval.features import (
+    FeatureCache,
+    benchmark_views,
+    cached_features,
+    extract_features,
+    weights_fingerprint,
+)
+from harness.eval.finetune import classifier_network, run_finetune, train_classifier
+from harness.eval.knn import knn_probe, knn_scores, run_knn, video_embeddings
+from harness.eval.linear import fit_linear, linear_probe, run_linear, standardize
+from harness.eval.metrics import accuracy, topk_accuracy, view_probabilities
+from harness.eval.monitor import knn_monitor
+from harness.eval.protocols import PROTOCOLS, Protocol, evaluate
+from harness.eval.spec import Benchmark, FinetuneSpec, KnnSpec, LinearSpec, ViewsSpec, load_benchmark
+
+__all__ = [
+    "PROTOCOLS",
+    "Benchmark",
+    "EvalContext",
+    "FeatureCache",
+    "FinetuneSpec",
+    "KnnSpec",
+    "LinearSpec",
+    "Protocol",
+    "ViewsSpec",
+    "accuracy",
+    "benchmark_views",
+    "cached_features",
+    "classifier_network",
+    "evaluate",
+    "extract_features",
+    "fit_linear",
+    "knn_monitor",
+    "knn_probe",
+    "knn_scores",
+    "linear_probe",
+    "load_benchmark",
+    "run_finetune",
+    "run_knn",
+    "run_linear",
+    "standardize",
+    "topk_accuracy",
+    "train_classifier",
+    "video_embeddings",
+    "view_probabilities",
+    "weights_fingerprint",
+]

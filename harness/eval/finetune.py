@@ -1,0 +1,134 @@
+"""The fine-tuning protocol: a copy of the encoder plus dropout and a linear head, trained end to end.
+
+Trained on augmented training clips (SGD momentum, warmup, half-cosine; no weight decay on
+biases and norm layers), then tested like the linear protocol: softmax averaged over the test
+views. The benchmark files give the paper's settings (``benchmarks/ucf101_split1_finetune.yaml``)
+or CPU-sized ones (``synth_finetune.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from harness.data import MultiClipDataset, train_transform
+from harness.data.manifest import read_manifest
+from harness.data.sampler import EpochSampler
+from harness.eval.context import EvalContext
+from harness.eval.features import benchmark_views, eval_mode, extract_features
+from harness.eval.metrics import accuracy, class_count, view_probabilities
+from harness.eval.spec import Benchmark, FinetuneSpec
+from harness.optim import lr_at, set_lr
+from harness.progress import ProgressBar
+from harness.runtime import Device, Runtime
+from methods.base import weight_decay_groups
+
+
+def _feature_dim(encoder: nn.Module, frames: int, crop: int, device: torch.device) -> int:
+    """D of ``encoder``'s output, from one blank clip in eval mode."""
+    with eval_mode(encoder), torch.no_grad():
+        return encoder(torch.zeros(1, 3, frames, crop, crop, device=device)).shape[-1]
+
+
+def classifier_network(
+    encoder: nn.Module, num_classes: int, dropout: float, frames: int, crop: int, device: Device = "cpu"
+) -> nn.Sequential:
+    """A copy of ``encoder`` → dropout → linear head (weights N(0, 0.01²), bias 0, as SlowFast's head).
+
+    ``frames`` and ``crop`` give the clip shape used once to find the encoder's feature size.
+    """
+    runtime = Runtime.for_device(device)
+    body = copy.deepcopy(encoder).to(runtime.device)
+    head = nn.Linear(_feature_dim(body, frames, crop, runtime.device), num_classes)
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    return runtime.prepare_model(nn.Sequential(body, nn.Dropout(dropout), head))
+
+
+def train_classifier(
+    model: nn.Module,
+    dataset: MultiClipDataset,
+    settings: FinetuneSpec,
+    device: Device = "cpu",
+    workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Train ``model`` (clips [B, C, T, H, W] → logits) on view 0 of ``dataset``'s items with cross-entropy.
+
+    ``dataset`` should hold one view per item (``min_views=1`` at ρ = 1); any others are decoded
+    and augmented for nothing."""
+    runtime = Runtime.for_device(device)
+    sampler = EpochSampler(len(dataset), seed=seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=runtime.device.type == "cuda",
+    )
+    optimizer = torch.optim.SGD(
+        weight_decay_groups(model, settings.weight_decay), lr=settings.lr, momentum=settings.momentum
+    )
+    total, warmup = settings.epochs * len(loader), round(settings.warmup_epochs * len(loader))
+    bar = ProgressBar("finetune", settings.epochs) if progress else None
+    model.train()
+    step = 0
+    for epoch in range(settings.epochs):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            lr = lr_at(step, total, warmup, settings.lr)
+            set_lr(optimizer, lr)
+            with runtime.autocast():
+                logits = model(runtime.clips_to_device(batch["clips"][:, 0]))
+            loss = F.cross_entropy(logits.float(), batch["label"].to(runtime.device))
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"fine-tuning loss became {loss.item()} at step {step}; lower the benchmark's lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        if bar:
+            bar.update(epoch + 1, {"loss": loss.item(), "lr": lr})
+
+
+def run_finetune(encoder: nn.Module, benchmark: Benchmark, context: EvalContext) -> dict[str, float]:
+    """Fine-tune a copy of ``encoder`` with a linear head on the training videos; test with view averaging.
+
+    Training items are one clip per video (``MultiClipDataset`` ρ = 1, one view) with the
+    benchmark's augmentation; ``encoder`` itself is left untouched. Randomness (head init,
+    dropout, data) derives from ``context.seed`` without disturbing the caller's RNG.
+
+    Returns:
+        ``{"top1": %, "top5": %}`` on the test videos, softmax averaged over the test views.
+    """
+    settings, views = benchmark.settings, benchmark.views
+    device, seed = context.runtime.device, context.seed
+    train_entries, test_set = read_manifest(benchmark.train), benchmark_views(benchmark, "test")
+    labels = [torch.tensor([e.label for e in entries]) for entries in (train_entries, test_set.entries)]
+    augment = train_transform(views.crop, settings.augment)
+    train_set = MultiClipDataset(
+        train_entries,
+        clips=1,
+        frames=views.frames,
+        stride=views.stride,
+        transform=augment,
+        seed=seed,
+        fps=views.fps,
+        min_views=1,  # one augmented clip per video and step: no second view decoded and thrown away
+    )
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        classes = class_count(*labels)
+        model = classifier_network(encoder, classes, settings.dropout, views.frames, views.crop, device)
+        train_classifier(model, train_set, settings, device, context.workers, seed, context.progress)
+    logits, test_labels = extract_features(
+        model, test_set, context.batch_size, context.workers, device, context.progress
+    )
+    return accuracy(view_probabilities(logits), test_labels)

@@ -1,0 +1,82 @@
+"""The protocol registry, and ``evaluate``, which runs a benchmark's protocol on an encoder.
+
+Each protocol pairs the settings class its benchmark-file section is validated into
+(``harness.eval.spec``) with the function that runs it. Accuracies are percentages; top-5 is
+top-min(5, classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from harness.eval.context import EvalContext
+from harness.eval.finetune import run_finetune
+from harness.eval.knn import run_knn
+from harness.eval.linear import run_linear
+from harness.eval.spec import Benchmark, FinetuneSpec, KnnSpec, LinearSpec
+from harness.runtime import Device, Runtime
+
+ProtocolRunner = Callable[[nn.Module, Benchmark, EvalContext], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol: its settings class and its runner (encoder, benchmark, context → top1/top5)."""
+
+    settings: type
+    run: ProtocolRunner
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "linear": Protocol(LinearSpec, run_linear),
+    "knn": Protocol(KnnSpec, run_knn),
+    "finetune": Protocol(FinetuneSpec, run_finetune),
+}
+
+
+def evaluate(
+    encoder: nn.Module,
+    benchmark: Benchmark,
+    *,
+    encoder_key: str,
+    cache_dir: str | Path = "mlruns/features",
+    device: Device = "cpu",
+    workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Run ``benchmark``'s protocol on ``encoder``.
+
+    Args:
+        encoder: clips [B, C, T, H, W] → features [B, D]; moved to ``device`` in place, its
+            train/eval mode restored afterwards; fine-tuning trains a copy.
+        benchmark: from ``harness.eval.load_benchmark``.
+        encoder_key: names the encoder in the feature cache (e.g. a run's config hash); the
+            cache key also holds a fingerprint of the weights, so changed weights never hit.
+        cache_dir: feature cache folder.
+        device: where the encoder (and the linear classifier) run; bf16 autocast and
+            channels_last_3d on CUDA.
+        workers: DataLoader decoding processes.
+        seed: the classifier's initialisation, data order and augmentation.
+        progress: print progress bars.
+        batch_size: videos per forward pass when extracting features (each with all its views).
+
+    Returns:
+        ``{"eval.<name>.<protocol>.top1": %, "eval.<name>.<protocol>.top5": %}``.
+    """
+    context = EvalContext(
+        runtime=Runtime.for_device(device),
+        encoder_key=encoder_key,
+        cache_dir=Path(cache_dir),
+        workers=workers,
+        seed=seed,
+        progress=progress,
+        batch_size=batch_size,
+    )
+    scores = PROTOCOLS[benchmark.protocol].run(encoder, benchmark, context)
+    return {benchmark.metric(name): value for name, value in scores.items()}
