@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness.config import ConfigError, expand_env
-from harness.eval import FinetuneSpec, KnnSpec, LinearSpec, load_benchmark
+from harness.eval import PROTOCOLS, FinetuneSpec, KnnSpec, LinearSpec, load_benchmark
+from harness.eval.spec import PROTOCOL_SPECS
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.yaml"))
@@ -158,3 +159,7 @@ def test_env_defaults_and_relative_paths(tmp_path, monkeypatch):
         write(tmp_path / "data" / "synth", "path,label\n", f"{split}.csv")
     benchmark = load_benchmark(REPO / "benchmarks" / "synth_linear.yaml")
     assert benchmark.train == tmp_path / "data" / "synth" / "train.csv", "relative to the current directory"
+
+
+def test_every_protocol_of_the_schema_has_a_runner_with_the_same_settings_class():
+    assert {name: protocol.settings for name, protocol in PROTOCOLS.items()} == PROTOCOL_SPECS

@@ -32,6 +32,7 @@ from harness.eval import (
     video_embeddings,
     weights_fingerprint,
 )
+from harness.eval import finetune as finetune_module
 
 FAST_LINEAR = LinearSpec(epochs=30, lr=0.1, batch_size=64, weight_decay=0.0, momentum=0.9, warmup_epochs=0)
 
@@ -280,15 +281,29 @@ def test_a_corrupted_cache_file_is_detected_and_recomputed(tmp_path, brightness_
     assert cache.load(cache.path(f"e-{weights_fingerprint(encoder)}", key), key) is not None, "rewritten"
 
 
-def test_finetune_trains_a_copy_and_reports_accuracy(tmp_path, brightness_data, encoder):
+def test_finetune_trains_a_copy_and_reports_accuracy(tmp_path, brightness_data, encoder, monkeypatch):
     before = weights_fingerprint(encoder)
+    trained = []  # the network fine-tuning trains, kept to score it independently below
+    train = finetune_module.train_classifier
+    monkeypatch.setattr(
+        finetune_module, "train_classifier", lambda model, *args: (trained.append(model), train(model, *args))
+    )
     settings = (
         "{epochs: 2, lr: 0.05, batch_size: 4, warmup_epochs: 0, augment: {color_p: 0.0, grayscale_p: 0.0}}"
     )
     benchmark = _benchmark(tmp_path, brightness_data, "finetune", settings, test_spatial=1)
     metrics = evaluate(encoder, benchmark, encoder_key="e", cache_dir=tmp_path / "cache", progress=False)
     assert set(metrics) == {"eval.bright.finetune.top1", "eval.bright.finetune.top5"}
-    assert all(0.0 <= value <= 100.0 for value in metrics.values())
+    test_views = ViewDataset(
+        brightness_data["val"], frames=4, stride=2, crop=32, short_side=36, temporal_views=2, spatial_views=1
+    )
+    with torch.no_grad():  # each test video: softmax of its 2 views averaged, then the arg max
+        correct = [
+            int(trained[0].eval()(item["clips"]).softmax(dim=-1).mean(dim=0).argmax()) == item["label"]
+            for item in test_views
+        ]
+    assert metrics["eval.bright.finetune.top1"] == pytest.approx(100.0 * sum(correct) / len(correct))
+    assert metrics["eval.bright.finetune.top5"] == 100.0, "top-5 of 2 classes is top-2"
     assert metrics["eval.bright.finetune.top1"] >= 75.0, "bright vs dark is learnt in 2 epochs"
     assert weights_fingerprint(encoder) == before, "the encoder itself is not trained"
     assert not (tmp_path / "cache").exists(), "fine-tuning caches nothing"

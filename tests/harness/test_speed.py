@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from harness.cli import main
+from harness.data import MultiClipDataset
 from harness.speed import Check, SpeedResult, discover
+from harness.speed.media import QUICK_SYNTH
 from harness.speed.runner import SpeedContext, SpeedError, parse_params, run_one, select, write_results
+
+DEMO = Path(__file__).resolve().parents[2] / "studies" / "experiments" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +171,33 @@ def test_evaluation_cache_same_accuracy_as_reencoding(benches, workdir):
 
 
 @pytest.mark.slow
-def test_loading_reports_the_engine_data_wait(benches, workdir):
+def test_loading_reports_the_engine_data_wait(benches, workdir, tmp_path, monkeypatch):
+    """With the loader in the training process and a clock on which every item takes 1000 s, the
+    wait must hold all the items' 1000 s and the step less than one of them, whatever the machine."""
+    config = yaml.safe_load(DEMO.read_text())
+    config["data"]["workers"] = 0  # items load in the training process, inside the engine's wait
+    demo_in_process = tmp_path / "demo.yaml"
+    demo_in_process.write_text(yaml.safe_dump(config))
+    clock = {"offset": 0.0}
+    perf_counter, getitem = time.perf_counter, MultiClipDataset.__getitem__
+    monkeypatch.setattr(time, "perf_counter", lambda: perf_counter() + clock["offset"])
+
+    def slow_item(dataset, key):
+        clock["offset"] += 1000.0
+        return getitem(dataset, key)
+
+    monkeypatch.setattr(MultiClipDataset, "__getitem__", slow_item)
     threads = torch.get_num_threads()
     other = 1 if threads > 1 else 2
-    result = quick(benches, workdir, "loading", epochs=2, threads=other)
+    result = quick(benches, workdir, "loading", epochs=2, threads=other, config=demo_in_process)
     assert [tuple(r[:2]) for r in result.rows] == [(threads, 1), (threads, 2), (other, 1), (other, 2)]
+    quick_batch = benches["loading"].module.QUICK["data.batch_size"]
+    items = QUICK_SYNTH.train_videos // quick_batch * quick_batch  # per epoch: 4 steps of 4 videos
     for row in result.rows:
         record = dict(zip(result.columns, row, strict=True))
-        assert 0.0 <= record["data wait"] <= 1.0 and record["clips/s"] > 0 and record["epoch s"] > 0
+        wait_s = record["data wait"] * record["epoch s"]
+        assert wait_s >= 1000.0 * items and record["epoch s"] - wait_s < 1000.0, record
+        assert record["clips/s"] * record["epoch s"] == pytest.approx(2 * items), "ρ = 2 clips per item"
     default = result.row(epoch=2, **{"torch threads": threads})
     assert result.check("data wait, epochs 2+").value == default["data wait"]
     assert torch.get_num_threads() == threads
