@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import ConfigError
+from harness.errors import RhoError
 
 EPILOG = """examples:
   rho demo                                        the quick start (what `make demo` runs)
@@ -35,7 +35,7 @@ EPILOG = """examples:
 DEFAULT_BENCH_OUTPUT = Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md"
 
 
-class UserError(Exception):
+class UserError(RhoError):
     """An error in what the user asked for; printed without a traceback, exit status 2."""
 
 
@@ -832,18 +832,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from harness.checkpoint import CheckpointError, CheckpointWriteError
-    from harness.data.manifest import ManifestError
-    from harness.preflight import NotWritableError
-    from harness.retry import ServiceUnavailableError
-
     _warn_passwords_in_argv(args)
     try:
         return args.func(args)
-    except (ServiceUnavailableError, CheckpointWriteError, NotWritableError) as exc:
-        print(f"rho: error: {_redacted(exc)}", file=sys.stderr)  # the machine, not the request: status 1
-        return 1
-    except (ConfigError, ManifestError, CheckpointError, UserError, FileNotFoundError) as exc:
+    except RhoError as exc:  # 2: the request is wrong; 1: the machine is (a store down, a full disk)
+        print(f"rho: error: {_redacted(exc)}", file=sys.stderr)
+        return exc.exit_status
+    except FileNotFoundError as exc:
         print(f"rho: error: {_redacted(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from harness.errors import EnvironmentFailure
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -24,7 +26,7 @@ FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 10.0
 
 
-class ServiceUnavailableError(RuntimeError):
+class ServiceUnavailableError(EnvironmentFailure, RuntimeError):
     """A store the run needs (MLflow tracking, the Optuna storage) cannot take its calls; the message says which and what to do."""
 
 

@@ -28,6 +28,7 @@ import torch
 
 from harness.bench.environment import describe_machine, load_average
 from harness.bench.result import BenchResult, markdown_table
+from harness.errors import RhoError
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SPEED_DIR = BENCHMARKS / "speed"
@@ -35,7 +36,7 @@ DEFAULT_OUTPUT = BENCHMARKS / "RESULTS.md"
 DEFAULT_WORKDIR = Path("mlruns/bench")
 
 
-class BenchError(ValueError):
+class BenchError(RhoError, ValueError):
     """A bad benchmark name, parameter or benchmark file: reported before anything runs."""
 
 

@@ -20,6 +20,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from harness.errors import RhoError
 from harness.tracking import redact
 
 PAGE_SIZE = 1000
@@ -36,7 +37,7 @@ IDENTITY = (
 )
 
 
-class ReportError(Exception):
+class ReportError(RhoError):
     """A study or store that cannot be reported on; the message says why and what to do."""
 
 
