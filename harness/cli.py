@@ -448,21 +448,18 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import ReportError, write_report
+    from harness.report import write_report
     from harness.tracking import resolve_tracking_uri
 
-    try:
-        result = write_report(
-            resolve_tracking_uri(args.tracking_uri),
-            args.study,
-            out=args.out,
-            metrics=args.metric,
-            rows=args.rows,
-            columns=args.columns,
-            log_to_parent=not args.no_log,
-        )
-    except ReportError as exc:
-        raise UserError(str(exc)) from None
+    result = write_report(
+        resolve_tracking_uri(args.tracking_uri),
+        args.study,
+        out=args.out,
+        metrics=args.metric,
+        rows=args.rows,
+        columns=args.columns,
+        log_to_parent=not args.no_log,
+    )
     for comp in result.comparisons:
         print(f"{comp.metric}: {len(comp.row_labels)} rows x {len(comp.column_labels)} columns")
     print(f"report in {result.out}: {', '.join(p.name for p in result.files)}")
@@ -474,14 +471,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _leaderboard(args: argparse.Namespace) -> int:
     from harness.leaderboard import build_leaderboard, write_leaderboard
-    from harness.report import ReportError
     from harness.report.render import to_markdown
     from harness.tracking import resolve_tracking_uri
 
-    try:
-        board = build_leaderboard(resolve_tracking_uri(args.tracking_uri), args.benchmark)
-    except ReportError as exc:
-        raise UserError(str(exc)) from None
+    board = build_leaderboard(resolve_tracking_uri(args.tracking_uri), args.benchmark)
     paths = write_leaderboard(board, args.out)
     print(to_markdown(board.blocks()))
     print(f"written: {', '.join(str(p) for p in paths)}")
@@ -489,19 +482,16 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness.bench import BenchError, discover, run_benchmarks
+    from harness.bench import discover, run_benchmarks
 
-    try:
-        if args.list:
-            for name, bench in discover().items():
-                params = f" (--param {', '.join(bench.params)})" if bench.params else ""
-                print(f"{name:14} {bench.title}{params}")
-            return 0
-        results = run_benchmarks(
-            args.names, quick=args.quick, workdir=args.workdir, output=args.output, params=args.param or []
-        )
-    except BenchError as exc:
-        raise UserError(str(exc)) from None
+    if args.list:
+        for name, bench in discover().items():
+            params = f" (--param {', '.join(bench.params)})" if bench.params else ""
+            print(f"{name:14} {bench.title}{params}")
+        return 0
+    results = run_benchmarks(
+        args.names, quick=args.quick, workdir=args.workdir, output=args.output, params=args.param or []
+    )
     print(f"results in {args.output}")
     return 1 if any(r.skipped and r.skipped.startswith("failed") for r in results) else 0
 
