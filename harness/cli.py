@@ -200,9 +200,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _study_run(args: argparse.Namespace) -> int:
+    from harness.redact import redact
     from harness.study import load_study, prepare_study, run_worker
     from harness.study.runner import resolve_storage, run_workers
-    from harness.tracking import redact, resolve_tracking_uri
+    from harness.tracking import resolve_tracking_uri
 
     spec = load_study(args.spec)
     storage_url = resolve_storage(args.storage)
@@ -284,9 +285,9 @@ def _study_status(args: argparse.Namespace) -> int:
 
 
 def _study_delete(args: argparse.Namespace) -> int:
+    from harness.redact import redact
     from harness.study import load_study
     from harness.study.runner import delete_study, resolve_storage
-    from harness.tracking import redact
 
     spec = load_study(args.spec, check_files=False)
     storage_url = resolve_storage(args.storage)
@@ -357,7 +358,8 @@ def _ui(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from harness.tracking import redact, resolve_tracking_uri
+    from harness.redact import redact
+    from harness.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     port = args.port
@@ -422,8 +424,8 @@ def _dashboard(args: argparse.Namespace) -> int:
     import signal
 
     from harness.dashboard import dashboard_server
+    from harness.redact import redact
     from harness.study.runner import resolve_storage
-    from harness.tracking import redact
 
     storage_url = resolve_storage(args.storage)
     try:
@@ -790,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _redacted(exc: BaseException) -> str:
     """The error's message with URL passwords hidden."""
-    from harness.tracking import redact
+    from harness.redact import redact
 
     return redact(str(exc))
 
@@ -803,7 +805,7 @@ _URL_OPTIONS = {
 
 def _warn_passwords_in_argv(args: argparse.Namespace) -> None:
     """A URL with a password on the command line is visible to every user of the machine (``ps``)."""
-    from harness.tracking import redact
+    from harness.redact import redact
 
     for attribute, (option, variable) in _URL_OPTIONS.items():
         value = getattr(args, attribute, None)

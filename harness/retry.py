@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from harness.errors import EnvironmentFailure
+from harness.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ def call_with_retries(
         RetriesExhausted: the time budget ran out (from the last error).
         Exception: a non-transient error, at once.
     """
-    from harness.tracking import redact
-
     budget = retry_timeout() if timeout is None else timeout
     started = time.monotonic()
     wait, attempts = FIRST_WAIT_S, 0

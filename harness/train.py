@@ -37,8 +37,9 @@ from harness.data.sampler import EpochBatchSampler, EpochSampler
 from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from harness.preflight import check_store, check_writable
 from harness.progress import ProgressBar
+from harness.redact import redact
 from harness.runtime import Runtime, seed_everything
-from harness.tracking import RunLogger, environment_tags, redact, resolve_tracking_uri
+from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from harness.plots import training_curves
+from harness.redact import redact
 from harness.report.compare import (
     BASELINE_COLUMN,
     Comparison,
@@ -24,7 +25,6 @@ from harness.report.compare import (
 from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot
 from harness.report.render import Block, Heading, Image, Table, Text, comparison_block, to_html, to_markdown
 from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
-from harness.tracking import redact
 
 CURVE_METRICS = ("loss", "knn_top1")
 

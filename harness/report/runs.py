@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from harness.errors import RhoError
-from harness.tracking import redact
+from harness.redact import redact
 
 PAGE_SIZE = 1000
 IDENTITY = (

@@ -38,9 +38,10 @@ from optuna.trial import TrialState
 from harness.config import ConfigError
 from harness.errors import EnvironmentFailure
 from harness.preflight import check_store
+from harness.redact import redact
 from harness.study.spec import Point, StudySpec, dump_point
 from harness.study.storage import ReconnectingRDBStorage
-from harness.tracking import RunLogger, redact, resolve_tracking_uri
+from harness.tracking import RunLogger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 # We drive heartbeats ourselves (ask/tell with a heartbeat thread), which Optuna warns about.
