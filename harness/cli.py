@@ -472,7 +472,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_leaderboard, write_leaderboard
+    from harness.report.leaderboard import build_leaderboard, write_leaderboard
     from harness.report.render import to_markdown
     from harness.tracking import resolve_tracking_uri
 

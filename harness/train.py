@@ -546,7 +546,7 @@ def _evaluate_all(
 def _log_artifacts(tracker: RunLogger, experiment: Experiment, method, history, output: Path) -> None:
     """The training-curve PNG and, if asked, the encoder weights."""
     if history:
-        from harness.plots import training_curves
+        from harness.report.plots import training_curves
 
         png = training_curves(
             history,

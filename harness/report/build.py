@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from harness.plots import training_curves
 from harness.redact import redact
 from harness.report.compare import (
     BASELINE_COLUMN,
@@ -22,7 +21,7 @@ from harness.report.compare import (
     metric_direction,
     reference_table,
 )
-from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot
+from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot, training_curves
 from harness.report.render import Block, Heading, Image, Table, Text, comparison_block, to_html, to_markdown
 from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
 
