@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader
 from harness.atomic import atomic_file
 from harness.benchmark import Benchmark, FinetuneSpec, KnnSpec, LinearSpec
 from harness.data import MultiClipDataset, train_transform
+from harness.data.epoch_order import EpochSampler
 from harness.data.manifest import read_manifest
-from harness.data.sampler import EpochSampler
 from harness.data.views import ViewDataset
 from harness.optim import lr_at, set_lr
 from harness.progress import ProgressBar

@@ -32,8 +32,8 @@ from harness.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint
 from harness.config import ConfigError, Experiment
 from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.decode import CacheFull, FrameCache
+from harness.data.epoch_order import EpochBatchSampler, EpochSampler
 from harness.data.manifest import num_classes
-from harness.data.sampler import EpochBatchSampler, EpochSampler
 from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from harness.preflight import check_store, check_writable
 from harness.progress import ProgressBar
