@@ -18,16 +18,17 @@ import numpy as np
 import torch
 
 from harness.atomic import atomic_file
+from harness.errors import EnvironmentFailure, RhoError
 
 FORMAT = 1
 LAST = "last.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RhoError, RuntimeError):
     """A checkpoint that cannot be used here; the message says why and what to do."""
 
 
-class CheckpointWriteError(CheckpointError):
+class CheckpointWriteError(CheckpointError, EnvironmentFailure):
     """A checkpoint could not be written (full disk, read-only folder); the previous one is intact."""
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import ConfigError
+from harness.errors import RhoError
 
 EPILOG = """examples:
   rho demo                                        the quick start (what `make demo` runs)
@@ -35,7 +35,7 @@ EPILOG = """examples:
 DEFAULT_BENCH_OUTPUT = Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md"
 
 
-class UserError(Exception):
+class UserError(RhoError):
     """An error in what the user asked for; printed without a traceback, exit status 2."""
 
 
@@ -200,9 +200,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _study_run(args: argparse.Namespace) -> int:
+    from harness.redact import redact
     from harness.study import load_study, prepare_study, run_worker
     from harness.study.runner import resolve_storage, run_workers
-    from harness.tracking import redact, resolve_tracking_uri
+    from harness.tracking import resolve_tracking_uri
 
     spec = load_study(args.spec)
     storage_url = resolve_storage(args.storage)
@@ -284,9 +285,9 @@ def _study_status(args: argparse.Namespace) -> int:
 
 
 def _study_delete(args: argparse.Namespace) -> int:
+    from harness.redact import redact
     from harness.study import load_study
     from harness.study.runner import delete_study, resolve_storage
-    from harness.tracking import redact
 
     spec = load_study(args.spec, check_files=False)
     storage_url = resolve_storage(args.storage)
@@ -356,7 +357,8 @@ def _ui(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from harness.tracking import redact, resolve_tracking_uri
+    from harness.redact import redact
+    from harness.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     port = args.port
@@ -421,8 +423,8 @@ def _dashboard(args: argparse.Namespace) -> int:
     import signal
 
     from harness.dashboard import dashboard_server
+    from harness.redact import redact
     from harness.study.runner import resolve_storage
-    from harness.tracking import redact
 
     storage_url = resolve_storage(args.storage)
     try:
@@ -447,21 +449,18 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import ReportError, write_report
+    from harness.report import write_report
     from harness.tracking import resolve_tracking_uri
 
-    try:
-        result = write_report(
-            resolve_tracking_uri(args.tracking_uri),
-            args.study,
-            out=args.out,
-            metrics=args.metric,
-            rows=args.rows,
-            columns=args.columns,
-            log_to_parent=not args.no_log,
-        )
-    except ReportError as exc:
-        raise UserError(str(exc)) from None
+    result = write_report(
+        resolve_tracking_uri(args.tracking_uri),
+        args.study,
+        out=args.out,
+        metrics=args.metric,
+        rows=args.rows,
+        columns=args.columns,
+        log_to_parent=not args.no_log,
+    )
     for comp in result.comparisons:
         print(f"{comp.metric}: {len(comp.row_labels)} rows x {len(comp.column_labels)} columns")
     print(f"report in {result.out}: {', '.join(p.name for p in result.files)}")
@@ -472,15 +471,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_leaderboard, write_leaderboard
-    from harness.report import ReportError
+    from harness.report.leaderboard import build_leaderboard, write_leaderboard
     from harness.report.render import to_markdown
     from harness.tracking import resolve_tracking_uri
 
-    try:
-        board = build_leaderboard(resolve_tracking_uri(args.tracking_uri), args.benchmark)
-    except ReportError as exc:
-        raise UserError(str(exc)) from None
+    board = build_leaderboard(resolve_tracking_uri(args.tracking_uri), args.benchmark)
     paths = write_leaderboard(board, args.out)
     print(to_markdown(board.blocks()))
     print(f"written: {', '.join(str(p) for p in paths)}")
@@ -488,19 +483,16 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness.speed import SpeedError, discover, run_benchmarks
+    from harness.speed import discover, run_benchmarks
 
-    try:
-        if args.list:
-            for name, bench in discover().items():
-                params = f" (--param {', '.join(bench.params)})" if bench.params else ""
-                print(f"{name:14} {bench.title}{params}")
-            return 0
-        results = run_benchmarks(
-            args.names, quick=args.quick, workdir=args.workdir, output=args.output, params=args.param or []
-        )
-    except SpeedError as exc:
-        raise UserError(str(exc)) from None
+    if args.list:
+        for name, bench in discover().items():
+            params = f" (--param {', '.join(bench.params)})" if bench.params else ""
+            print(f"{name:14} {bench.title}{params}")
+        return 0
+    results = run_benchmarks(
+        args.names, quick=args.quick, workdir=args.workdir, output=args.output, params=args.param or []
+    )
     print(f"results in {args.output}")
     return 1 if any(r.skipped and r.skipped.startswith("failed") for r in results) else 0
 
@@ -799,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _redacted(exc: BaseException) -> str:
     """The error's message with URL passwords hidden."""
-    from harness.tracking import redact
+    from harness.redact import redact
 
     return redact(str(exc))
 
@@ -812,7 +804,7 @@ _URL_OPTIONS = {
 
 def _warn_passwords_in_argv(args: argparse.Namespace) -> None:
     """A URL with a password on the command line is visible to every user of the machine (``ps``)."""
-    from harness.tracking import redact
+    from harness.redact import redact
 
     for attribute, (option, variable) in _URL_OPTIONS.items():
         value = getattr(args, attribute, None)
@@ -831,18 +823,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    from harness.checkpoint import CheckpointError, CheckpointWriteError
-    from harness.data.manifest import ManifestError
-    from harness.preflight import NotWritableError
-    from harness.retry import ServiceUnavailableError
-
     _warn_passwords_in_argv(args)
     try:
         return args.func(args)
-    except (ServiceUnavailableError, CheckpointWriteError, NotWritableError) as exc:
-        print(f"rho: error: {_redacted(exc)}", file=sys.stderr)  # the machine, not the request: status 1
-        return 1
-    except (ConfigError, ManifestError, CheckpointError, UserError, FileNotFoundError) as exc:
+    except RhoError as exc:  # 2: the request is wrong; 1: the machine is (a store down, a full disk)
+        print(f"rho: error: {_redacted(exc)}", file=sys.stderr)
+        return exc.exit_status
+    except FileNotFoundError as exc:
         print(f"rho: error: {_redacted(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

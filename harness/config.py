@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from harness.errors import RhoError
+
 DATASETS = ("synthetic", "kinetics400", "kinetics600", "ucf101", "hmdb51", "ssv2", "custom")
 OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALING = ("linear", "sqrt", "none")
@@ -38,7 +40,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(ValueError):
+class ConfigError(RhoError, ValueError):
     """A configuration value or key that is not allowed; the message says which and why."""
 
     def __init__(self, key: str, value: Any, allowed: str, source: str | None = None):

@@ -13,10 +13,12 @@ import os
 import uuid
 from pathlib import Path
 
+from harness.errors import EnvironmentFailure
+
 PROBE_BYTES = 4096
 
 
-class NotWritableError(RuntimeError):
+class NotWritableError(EnvironmentFailure, RuntimeError):
     """A folder or store the run must write cannot be written; the message says which and why."""
 
 

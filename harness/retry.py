@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from harness.errors import EnvironmentFailure
+from harness.redact import redact
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -24,7 +27,7 @@ FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 10.0
 
 
-class ServiceUnavailableError(RuntimeError):
+class ServiceUnavailableError(EnvironmentFailure, RuntimeError):
     """A store the run needs (MLflow tracking, the Optuna storage) cannot take its calls; the message says which and what to do."""
 
 
@@ -77,8 +80,6 @@ def call_with_retries(
         RetriesExhausted: the time budget ran out (from the last error).
         Exception: a non-transient error, at once.
     """
-    from harness.tracking import redact
-
     budget = retry_timeout() if timeout is None else timeout
     started = time.monotonic()
     wait, attempts = FIRST_WAIT_S, 0

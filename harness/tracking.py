@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import re
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from harness.redact import redact
 from harness.retry import RetriesExhausted, ServiceUnavailableError, call_with_retries, causes
 
 log = logging.getLogger(__name__)
@@ -129,11 +129,6 @@ def resolve_tracking_uri(*candidates: str | None) -> str:
             return uri
     DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
     return default_tracking_uri()
-
-
-def redact(text: str) -> str:
-    """Hide the password of every ``scheme://user:password@host`` URL in ``text``."""
-    return re.sub(r"(\w[\w+.-]*://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:

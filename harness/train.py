@@ -32,13 +32,14 @@ from harness.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint
 from harness.config import ConfigError, Experiment
 from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.decode import CacheFull, FrameCache
+from harness.data.epoch_order import EpochBatchSampler, EpochSampler
 from harness.data.manifest import num_classes
-from harness.data.sampler import EpochBatchSampler, EpochSampler
 from harness.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from harness.preflight import check_store, check_writable
 from harness.progress import ProgressBar
+from harness.redact import redact
 from harness.runtime import Runtime, seed_everything
-from harness.tracking import RunLogger, environment_tags, redact, resolve_tracking_uri
+from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +545,7 @@ def _evaluate_all(
 def _log_artifacts(tracker: RunLogger, experiment: Experiment, method, history, output: Path) -> None:
     """The training-curve PNG and, if asked, the encoder weights."""
     if history:
-        from harness.plots import training_curves
+        from harness.report.plots import training_curves
 
         png = training_curves(
             history,

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from harness.data.clip_starts import clip_starts
 from harness.data.decode import BadVideo, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
-from harness.data.sampling import clip_starts
 from harness.data.transforms import ClipTransform
 
 log = logging.getLogger(__name__)

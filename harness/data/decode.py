@@ -27,8 +27,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from harness.data.clip_starts import ClipTiming, grid_length
 from harness.data.manifest import VideoEntry
-from harness.data.sampling import ClipTiming, grid_length
 
 _local = threading.local()
 _inherited: list[threading.local] = []  # a forked child's copies of the parent's reformatters, never used

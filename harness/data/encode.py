@@ -1,4 +1,4 @@
-"""Write frames to an H.264 mp4 with PyAV (the synthetic dataset, tests and benchmarks use it)."""
+"""Write frames to an H.264 mp4 with PyAV: the one video writer (the synthetic dataset, tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,26 @@ import numpy as np
 
 
 def write_video(
-    path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: int = 18, gop: int | None = None
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: int,
+    crf: int = 18,
+    gop: int | None = None,
+    b_frames: bool = True,
 ) -> Path:
     """Encode uint8 RGB frames [H, W, 3] (H and W even) as H.264/yuv420p at ``fps``.
 
-    One encoder thread, so the same frames give the same bytes. ``gop`` sets the keyframe
-    interval (None: x264's default). The file is written beside its final name, then renamed.
+    One encoder thread. ``gop`` sets the keyframe interval (None: x264's default).
+    ``b_frames=False`` also turns off x264's macroblock tree: then the bytes depend on the
+    frames alone (mbtree with B-frames was measured not to be deterministic). The file is
+    written beside its final name, then renamed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+    if not b_frames:
+        options.update({"bf": "0", "x264-params": "mbtree=0"})
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = None
         for frame in frames:

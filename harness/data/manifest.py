@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.atomic import atomic_file
+from harness.errors import RhoError
 
 REQUIRED_COLUMNS = ("path", "label")
 
 
-class ManifestError(ValueError):
+class ManifestError(RhoError, ValueError):
     """A manifest that cannot be used; the message names the file, the line and the fix."""
 
 

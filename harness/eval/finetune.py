@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from harness.data import MultiClipDataset, train_transform
+from harness.data.epoch_order import EpochSampler
 from harness.data.manifest import read_manifest
-from harness.data.sampler import EpochSampler
 from harness.eval.context import EvalContext
 from harness.eval.features import benchmark_views, eval_mode, extract_features
 from harness.eval.metrics import accuracy, class_count, view_probabilities

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from harness.plots import training_curves
+from harness.redact import redact
 from harness.report.compare import (
     BASELINE_COLUMN,
     Comparison,
@@ -21,10 +21,9 @@ from harness.report.compare import (
     metric_direction,
     reference_table,
 )
-from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot
+from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot, training_curves
 from harness.report.render import Block, Heading, Image, Table, Text, comparison_block, to_html, to_markdown
 from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
-from harness.tracking import redact
 
 CURVE_METRICS = ("loss", "knn_top1")
 

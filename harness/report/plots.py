@@ -1,20 +1,43 @@
-"""The report's figures (PNG): a metric against one swept factor per series with error bars over
-seeds, accuracy against compute with its Pareto front. Training curves reuse ``harness.plots``."""
+"""The figures (PNG, headless: the Agg backend): a run's training curves, a metric against one swept
+factor per series with error bars over seeds, accuracy against compute with its Pareto front."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 
-from harness.plots import plt
-from harness.study.tables import cell_stats
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from harness.study.tables import cell_stats  # noqa: E402
 
 FACTOR_TITLES = {
     "data.clips": "ρ (clips per video)",
     "data.t_max": "t_max (s; none = global)",
     "optim.epochs": "pretraining epochs",
 }
+
+
+def training_curves(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Per-epoch loss (and kNN top-1 when monitored) against epoch; returns the PNG path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    epochs = [h["epoch"] for h in history]
+    has_knn = any("knn_top1" in h for h in history)
+    fig, axes = plt.subplots(1, 2 if has_knn else 1, figsize=(9 if has_knn else 5, 3.5), squeeze=False)
+    axes[0, 0].plot(epochs, [h.get("loss", float("nan")) for h in history], marker="o")
+    axes[0, 0].set(xlabel="epoch", ylabel="training loss", title=title)
+    if has_knn:
+        axes[0, 1].plot(
+            epochs, [h.get("knn_top1", float("nan")) for h in history], marker="o", color="tab:green"
+        )
+        axes[0, 1].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="online kNN monitor")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def factor_plot(

@@ -20,7 +20,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from harness.tracking import redact
+from harness.errors import RhoError
+from harness.redact import redact
 
 PAGE_SIZE = 1000
 IDENTITY = (
@@ -36,7 +37,7 @@ IDENTITY = (
 )
 
 
-class ReportError(Exception):
+class ReportError(RhoError):
     """A study or store that cannot be reported on; the message says why and what to do."""
 
 

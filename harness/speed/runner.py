@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from harness.errors import RhoError
 from harness.speed.environment import describe_machine, load_average
 from harness.speed.result import SpeedResult, markdown_table
 
@@ -35,7 +36,7 @@ DEFAULT_OUTPUT = BENCHMARKS / "RESULTS.md"
 DEFAULT_WORKDIR = Path("mlruns/bench")
 
 
-class SpeedError(ValueError):
+class SpeedError(RhoError, ValueError):
     """A bad speed benchmark name, parameter or file: reported before anything runs."""
 
 

@@ -35,13 +35,13 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from harness.checkpoint import CheckpointWriteError
 from harness.config import ConfigError
-from harness.preflight import NotWritableError, check_store
-from harness.retry import ServiceUnavailableError
+from harness.errors import EnvironmentFailure
+from harness.preflight import check_store
+from harness.redact import redact
 from harness.study.spec import Point, StudySpec, dump_point
 from harness.study.storage import ReconnectingRDBStorage
-from harness.tracking import RunLogger, redact, resolve_tracking_uri
+from harness.tracking import RunLogger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 # We drive heartbeats ourselves (ask/tell with a heartbeat thread), which Optuna warns about.
@@ -54,9 +54,6 @@ ATTR_RUN, ATTR_REASON, ATTR_PARENT = "mlflow_run_id", "failure_reason", "mlflow_
 ATTR_SAMPLED, ATTR_SURPLUS, ATTR_DUPLICATE = "rho.sampled", "rho.surplus", "rho.duplicate"
 ATTR_FINGERPRINT = "rho.fingerprint"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-# Failures of the machine, not of the trial (a store down for good, a full or read-only disk):
-# the worker records them on the trial and stops, rather than failing every trial after it.
-ENVIRONMENT_ERRORS = (ServiceUnavailableError, CheckpointWriteError, NotWritableError)
 TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -541,7 +538,7 @@ def _run_trial(study, storage, spec, trial, tracking_uri, parent_run_id, gpus_pe
             study.tell(trial, state=TrialState.PRUNED)
             print(f"trial {trial.number} pruned: {exc}", flush=True)
             return TrialState.PRUNED
-        except ENVIRONMENT_ERRORS as exc:
+        except EnvironmentFailure as exc:  # the machine, not the trial: record it and stop this worker
             reason = redact(f"{exc.__class__.__name__}: {exc}")[:2000]
             try:  # the storage may be on the same full disk, or down
                 storage.set_trial_user_attr(trial._trial_id, ATTR_REASON, reason)

@@ -23,6 +23,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from harness.redact import redact
 from harness.retry import RetriesExhausted, ServiceUnavailableError, call_with_retries, causes
 
 # The RDBStorage methods Optuna (and its cache layer) calls; each gets retries.
@@ -81,8 +82,6 @@ class ReconnectingRDBStorage(RDBStorage):
     """``RDBStorage`` whose calls are retried while the database is unreachable (see the module doc)."""
 
     def __init__(self, url: str, **kwargs: Any):
-        from harness.tracking import redact
-
         self._where = redact(url)
         _retry(self._where, "open the storage", lambda: RDBStorage.__init__(self, url, **kwargs))
 
@@ -111,8 +110,6 @@ def _retry(where: str, what: str, call: Callable[[], Any]) -> Any:
     try:
         return call_with_retries(call, f"Optuna storage {where}: {what}", connection_lost)
     except RetriesExhausted as exc:
-        from harness.tracking import redact
-
         last = (str(exc.__cause__.__cause__ or exc.__cause__).strip().splitlines() or [""])[0][:300]
         raise StorageUnavailableError(
             f"the study storage {where} is unreachable: {exc} (last error: {redact(last)}); check that the "

@@ -1,5 +1,7 @@
-"""The `rho` command: help for every subcommand, evaluate a checkpoint, the MLflow UI."""
+"""The `rho` command: help for every subcommand, an error in one line, evaluate a checkpoint, the MLflow UI."""
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -9,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 from tiny_data import tiny_experiment_tree, write_tiny_knn_benchmark
 
-from harness.cli import _warn_passwords_in_argv, build_parser
+from harness.cli import _warn_passwords_in_argv, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,29 +26,74 @@ def rho(*args, **kwargs):
 
 
 def subcommands(parser, prefix=()):
+    """``(command, summary)`` for every subcommand, depth first; the summary is its line in the parent's help."""
     for action in parser._actions:
         if action.__class__.__name__ == "_SubParsersAction":
+            summaries = {choice.dest: choice.help for choice in action._choices_actions}
             for name, sub in action.choices.items():
-                yield (*prefix, name)
+                yield (*prefix, name), summaries.get(name)
                 yield from subcommands(sub, (*prefix, name))
 
 
+# What a user looks for in each command's help: its arguments and main options.
+HELP_ARGUMENTS = {
+    (): ["--verbose"],
+    ("config", "show"): ["config", "key=value", "--no-check-files"],
+    ("config", "keys"): [],
+    ("data", "synth"): ["out", "--train", "--val", "--classes", "--size", "--seed", "--workers"],
+    ("data", "check"): ["manifest", "--full", "--threads"],
+    ("data", "inspect"): ["config", "key=value", "--batch"],
+    ("data", "import", "ucf101"): ["videos", "splits", "out", "--split"],
+    ("pretrain",): [
+        "config",
+        "key=value",
+        "--resume",
+        "--run-name",
+        "--tracking-uri",
+        "--output",
+        "--result-json",
+    ],
+    ("study", "run"): ["spec", "--storage", "--tracking-uri", "--workers", "--gpus-per-trial"],
+    ("study", "worker"): ["spec", "--storage", "--tracking-uri"],
+    ("study", "status"): ["name", "--storage"],
+    ("study", "delete"): ["spec", "--storage"],
+    ("study", "list"): ["--storage"],
+    ("evaluate",): ["checkpoint", "--benchmark", "--device", "--workers"],
+    ("demo",): ["--spec"],
+    ("ui",): ["--tracking-uri", "--host", "--port"],
+    ("report",): ["study", "--out", "--metric", "--rows", "--columns", "--no-log"],
+    ("leaderboard",): ["--benchmark", "--tracking-uri", "--out"],
+    ("dashboard",): ["study", "--storage", "--host", "--port"],
+    ("bench",): ["NAME", "--list", "--quick", "--param", "--output"],
+}
+
+
+def help_text(command, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0, command
+    return capsys.readouterr().out
+
+
 def test_every_subcommand_has_useful_help(capsys):
-    commands = list(subcommands(build_parser()))
-    assert {
-        ("pretrain",),
-        ("evaluate",),
-        ("study", "run"),
-        ("data", "synth"),
-        ("config", "show"),
-        ("ui",),
-    } <= set(commands)
-    for command in commands:
-        with pytest.raises(SystemExit) as exit_info:
-            build_parser().parse_args([*command, "--help"])
-        assert exit_info.value.code == 0
-        text = capsys.readouterr().out
-        assert "usage: rho " + " ".join(command) in text and len(text.splitlines()) >= 3, command
+    commands = dict(subcommands(build_parser()))
+    assert set(HELP_ARGUMENTS) - {()} <= set(commands)
+    assert {("data", "import", name) for name in ("folders", "ucf101", "hmdb51", "kinetics", "ssv2")} <= set(
+        commands
+    )
+    for command in [(), *commands]:
+        text = help_text(command, capsys)
+        assert text.startswith(" ".join(["usage: rho", *command])), command
+        flat = " ".join(text.split())
+        for child, summary in commands.items():  # every subcommand is listed with its summary
+            if child[:-1] == command:
+                assert summary and f"{child[-1]} {summary}" in flat, child
+        for argument in HELP_ARGUMENTS.get(command, []):  # listed on its own line, not just in the usage
+            assert re.search(rf"^ +(?:-\w, )?{re.escape(argument)}(?=[ ,\n])", text, re.MULTILINE), (
+                command,
+                argument,
+            )
+    assert "examples:\n  rho demo" in help_text((), capsys)
 
 
 def test_a_password_on_the_command_line_draws_a_warning_that_does_not_repeat_it(capsys):
@@ -65,15 +113,33 @@ def test_a_password_on_the_command_line_draws_a_warning_that_does_not_repeat_it(
     assert capsys.readouterr().err == ""
 
 
+def test_a_harness_error_ends_in_one_line_with_its_exit_status(mlflow_uri, capsys):
+    assert main(["report", "no-such-study", "--tracking-uri", mlflow_uri, "--no-log"]) == 2  # a ReportError
+    err = capsys.readouterr().err
+    assert err.startswith("rho: error: no MLflow experiment named 'no-such-study'") and err.count("\n") == 1
+
+
 def test_evaluate_a_checkpoint_from_the_command_line(tiny_synth, tmp_path, mlflow_uri):
+    benchmark = write_tiny_knn_benchmark(tiny_synth, tmp_path)
     tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    tree["eval"] = {"benchmarks": [str(benchmark)]}  # pretraining evaluates its final encoder on it
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(tree))
+    result_json = tmp_path / "result.json"
     out = rho(
-        "pretrain", str(config), "--output", str(tmp_path / "run"), "--tracking-uri", mlflow_uri, timeout=600
+        "pretrain",
+        str(config),
+        "--output",
+        str(tmp_path / "run"),
+        "--tracking-uri",
+        mlflow_uri,
+        "--result-json",
+        str(result_json),
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    benchmark = write_tiny_knn_benchmark(tiny_synth, tmp_path)
+    run = MlflowClient(mlflow_uri).get_run(json.loads(result_json.read_text())["run_id"])
+    logged = run.data.metrics["eval.tiny-knn.knn.top1"]
     out = rho(
         "evaluate",
         str(tmp_path / "run" / "last.pt"),
@@ -85,7 +151,7 @@ def test_evaluate_a_checkpoint_from_the_command_line(tiny_synth, tmp_path, mlflo
     )
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(line for line in out.stdout.splitlines() if "eval.tiny-knn.knn.top1" in line)
-    assert 0.0 <= float(line.split()[-1]) <= 100.0
+    assert line.split()[-1] == f"{logged:.4g}", "the checkpoint's top-1 is the one its pretraining logged"
     missing = rho("evaluate", str(tmp_path / "nope.pt"), "--benchmark", str(benchmark))
     assert (
         missing.returncode == 2 and "no checkpoint at" in missing.stderr and "Traceback" not in missing.stderr

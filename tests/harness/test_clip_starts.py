@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.data.sampling import ClipTiming, clip_starts, grid_length
+from harness.data.clip_starts import ClipTiming, clip_starts, grid_length
 
 
 def draws(n, **kwargs):

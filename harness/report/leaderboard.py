@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
+from harness.redact import redact
 from harness.report.compare import format_value
 from harness.report.render import Block, Heading, Table, Text, to_html, to_markdown
 from harness.report.runs import PAGE_SIZE, ReportError, iter_experiments, iter_runs, parse_value
-from harness.tracking import redact
 
 TOP1 = re.compile(r"^eval\.(?P<benchmark>.+)\.(?P<protocol>[^.]+)\.top1$")
 GROUP = ["method", "backbone", "rho"]

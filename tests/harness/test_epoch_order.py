@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.data.sampler import EpochBatchSampler, EpochSampler
+from harness.data.epoch_order import EpochBatchSampler, EpochSampler
 
 
 def one_epoch(size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
