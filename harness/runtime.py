@@ -31,6 +31,7 @@ class Runtime:
     local_rank: int = 0
     bf16: bool = False
     channels_last: bool = False
+    owns_process_group: bool = False  # setup joined the process group (so teardown leaves it)
 
     @property
     def is_main(self) -> bool:
@@ -60,13 +61,20 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = True
         else:
             device = torch.device("cpu")
-        if world_size > 1 and not dist.is_initialized():
+        joins = world_size > 1 and not dist.is_initialized()
+        if joins:
             dist.init_process_group(
                 backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
             )
         bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
         return cls(
-            device, rank, world_size, local_rank, bf16=bf16, channels_last=use_cuda and config.channels_last
+            device,
+            rank,
+            world_size,
+            local_rank,
+            bf16=bf16,
+            channels_last=use_cuda and config.channels_last,
+            owns_process_group=joins,
         )
 
     @classmethod
@@ -100,7 +108,8 @@ class Runtime:
         return model.to(memory_format=torch.channels_last_3d) if self.channels_last else model
 
     def teardown(self) -> None:
-        if self.distributed and dist.is_initialized():
+        """Leave the process group that ``setup`` joined; one that the caller made stays."""
+        if self.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
 
 

@@ -160,12 +160,14 @@ def test_lars_scales_updates_by_the_trust_ratio_but_not_for_excluded_groups():
 
 
 def test_knn_monitor_runs_every_epoch_on_a_fixed_subset(tiny_synth, tmp_path, mlflow_uri):
-    from harness.train import _subset
+    from harness.train import monitor_subset
 
     rows = list(range(100))
-    subset = _subset(rows, 10, seed=0)
-    assert len(subset) == 10 and subset == sorted(subset) and subset == _subset(rows, 10, seed=0)
-    assert subset != _subset(rows, 10, seed=1) and _subset(rows, None, 0) == rows == _subset(rows, 100, 0)
+    subset = monitor_subset(rows, 10, seed=0)
+    assert len(subset) == 10 and subset == sorted(subset) and subset == monitor_subset(rows, 10, seed=0)
+    assert subset != monitor_subset(rows, 10, seed=1) and monitor_subset(
+        rows, None, 0
+    ) == rows == monitor_subset(rows, 100, 0)
 
     exp = experiment(tiny_synth, tmp_path, eval__knn_monitor=True, eval__knn_k=3, eval__knn_monitor_videos=4)
     result = pretrain(exp, output=tmp_path / "run", tracking_uri=mlflow_uri, print_progress=False)
@@ -182,6 +184,6 @@ def test_knn_monitor_runs_every_epoch_on_a_fixed_subset(tiny_synth, tmp_path, ml
     views = dict(frames=d.frames, stride=d.stride, crop=d.crop, short_side=d.short_side, fps=d.fps)
     train_rows, val_rows = (read_manifest(path, check_files=False) for path in (d.train, d.val))
 
-    train_set, val_set = (ViewDataset(_subset(rows, 4, 0), **views) for rows in (train_rows, val_rows))
+    train_set, val_set = (ViewDataset(monitor_subset(rows, 4, 0), **views) for rows in (train_rows, val_rows))
     assert len(val_rows) == 8 and len(train_rows) > 4 and len(train_set) == len(val_set) == 4
     assert history[-1].value == pytest.approx(knn_monitor(method.encoder, train_set, val_set, k=3))

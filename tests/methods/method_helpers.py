@@ -12,22 +12,41 @@ import torch
 import methods
 from harness import backbones
 
-# Method parameters that shrink the paper's heads, prototypes and queue to test size.
-TINY_PARAMS: dict[str, dict] = {
-    "simclr": {"hidden_dims": (32,), "out_dim": 16},
-    "swav": {"hidden_dims": (32,), "out_dim": 16, "num_prototypes": 10},
-    "moco": {"hidden_dims": (32,), "out_dim": 16, "queue_size": 64},
-    "byol": {"projector_hidden_dims": (32,), "out_dim": 16, "predictor_hidden_dims": (32,)},
-    "supervised": {"num_classes": 5},
-    "random": {},
+# Test sizes of the parameters that set head widths, prototypes, queues and classes. A method gets
+# those of them that it takes (by its signature), so a new method needs no entry here. A size whose
+# default is 0 means "off" (SwAV's queue) and stays off.
+TINY_SIZES: dict[str, object] = {
+    "hidden_dims": (32,),
+    "projector_hidden_dims": (32,),
+    "predictor_hidden_dims": (32,),
+    "out_dim": 16,
+    "num_prototypes": 10,
+    "queue_size": 64,
+    "num_classes": 5,
 }
+
+
+def tiny_params(name: str) -> dict[str, object]:
+    """The ``TINY_SIZES`` that method ``name`` takes and has on by default."""
+    defaults = methods.params_of(name)
+    return {key: size for key, size in TINY_SIZES.items() if key in defaults and defaults[key] != 0}
+
+
+def trainable_methods() -> list[str]:
+    """Every registered method with parameters to train (all but the random-init baseline)."""
+    return [name for name in methods.available() if methods.get(name).trainable]
+
+
+def low_memory_methods() -> list[str]:
+    """Every registered method with a low-memory mode (a ``memory`` parameter)."""
+    return [name for name in methods.available() if "memory" in methods.params_of(name)]
 
 
 def build_method(name: str, seed: int = 0, **params) -> methods.SSLMethod:
     """``methods.build(name)`` around a fresh r3d_tiny (width 4), tiny heads, deterministic init."""
     torch.manual_seed(seed)
     backbone, feature_dim = backbones.build("r3d_tiny", width=4)
-    return methods.build(name, backbone, feature_dim, **{**TINY_PARAMS[name], **params})
+    return methods.build(name, backbone, feature_dim, **{**tiny_params(name), **params})
 
 
 def make_batch(rho: int, batch_size: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from method_helpers import build_method
+from method_helpers import build_method, trainable_methods
 from torch import nn
 
 from methods import MLPHead, SSLMethod, StepOutput, cosine_momentum, ema_update, momentum_copy
@@ -50,7 +50,7 @@ def test_param_groups_exclude_biases_norms_and_frozen_parameters():
     assert [id(p) for p in no_decay["params"]] == [id(p) for p in expected_no_decay]
 
 
-@pytest.mark.parametrize("name", ["simclr", "swav", "moco", "byol", "supervised"])
+@pytest.mark.parametrize("name", trainable_methods())
 def test_param_groups_cover_every_trainable_parameter_once(name):
     method = build_method(name)
     grouped = [id(p) for group in method.param_groups(1e-4) for p in group["params"]]

@@ -6,9 +6,9 @@ import weakref
 
 import pytest
 import torch
-from method_helpers import build_method, make_batch
+from method_helpers import build_method, low_memory_methods, make_batch
 
-LOW_MEMORY_METHODS = ["simclr", "swav", "moco", "byol"]
+LOW_MEMORY_METHODS = low_memory_methods()
 
 
 def _step(name: str, memory: str, rho: int, epoch: int = 1):

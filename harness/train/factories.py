@@ -1,0 +1,123 @@
+"""Builders from a config: the method, the training dataset and its loader, the optimizer.
+
+Used by pretraining and by the commands and benchmarks that need the same objects
+(``rho data inspect``, ``rho evaluate`` through ``load_trained``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+import methods
+from harness import backbones
+from harness.checkpoint import load_checkpoint
+from harness.config import ConfigError, Experiment, OptimConfig, load_experiment_text
+from harness.data import MultiClipDataset, read_manifest, train_transform
+from harness.data.decode import CacheFull, FrameCache
+from harness.data.epoch_order import EpochBatchSampler, EpochSampler
+from harness.data.manifest import num_classes
+from harness.optim import build_optimizer
+
+
+def build_method(experiment: Experiment) -> methods.SSLMethod:
+    """Backbone + method as the config says."""
+    backbone, feature_dim = backbones.build(experiment.backbone.name, **experiment.backbone.params)
+    return methods.build(experiment.method.name, backbone, feature_dim, **experiment.method.params)
+
+
+def load_trained(path: str | Path) -> tuple[methods.SSLMethod, Experiment, dict[str, Any]]:
+    """Rebuild the method of a checkpoint from the config stored in it, with its weights."""
+    state = load_checkpoint(path)
+    experiment = load_experiment_text(state["config"], source=str(path))
+    method = build_method(experiment)
+    method.load_state_dict(state["method"])
+    return method, experiment, state
+
+
+def with_num_classes(experiment: Experiment, entries: list) -> Experiment:
+    """Fill ``method.num_classes`` from the manifest for methods that take it (supervised)."""
+    if (
+        "num_classes" not in methods.params_of(experiment.method.name)
+        or "num_classes" in experiment.method.params
+    ):
+        return experiment
+    filled = copy.deepcopy(experiment)
+    filled.method.params["num_classes"] = num_classes(entries)
+    return filled
+
+
+def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiClipDataset:
+    """The pretraining dataset the config describes: ρ clips per video, each augmented on its own."""
+    data = experiment.data
+    return MultiClipDataset(
+        entries
+        if entries is not None
+        else read_manifest(data.train, allow_outside_root=data.allow_outside_root),
+        data.clips,
+        data.frames,
+        data.stride,
+        data.t_max,
+        train_transform(data.crop, data.augment),
+        seed=experiment.runtime.seed,
+        fps=data.fps,
+        seek_threshold=data.seek_threshold,
+        cache=FrameCache() if data.cache else None,
+    )
+
+
+def fill_cache(dataset: MultiClipDataset, manifest: str, verbose: bool) -> None:
+    """``data.cache``: decode every training video into memory before the loader's workers fork."""
+    started = time.perf_counter()
+    try:
+        dataset.preload()
+    except CacheFull as exc:
+        raise ConfigError(
+            "data.cache", True, f"{exc}; the videos of {manifest} do not fit in memory: set data.cache: false"
+        ) from None
+    if verbose:
+        print(
+            f"data.cache: {len(dataset.cache)} videos decoded into memory "
+            f"({dataset.cache.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+
+
+def train_loader(
+    dataset: MultiClipDataset,
+    sampler: EpochSampler,
+    batch_size: int,
+    start_epoch: int,
+    stop_epoch: int,
+    *,
+    workers: int,
+    pin_memory: bool,
+    seed: int,
+) -> DataLoader:
+    """One loader for epochs ``start_epoch`` … ``stop_epoch - 1``: its workers run ahead across epoch ends.
+
+    Its own generator keeps the global RNG untouched, so a resumed run stays bit-identical
+    (items are seeded by (seed, epoch, index); worker seeds do not matter).
+    """
+    return DataLoader(
+        dataset,
+        batch_sampler=EpochBatchSampler(sampler, batch_size, start_epoch, stop_epoch),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def train_optimizer(
+    method: methods.SSLMethod, config: OptimConfig, peak_lr: float
+) -> torch.optim.Optimizer | None:
+    """The optimizer over the method's parameter groups; None for a method with nothing to train."""
+    if not method.trainable:
+        return None
+    return build_optimizer(method.param_groups(config.weight_decay), config, peak_lr)

@@ -1,0 +1,148 @@
+"""The training loop of one epoch: lr schedule, forward under autocast, backward, NaN check,
+gradient averaging and clipping, optimizer step, the method's step hook, metrics and speed."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from harness import distributed as dist_utils
+from harness.config import OptimConfig
+from harness.data import MultiClipDataset
+from harness.optim import lr_at, scaled_lr, set_lr
+from harness.progress import ProgressBar
+from harness.runtime import Runtime
+from harness.tracking import RunLogger
+from methods import SSLMethod
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops rather than train on garbage."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's step counts and learning rate: linear warm-up to ``peak_lr``, then cosine decay."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    min_lr_ratio: float = 0.0
+
+    @classmethod
+    def of(cls, optim: OptimConfig, steps_per_epoch: int, global_batch: int) -> Schedule:
+        """The schedule of ``optim`` for ``steps_per_epoch`` steps of ``global_batch`` videos."""
+        return cls(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * optim.epochs,
+            warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
+            peak_lr=scaled_lr(optim, global_batch),
+            min_lr_ratio=optim.min_lr_ratio,
+        )
+
+    def lr(self, step: int) -> float:
+        """The learning rate of global step ``step``."""
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr_ratio)
+
+
+@dataclass
+class EpochContext:
+    """What ``train_epoch`` needs besides the batches; one context serves all epochs of a run.
+
+    Attributes:
+        method: the method being trained (already on ``runtime.device``).
+        optimizer: its optimizer; the loop sets the learning rate of every group each step.
+        runtime: device, autocast and world size.
+        schedule: the learning-rate schedule over the global step.
+        log_every: log step metrics to ``tracker`` every this many global steps.
+        clip_grad: clip the gradients' global norm to this, or None.
+        tracker: the MLflow run (rank 0), or None.
+        bar: this epoch's progress bar, or None.
+        step: the global step (optimizer steps so far); ``train_epoch`` advances it.
+    """
+
+    method: SSLMethod
+    optimizer: torch.optim.Optimizer
+    runtime: Runtime
+    schedule: Schedule
+    log_every: int
+    clip_grad: float | None = None
+    tracker: RunLogger | None = None
+    bar: ProgressBar | None = None
+    step: int = 0
+
+
+def train_epoch(context: EpochContext, batches: Iterable[dict]) -> dict[str, float]:
+    """Train on one epoch's ``batches``; returns the epoch's mean metrics and its speed.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf.
+    """
+    method, optimizer, runtime, schedule = (
+        context.method,
+        context.optimizer,
+        context.runtime,
+        context.schedule,
+    )
+    tracker, bar, clip_grad, log_every = context.tracker, context.bar, context.clip_grad, context.log_every
+    method.train()
+    sums: dict[str, float] = {}
+    count = 0
+    wait_time = compute_time = 0.0
+    clips_seen = 0
+    tick = time.perf_counter()
+    for batch in batches:
+        loaded = time.perf_counter()
+        wait_time += loaded - tick
+        batch = runtime.to_device(batch)
+        step = context.step
+        lr = schedule.lr(step)
+        set_lr(optimizer, lr)
+        optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast():
+            out = method.training_step(batch)
+        if not out.backward_done:
+            out.loss.backward()
+        loss = float(out.loss.detach())
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {step} (lr {lr:.3g}); lower optim.lr or check the data"
+            )
+        dist_utils.average_gradients(method.parameters())
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
+        optimizer.step()
+        context.step = step = step + 1
+        method.on_step_end(step / schedule.total_steps)
+        tock = time.perf_counter()
+        compute_time += tock - loaded
+        clips_seen += batch["clips"].shape[0] * batch["clips"].shape[1] * runtime.world_size
+        metrics = {**out.metrics, "loss": loss, "lr": lr}
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+        elapsed = wait_time + compute_time
+        speed = {"clips_per_s": clips_seen / elapsed, "data_wait": wait_time / elapsed}
+        if tracker is not None and step % log_every == 0:
+            tracker.log_metrics({**metrics, **speed}, step=step)
+        if bar is not None:
+            bar.update(
+                count, {"loss": loss, "lr": lr, "clips/s": speed["clips_per_s"], "wait": speed["data_wait"]}
+            )
+        tick = time.perf_counter()
+    epoch = {k: v / max(1, count) for k, v in sums.items()}
+    elapsed = max(1e-9, wait_time + compute_time)
+    epoch.update(
+        {"clips_per_s": clips_seen / elapsed, "data_wait": wait_time / elapsed, "epoch_time": elapsed}
+    )
+    return epoch
+
+
+def padding_counts(dataset: MultiClipDataset) -> dict[str, float]:
+    """Bad files seen by this process (workers keep their own counts; see ``rho data check``)."""
+    return {"bad_files": float(len(dataset.bad_files))} if dataset.bad_files else {}

@@ -1,0 +1,218 @@
+"""``pretrain``: one ``Experiment`` → a trained encoder, checkpoints, an MLflow run, evaluations.
+
+``pretrain`` reads as its steps: set up, resume, open the MLflow run (with run.json and the
+history replay), train the epochs (a checkpoint after each), the final checkpoint, evaluation,
+artifacts. One process, or one rank of a torchrun job (rank 0 logs and writes).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.checkpoint import LAST, save_checkpoint
+from harness.config import Experiment
+from harness.progress import ProgressBar
+from harness.runtime import Runtime
+from harness.tracking import RunLogger
+from harness.train.callbacks import on_main_then_all
+from harness.train.evaluation import evaluate_benchmarks, knn_monitor_top1
+from harness.train.factories import fill_cache, train_loader
+from harness.train.loop import EpochContext, padding_counts, train_epoch
+from harness.train.prepare import Training, prepare_training
+from harness.train.resume import ResumePoint, remember_run, resume_point, training_state
+from harness.train.run_tracking import close_failed_run, log_artifacts, open_run, replay_history
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class PretrainResult:
+    """What a finished pretraining hands back."""
+
+    checkpoint: Path
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def pretrain(
+    experiment: Experiment,
+    *,
+    resume: bool = False,
+    resume_run: bool = True,
+    run_name: str | None = None,
+    output: Path | None = None,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    on_run_start: Callable[[str], None] | None = None,
+    print_progress: bool = True,
+) -> PretrainResult:
+    """Pretrain (and evaluate) one experiment.
+
+    Args:
+        experiment: a validated config.
+        resume: continue from ``<output>/last.pt`` when it exists (refused if it was written
+            by a different training config).
+        resume_run: when resuming, continue the checkpoint's MLflow run (else start a new one,
+            e.g. for a study's retried trial, which links the old run by a tag).
+        run_name: MLflow run name and checkpoint folder name (default: the training hash).
+        output: checkpoint folder (default ``checkpoint_dir(experiment, run_name)``).
+        tracking_uri: MLflow store (default: config, then $MLFLOW_TRACKING_URI, then ./mlruns).
+        parent_run_id: nest the MLflow run under this run (study trials).
+        tags: extra MLflow tags.
+        on_epoch_end: called with (epoch, metrics) after each epoch's checkpoint, on rank 0; it
+            may raise to stop the run (Optuna pruning), and then every rank raises the same.
+        on_run_start: called with the MLflow run id once the run exists (rank 0).
+        print_progress: show a progress bar per epoch.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf.
+    """
+    runtime = Runtime.setup(experiment.runtime)
+    try:
+        training = prepare_training(experiment, runtime, output, run_name, tracking_uri)
+        start = _resume(training, resume_run) if resume else ResumePoint()
+        tracker = None
+        if runtime.is_main:
+            tracker = _open_run(training, start, run_name, parent_run_id, tags, tracking_uri)
+            if on_run_start is not None:
+                on_run_start(tracker.run_id)
+        try:
+            history, step = _train_epochs(training, start, tracker, on_epoch_end, print_progress)
+            metrics = dict(history[-1]) if history else {}
+            metrics.pop("epoch", None)
+            if runtime.is_main:
+                _final_checkpoint(training, history, step, tracker)
+                metrics.update(
+                    evaluate_benchmarks(
+                        training.method, training.experiment, runtime, training.config_hash, tracker
+                    )
+                )
+                log_artifacts(tracker, training.experiment, training.method, history, training.output)
+                tracker.finish("FINISHED")
+            return PretrainResult(
+                training.output / LAST, tracker.run_id if tracker else None, metrics, history
+            )
+        except BaseException as exc:
+            close_failed_run(tracker, exc)
+            raise
+    finally:
+        runtime.teardown()
+
+
+def _resume(training: Training, resume_run: bool) -> ResumePoint:
+    """Restore the last checkpoint (weights, optimizer, RNGs), or find the run of ``run.json``."""
+    return resume_point(
+        training.output,
+        training.config_hash,
+        training.method,
+        training.optimizer,
+        resume_run=resume_run,
+        is_main=training.runtime.is_main,
+    )
+
+
+def _open_run(
+    training: Training,
+    start: ResumePoint,
+    run_name: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str] | None,
+    tracking_uri: str | None,
+) -> RunLogger:
+    """Rank 0's MLflow run: continued or new (a new run of a resumed training gets the finished
+    epochs replayed); ``run.json`` names it until the first checkpoint does."""
+    tracker = open_run(
+        training.experiment,
+        training.runtime,
+        training.output,
+        run_name=run_name,
+        run_id=start.run_id,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        tracking_uri=tracking_uri,
+    )
+    if start.epoch:
+        tracker.set_tags({"resumed_from_epoch": start.epoch})
+    if start.run_id is None:
+        replay_history(tracker, start.history)
+    remember_run(training.output, tracker.run_id, training.config_hash)
+    return tracker
+
+
+def _train_epochs(
+    training: Training,
+    start: ResumePoint,
+    tracker: RunLogger | None,
+    on_epoch_end: EpochCallback | None,
+    print_progress: bool,
+) -> tuple[list[dict[str, float]], int]:
+    """Train the remaining epochs; after each, the kNN monitor, a checkpoint, the epoch's metrics
+    and ``on_epoch_end``. Returns the history of all epochs and the final global step."""
+    experiment, runtime, method = training.experiment, training.runtime, training.method
+    epochs, history = experiment.optim.epochs, list(start.history)
+    first = start.epoch if method.trainable else epochs  # nothing to train (random init): evaluate as built
+    if first >= epochs:
+        return history, start.step
+    if training.dataset.cache is not None:
+        fill_cache(training.dataset, experiment.data.train, runtime.is_main)
+    batches = iter(
+        train_loader(
+            training.dataset,
+            training.sampler,
+            training.local_batch,
+            first,
+            epochs,
+            workers=experiment.data.workers,
+            pin_memory=runtime.device.type == "cuda",
+            seed=experiment.runtime.seed,
+        )
+    )
+    steps_per_epoch = training.schedule.steps_per_epoch
+    context = EpochContext(
+        method,
+        training.optimizer,
+        runtime,
+        training.schedule,
+        log_every=experiment.runtime.log_every,
+        clip_grad=experiment.optim.clip_grad,
+        tracker=tracker,
+        step=start.step,
+    )
+    for epoch in range(first, epochs):
+        method.on_epoch_start(epoch)
+        show = runtime.is_main and print_progress
+        context.bar = ProgressBar(f"epoch {epoch + 1}/{epochs}", steps_per_epoch) if show else None
+        metrics = train_epoch(context, itertools.islice(batches, steps_per_epoch))
+        metrics.update(padding_counts(training.dataset))
+        if experiment.eval.knn_monitor and experiment.data.val and runtime.is_main:
+            metrics["knn_top1"] = knn_monitor_top1(method, experiment, runtime)
+        history.append({"epoch": epoch + 1, **metrics})
+        if runtime.is_main:
+            state = training_state(
+                method, training.optimizer, experiment, epoch + 1, context.step, history, tracker
+            )
+            save_checkpoint(training.output / LAST, state)
+            tracker.log_metrics({f"epoch.{k}": v for k, v in metrics.items()}, step=epoch + 1)
+            tracker.flush()
+        if on_epoch_end is not None:
+            on_main_then_all(on_epoch_end, runtime, epoch + 1, metrics)
+    return history, context.step
+
+
+def _final_checkpoint(
+    training: Training, history: list[dict[str, float]], step: int, tracker: RunLogger
+) -> None:
+    """A checkpoint for a run that wrote none (no epoch left to train) or trains nothing (random init)."""
+    if (training.output / LAST).is_file() and training.method.trainable:
+        return
+    epochs = training.experiment.optim.epochs
+    state = training_state(
+        training.method, training.optimizer, training.experiment, epochs, step, history, tracker
+    )
+    save_checkpoint(training.output / LAST, state)

@@ -1,0 +1,113 @@
+"""What a training checkpoint holds, and where a resumed training starts: after its last
+checkpoint, or in the MLflow run that ``run.json`` names when it was killed before the first one."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.atomic import atomic_file
+from harness.checkpoint import LAST, load_checkpoint, rng_state, set_rng_state
+from harness.config import Experiment
+from harness.redact import redact
+from harness.tracking import RunLogger
+from methods import SSLMethod
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"  # the MLflow run of the training in this folder, written when the run starts
+
+
+@dataclass
+class ResumePoint:
+    """Where a training starts: after ``epoch`` epochs and ``step`` steps, in run ``run_id`` (None: a new run)."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # the finished epochs' metrics
+    run_id: str | None = None
+
+
+def resume_point(
+    output: Path,
+    config_hash: str,
+    method: SSLMethod,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    resume_run: bool,
+    is_main: bool,
+) -> ResumePoint:
+    """Restore ``output/last.pt`` into ``method``, ``optimizer`` and the RNGs when it exists (refused
+    if another training config wrote it); without one, continue the run of ``run.json`` if it
+    belongs to this config. ``resume_run=False`` starts a new MLflow run either way.
+    """
+    if not (output / LAST).is_file():
+        run_id = _run_without_checkpoint(output, config_hash) if resume_run and is_main else None
+        return ResumePoint(run_id=run_id)
+    state = load_checkpoint(output / LAST, expected_hash=config_hash)
+    method.load_state_dict(state["method"])
+    if optimizer is not None and state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    if is_main:
+        print(f"resuming {output / LAST} after epoch {state['epoch']} (step {state['step']})", flush=True)
+    return ResumePoint(
+        state["epoch"], state["step"], list(state["history"]), state.get("run_id") if resume_run else None
+    )
+
+
+def training_state(
+    method: SSLMethod,
+    optimizer: torch.optim.Optimizer | None,
+    experiment: Experiment,
+    epoch: int,
+    step: int,
+    history: list[dict[str, float]],
+    tracker: RunLogger | None,
+) -> dict[str, Any]:
+    """The checkpoint of a training after ``epoch`` epochs: weights, optimizer, RNGs, history, run id."""
+    return {
+        "config_hash": experiment.training_hash(),
+        "config": redact(experiment.to_yaml()),  # no URL password on disk (rebuilding the method needs none)
+        "epoch": epoch,
+        "step": step,
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "rng": rng_state(),
+        "history": history,
+        "run_id": tracker.run_id if tracker is not None else None,
+    }
+
+
+def remember_run(output: Path, run_id: str, config_hash: str) -> None:
+    """Until a checkpoint holds the run id, record the run in ``output/run.json`` (atomically), so that
+    a training killed before its first checkpoint is resumed into the same MLflow run instead of
+    leaving it RUNNING forever."""
+    if (output / LAST).is_file():
+        return
+    try:
+        with atomic_file(output / RUN_FILE) as handle:
+            handle.write(json.dumps({"run_id": run_id, "config_hash": config_hash}))
+    except OSError as exc:  # a convenience only: the first checkpoint will hold the run id
+        log.warning(
+            "could not write %s (%s); a kill before the first checkpoint would start a new run",
+            output / RUN_FILE,
+            exc.strerror or exc,
+        )
+
+
+def _run_without_checkpoint(output: Path, config_hash: str) -> str | None:
+    """The run id in ``output/run.json`` when it belongs to this config, else None."""
+    try:
+        record = json.loads((output / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("config_hash") != config_hash:
+        return None
+    print(f"resuming MLflow run {record['run_id']}: it stopped before its first checkpoint", flush=True)
+    return record["run_id"]

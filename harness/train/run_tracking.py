@@ -1,0 +1,107 @@
+"""The MLflow run of a training (rank 0): opened with its tags and params or continued, the
+finished epochs replayed into a new run, the artifacts at the end, the reason when it fails."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from harness.config import Experiment
+from harness.runtime import Runtime
+from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
+from methods import SSLMethod
+
+log = logging.getLogger(__name__)
+
+
+def open_run(
+    experiment: Experiment,
+    runtime: Runtime,
+    output: Path,
+    *,
+    run_name: str | None,
+    run_id: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str] | None,
+    tracking_uri: str | None,
+) -> RunLogger:
+    """Continue run ``run_id``, or start a new one with the run's tags, flat params and config."""
+    uri = resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri)
+    data = experiment.data
+    run_tags = {
+        "method": experiment.method.name,
+        "backbone": experiment.backbone.name,
+        "rho": str(data.clips),
+        "dataset": data.dataset,
+        "config_hash": experiment.training_hash(),
+        "world_size": str(runtime.world_size),
+        "device": str(runtime.device),
+        **environment_tags(),
+        **(tags or {}),
+    }
+    tracker = RunLogger(
+        uri,
+        experiment.runtime.experiment,
+        run_name=run_name,
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+        tags=run_tags,
+    )
+    if run_id is None:
+        params = experiment.flat()
+        fps = data.fps
+        params["data.t_max_frames"] = (
+            "global"
+            if data.t_max is None
+            else (f"{data.t_max}s x fps" if fps is None else round(data.t_max * fps))
+        )
+        params["checkpoint_dir"] = str(output)
+        tracker.log_params(params)
+        tracker.log_text(experiment.to_yaml(), "config.yaml")
+    return tracker
+
+
+def replay_history(tracker: RunLogger, history: list[dict[str, float]]) -> None:
+    """Log the finished epochs' metrics into a new run of a resumed training (as ``epoch.*``)."""
+    for record in history:
+        tracker.log_metrics(
+            {f"epoch.{k}": v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"])
+        )
+
+
+def log_artifacts(
+    tracker: RunLogger,
+    experiment: Experiment,
+    method: SSLMethod,
+    history: list[dict[str, float]],
+    output: Path,
+) -> None:
+    """The training-curve PNG and, if asked, the encoder weights."""
+    if history:
+        from harness.report.plots import training_curves
+
+        png = training_curves(
+            history,
+            output / "training_curves.png",
+            title=f"{experiment.method.name} ρ={experiment.data.clips}",
+        )
+        tracker.log_artifact(png)
+    if experiment.runtime.save_encoder:
+        path = output / "encoder.pt"
+        torch.save(method.encoder.state_dict(), path)
+        tracker.log_artifact(path)
+
+
+def close_failed_run(tracker: RunLogger | None, exc: BaseException) -> None:
+    """End the run as KILLED (Ctrl-C) or FAILED with the reason; a tracking error here is only
+    logged, so that the original error is the one raised."""
+    if tracker is None:
+        return
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    try:
+        tracker.set_tags({"failure_reason": f"{exc.__class__.__name__}: {exc}"[:5000]})
+        tracker.finish(status)
+    except Exception as tracking_exc:  # keep the original error
+        log.warning("could not close the MLflow run: %s", tracking_exc)
