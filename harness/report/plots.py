@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.plots import plt
-from harness.study.tables import cell_stats
+from harness.report.stats import cell_stats
 
 FACTOR_TITLES = {
     "data.clips": "ρ (clips per video)",
