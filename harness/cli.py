@@ -157,10 +157,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.config, args.overrides)
     on_epoch_end, pruned = None, ()
-    if os.environ.get("RHO_TRIAL"):  # a rank of a study's torchrun trial (harness.study.runner)
+    if os.environ.get("RHO_TRIAL"):  # a rank of a study's torchrun trial (harness.study.launch)
         import optuna
 
-        from harness.study.runner import torchrun_pruning_callback
+        from harness.study import torchrun_pruning_callback
 
         on_epoch_end, pruned = torchrun_pruning_callback(), optuna.TrialPruned
 
@@ -201,8 +201,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _study_run(args: argparse.Namespace) -> int:
     from harness.redact import redact
-    from harness.study import load_study, prepare_study, run_worker
-    from harness.study.runner import resolve_storage, run_workers
+    from harness.study import load_study, prepare_study, resolve_storage, run_worker, run_workers
     from harness.tracking import resolve_tracking_uri
 
     spec = load_study(args.spec)
@@ -225,8 +224,7 @@ def _study_run(args: argparse.Namespace) -> int:
 
 
 def _study_worker(args: argparse.Namespace) -> int:
-    from harness.study import load_study, run_worker
-    from harness.study.runner import resolve_storage
+    from harness.study import load_study, resolve_storage, run_worker
 
     spec = load_study(args.spec)
     report = run_worker(
@@ -264,8 +262,7 @@ def _study_status(args: argparse.Namespace) -> int:
     import optuna
     import pandas as pd
 
-    from harness.study import trials_frame
-    from harness.study.runner import resolve_storage
+    from harness.study import resolve_storage, trials_frame
 
     storage_url = resolve_storage(args.storage)
     try:
@@ -286,8 +283,7 @@ def _study_status(args: argparse.Namespace) -> int:
 
 def _study_delete(args: argparse.Namespace) -> int:
     from harness.redact import redact
-    from harness.study import load_study
-    from harness.study.runner import delete_study, resolve_storage
+    from harness.study import delete_study, load_study, resolve_storage
 
     spec = load_study(args.spec, check_files=False)
     storage_url = resolve_storage(args.storage)
@@ -304,7 +300,7 @@ def _study_delete(args: argparse.Namespace) -> int:
 def _study_list(args: argparse.Namespace) -> int:
     import optuna
 
-    from harness.study.runner import resolve_storage
+    from harness.study import resolve_storage
 
     summaries = optuna.get_all_study_summaries(resolve_storage(args.storage), include_best_trial=True)
     if not summaries:
@@ -424,7 +420,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
     from harness.dashboard import dashboard_server
     from harness.redact import redact
-    from harness.study.runner import resolve_storage
+    from harness.study import resolve_storage
 
     storage_url = resolve_storage(args.storage)
     try:

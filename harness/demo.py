@@ -17,8 +17,16 @@ import pandas as pd
 
 from harness.data.synth import FORMAT_VERSION, SynthSpec, synthesize
 from harness.report import write_report
-from harness.study import comparison_table, load_study, prepare_study, run_worker, trials_frame
-from harness.study.runner import StudyChangedError, delete_study, resolve_storage
+from harness.study import (
+    StudyChangedError,
+    comparison_table,
+    delete_study,
+    load_study,
+    prepare_study,
+    resolve_storage,
+    run_worker,
+    trials_frame,
+)
 from harness.tracking import resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]

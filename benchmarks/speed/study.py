@@ -1,6 +1,6 @@
 """Study efficiency: ``lr_search`` with its median pruner vs the same search without a pruner.
 
-Both runs go through the real study runner (``harness.study.runner.run_worker``: Optuna TPE
+Both runs go through the real study runner (``harness.study.run_worker``: Optuna TPE
 on a fresh sqlite storage, one MLflow child run per trial) with the same spec, seeds and
 number of trials; only ``pruner`` differs. Trial-epochs count the epochs each trial trained
 (a pruned trial stops after its last reported epoch). The best objective is the best linear
@@ -23,8 +23,8 @@ from harness.config import read_yaml
 from harness.data.manifest import num_classes, read_manifest
 from harness.speed import Check, SpeedContext, SpeedResult
 from harness.speed.media import demo_data_root, rho_data
-from harness.study.runner import ATTR_DUPLICATE, ATTR_SURPLUS, make_storage, open_study, run_worker
-from harness.study.spec import parse_study
+from harness.study import make_storage, open_study, parse_study, run_worker
+from harness.study.attrs import ATTR_DUPLICATE, ATTR_SURPLUS
 
 TITLE = "lr_search with its median pruner vs without: trial-epochs spent and best objective"
 GOAL = "at least 40% fewer trial-epochs for an equal best objective (within seed noise)"

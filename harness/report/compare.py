@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.report.references import references_for
-from harness.study.tables import cell_stats
+from harness.report.stats import cell_stats
 
 BASELINE_COLUMN = "baseline"
 PREFERRED_ROWS = ("method.name", "backbone.name")

@@ -11,7 +11,7 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.study.tables import cell_stats  # noqa: E402
+from harness.report.stats import cell_stats  # noqa: E402
 
 FACTOR_TITLES = {
     "data.clips": "ρ (clips per video)",

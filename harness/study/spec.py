@@ -40,8 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.config import ConfigError, Experiment, flatten, load_experiment, read_yaml, set_dotted
 
 TOP_KEYS = (
@@ -388,8 +386,3 @@ def _parse_limits(source: str, limits: Any, spec: StudySpec) -> None:
 def dump_point(overrides: dict[str, Any]) -> str:
     """A point's overrides as canonical JSON (stored on the Optuna trial)."""
     return json.dumps(overrides, sort_keys=True, default=str)
-
-
-def spec_yaml(spec: StudySpec) -> str:
-    """The spec's base experiment, for the record in MLflow."""
-    return yaml.safe_dump({"name": spec.name, "base": spec.base, "grid": spec.grid}, sort_keys=False)

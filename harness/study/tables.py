@@ -8,9 +8,17 @@ import math
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
-from scipy.stats import t as student_t
 
-from harness.study.runner import ATTR_DUPLICATE, ATTR_POINT, ATTR_REASON, ATTR_RUN, ATTR_SEED, ATTR_SURPLUS
+from harness.study.attrs import (
+    ATTR_DUPLICATE,
+    ATTR_DURATION,
+    ATTR_METRIC_PREFIX,
+    ATTR_POINT,
+    ATTR_REASON,
+    ATTR_RUN,
+    ATTR_SEED,
+    ATTR_SURPLUS,
+)
 from harness.study.spec import Point
 
 
@@ -31,39 +39,18 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         if point is not None:
             row.update(point.label())
         row["objective"] = trial.value if trial.state == TrialState.COMPLETE else None
-        row.update({k.removeprefix("metric."): v for k, v in attrs.items() if k.startswith("metric.")})
-        row["duration_s"] = attrs.get("duration_s")
+        row.update(
+            {
+                k.removeprefix(ATTR_METRIC_PREFIX): v
+                for k, v in attrs.items()
+                if k.startswith(ATTR_METRIC_PREFIX)
+            }
+        )
+        row["duration_s"] = attrs.get(ATTR_DURATION)
         row["mlflow_run_id"] = attrs.get(ATTR_RUN)
         row["failure_reason"] = attrs.get(ATTR_REASON)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def cell_stats(frame: pd.DataFrame, rows: str, columns: str, metric: str) -> pd.DataFrame:
-    """``metric`` per (rows, columns) cell of ``frame`` (one row per run or trial), over seeds.
-
-    Returns one row per cell: ``rows``, ``columns`` (as header labels; a missing value, such as
-    the ρ of a random-init baseline, is "-"), ``n``, ``mean``, ``std`` (sample, NaN for n = 1)
-    and the 95% Student-t interval of the mean ``ci_low``, ``ci_high`` (NaN for n = 1), in
-    natural order (1, 2, 10; not "1", "10", "2"). Rows without a value of ``metric`` are left out.
-    """
-    out_columns = [rows, columns, "n", "mean", "std", "ci_low", "ci_high"]
-    if frame.empty or metric not in frame:
-        return pd.DataFrame(columns=out_columns)
-    data = frame[frame[metric].notna()].copy()
-    for key in (rows, columns):
-        data[key] = data[key].map(_label) if key in data else "-"
-    grouped = data.groupby([rows, columns], sort=False)[metric]
-    stats = grouped.agg(n="count", mean="mean", std="std").reset_index()
-    half = [
-        float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-        for n, std in zip(stats["n"], stats["std"], strict=True)
-    ]
-    stats["ci_low"] = stats["mean"] - half
-    stats["ci_high"] = stats["mean"] + half
-    order = stats[rows].map(_natural).to_list(), stats[columns].map(_natural).to_list()
-    stats = stats.iloc[sorted(range(len(stats)), key=lambda i: (order[0][i], order[1][i]))]
-    return stats[out_columns].reset_index(drop=True)
 
 
 def comparison_table(frame: pd.DataFrame, rows: str, columns: str, metric: str) -> pd.DataFrame:
@@ -71,6 +58,10 @@ def comparison_table(frame: pd.DataFrame, rows: str, columns: str, metric: str) 
 
     Points without a ``rows`` or ``columns`` value (baselines such as random init) show "-" there.
     """
+    # Imported here: harness.report's package pulls in matplotlib, which workers and `rho dashboard`
+    # (importing harness.study) do not need.
+    from harness.report.stats import cell_stats, natural_key
+
     done = frame[frame["state"] == "COMPLETE"] if not frame.empty else frame
     stats = cell_stats(done, rows, columns, metric)
     if stats.empty:
@@ -83,25 +74,6 @@ def comparison_table(frame: pd.DataFrame, rows: str, columns: str, metric: str) 
     stats["cell"] = stats.apply(cell, axis=1)
     table = stats.pivot(index=rows, columns=columns, values="cell")
     table = table.reindex(index=list(dict.fromkeys(stats[rows])), columns=list(dict.fromkeys(stats[columns])))
-    table = table.reindex(columns=sorted(table.columns, key=_natural)).fillna("")
+    table = table.reindex(columns=sorted(table.columns, key=natural_key)).fillna("")
     table.index.name, table.columns.name = rows, columns
     return table
-
-
-def _natural(label: str) -> tuple:
-    """Sort key of a header label: numbers by value first, then text, "-" last."""
-    if label == "-":
-        return (2, 0.0, label)
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
-
-
-def _label(value) -> str:
-    """A table header: whole floats as ints (pandas turns int columns with gaps into floats), NaN as "-"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

@@ -12,7 +12,7 @@ from harness.preflight import NotWritableError
 from harness.report import ReportError
 from harness.retry import ServiceUnavailableError
 from harness.speed import SpeedError
-from harness.study.runner import StudyChangedError
+from harness.study import StudyChangedError
 from harness.study.storage import StorageUnavailableError
 from harness.tracking import TrackingUnavailableError
 

@@ -24,7 +24,7 @@ from scipy import stats as scipy_stats
 from harness.report import write_report
 from harness.report.compare import reference_table
 from harness.report.plots import pareto_front
-from harness.study.tables import cell_stats
+from harness.report.stats import cell_stats
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"

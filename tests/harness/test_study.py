@@ -17,7 +17,7 @@ from tiny_data import tiny_experiment_tree
 from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError
 from harness.study import load_study
-from harness.study.runner import ATTR_PARENT
+from harness.study.attrs import ATTR_PARENT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -308,7 +308,7 @@ def run_watching_children(args: list[str], tmp_path: Path, timeout: float = 600)
 
 
 def test_worker_argv_holds_no_store_url():
-    from harness.study.runner import worker_command
+    from harness.study import worker_command
 
     storage, tracking = "postgresql://rho:s3cret@db:5432/optuna", "http://user:t0ken@mlflow:5000"
     command, env = worker_command("studies/demo.yaml", storage, tracking, gpus_per_trial=2)

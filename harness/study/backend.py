@@ -1,0 +1,143 @@
+"""The study's Optuna backend: storage URL and storage, sampler and pruner, and the reads and writes
+of trials in the storage. The one module that reaches into Optuna's internals (a study's storage,
+a trial's id, the system attributes Optuna keeps); the rest of the study code goes through it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from harness.preflight import check_store
+from harness.study.spec import StudySpec
+from harness.study.storage import ReconnectingRDBStorage
+
+# We drive heartbeats ourselves (ask/tell with a heartbeat thread), which Optuna warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def resolve_storage(url: str | None) -> str:
+    """``--storage``, else ``$RHO_STORAGE``, else the embedded sqlite file under ./mlruns."""
+    url = url or os.environ.get("RHO_STORAGE")
+    if url:
+        return url
+    Path("mlruns").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('mlruns/optuna.db').resolve()}"
+
+
+def make_storage(url: str, spec: StudySpec | None = None) -> RDBStorage:
+    """An RDBStorage with heartbeats that rides out database restarts (``harness.study.storage``);
+    stale trials are retried up to ``limits.max_retries`` times."""
+    check_store(url, "Optuna storage")
+    limits = spec.limits if spec else {"heartbeat_interval": 10, "grace_period": 60, "max_retries": 2}
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return ReconnectingRDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=int(limits["heartbeat_interval"]) or 1,
+        grace_period=int(limits["grace_period"]) or 2,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=limits["max_retries"]),
+    )
+
+
+def open_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
+    """Create or load the Optuna study of ``spec``."""
+    sampler = (
+        optuna.samplers.RandomSampler(seed=spec.seeds[0])
+        if spec.sampler == "random"
+        else optuna.samplers.TPESampler(
+            seed=spec.seeds[0], n_startup_trials=max(2, min(10, spec.n_trials // 3))
+        )
+    )
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(**pruner_settings(spec)),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+
+
+def pruner_settings(spec: StudySpec) -> dict[str, Any]:
+    """``make_pruner``'s arguments for ``spec`` (plain values, so that a torchrun trial's ranks get
+    them as JSON): its pruner and warm-up, and the epochs of its validated base experiment."""
+    epochs = spec.experiment({}, spec.seeds[0], check_files=False).optim.epochs
+    return {"kind": spec.pruner, "warmup": spec.pruner_warmup, "epochs": epochs}
+
+
+def make_pruner(kind: str, warmup: int, epochs: int) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of a spec's ``pruner`` (``none``, ``median``, ``hyperband``)."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup), max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, dict[str, float]], None]:
+    """An ``on_epoch_end`` that reports ``metric`` to Optuna and raises TrialPruned when the pruner says so."""
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if metric in metrics:
+            trial.report(metrics[metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={metrics[metric]:.4g}")
+
+    return report_epoch
+
+
+def open_trial(study_name: str, storage_url: str, trial_id: int, pruner: dict[str, Any]) -> optuna.Trial:
+    """The running trial ``trial_id`` of a study, opened from another process (a torchrun rank)
+    with the study's pruner (``pruner_settings``)."""
+    study = optuna.load_study(
+        study_name=study_name, storage=make_storage(storage_url), pruner=make_pruner(**pruner)
+    )
+    return optuna.trial.Trial(study, trial_id)
+
+
+def reload_study(study: optuna.Study) -> optuna.Study:
+    """The study read again from its storage (what another machine may have written since)."""
+    return optuna.load_study(study_name=study.study_name, storage=study._storage)
+
+
+def delete_from_storage(study: optuna.Study) -> None:
+    """Delete the study and its trials from its storage."""
+    optuna.delete_study(study_name=study.study_name, storage=study._storage)
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (unique across studies, unlike its number)."""
+    return trial._trial_id
+
+
+def stored_trial(trial: optuna.Trial) -> FrozenTrial:
+    """The trial as its storage has it now (attributes set by other code or processes included)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def set_trial_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    """Write a user attribute of the trial straight to its storage."""
+    trial.study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def record_heartbeat(trial: optuna.Trial) -> None:
+    """Tell the storage that the trial's worker is alive (``limits.heartbeat_interval``)."""
+    trial.study._storage.record_heartbeat(trial._trial_id)
+
+
+def was_enqueued(frozen: FrozenTrial) -> bool:
+    """Whether the trial was queued with fixed parameters (``Study.enqueue_trial``), not sampled."""
+    return "fixed_params" in frozen.system_attrs
+
+
+def retry_of(frozen: FrozenTrial) -> int | None:
+    """The number of the stale trial this one retries (``RetryHeartbeatStaleTrialCallback``), if any."""
+    return frozen.system_attrs.get("failed_trial")

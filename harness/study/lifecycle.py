@@ -1,0 +1,126 @@
+"""A study's life: created (or resumed) from its spec, guarded by the spec's fingerprint, given one
+MLflow parent run, its points queued; and deleted with its checkpoints.
+
+Layout: Optuna study ``<name>`` (user attrs: the MLflow parent run id, the fingerprint), MLflow
+experiment ``<name>`` with one parent run and one child run per trial; checkpoints under
+``runtime.output_dir/<name>/<point key>``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from harness.config import ConfigError
+from harness.redact import redact
+from harness.study.attrs import ATTR_FINGERPRINT, ATTR_PARENT
+from harness.study.backend import delete_from_storage, make_storage, open_study, reload_study
+from harness.study.queue import enqueue_points
+from harness.study.spec import StudySpec
+from harness.tracking import RunLogger
+
+
+def ensure_parent_run(study: optuna.Study, spec: StudySpec, tracking_uri: str) -> str:
+    """The study's MLflow parent run, created once and remembered in the study's user attrs."""
+    existing = study.user_attrs.get(ATTR_PARENT)
+    if existing:
+        return existing
+    parent = RunLogger(
+        tracking_uri,
+        spec.name,
+        run_name=spec.name,
+        tags={"rho.role": "study", "study": spec.name, "mlflow.note.content": spec.description},
+        system_metrics=False,
+    )
+    parent.log_params(
+        {
+            "grid": json.dumps(spec.grid, default=str)[:6000],
+            "seeds": spec.seeds,
+            "objective": spec.objective_metric,
+            "direction": spec.direction,
+            "pruner": spec.pruner,
+        }
+    )
+    study.set_user_attr(ATTR_PARENT, parent.run_id)
+    winner = reload_study(study).user_attrs.get(ATTR_PARENT)
+    if winner != parent.run_id:  # another machine created one at the same moment: use theirs
+        parent.client.delete_run(parent.run_id)
+        return winner
+    return parent.run_id
+
+
+def prepare_study(
+    spec: StudySpec,
+    storage_url: str,
+    tracking_uri: str,
+    extra: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> tuple[int, str]:
+    """Create or load the study, queue its missing points and make sure its MLflow parent run
+    exists; returns (points newly queued, parent run id).
+
+    Raises:
+        StudyChangedError: the study exists from another spec (``StudySpec.fingerprint`` with
+            ``extra``): resuming it would mix their results with this spec's. With ``strict``, a
+            study with trials but no fingerprint (begun before fingerprints) counts as changed.
+    """
+    study = open_study(spec, make_storage(storage_url, spec))
+    check_fingerprint(study, spec, storage_url, extra, strict)
+    added = enqueue_points(study, spec)
+    return added, ensure_parent_run(study, spec, tracking_uri)
+
+
+class StudyChangedError(ConfigError):
+    """The study exists from another spec (``check_fingerprint``)."""
+
+
+def check_fingerprint(
+    study: optuna.Study,
+    spec: StudySpec,
+    storage_url: str,
+    extra: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> None:
+    """Remember the spec's fingerprint on the study, or refuse a spec that changed since."""
+    current, stored = spec.fingerprint(extra), study.user_attrs.get(ATTR_FINGERPRINT)
+    if stored is None and strict and study.get_trials(deepcopy=False):
+        stored = "none"
+    if stored is None:
+        study.set_user_attr(ATTR_FINGERPRINT, current)
+    elif stored != current:
+        raise StudyChangedError(
+            "name",
+            spec.name,
+            f"study {spec.name!r} in {redact(storage_url)} was created from another spec (base config, "
+            f"per_method, grid, baselines, seeds or search space; fingerprint {stored}, this spec "
+            f"{current}), so it cannot resume with this one. "
+            f"Give this spec a new name to keep both, or start it over: rho study delete {spec.path or spec.name}",
+            source=str(spec.path) if spec.path else None,
+        )
+
+
+def delete_study(spec: StudySpec, storage_url: str) -> tuple[int, list[Path]]:
+    """Delete the spec's Optuna study and its trials' checkpoint folders; its MLflow runs stay.
+
+    Returns (trials deleted, checkpoint folders removed).
+    """
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=make_storage(storage_url))
+    except KeyError:
+        trials = 0
+    else:
+        trials = len(study.get_trials(deepcopy=False))
+        delete_from_storage(study)
+    points = [(point.overrides, point.seed) for point in spec.points()] + [({}, spec.seeds[0])]
+    folders = {
+        Path(spec.experiment(overrides, seed, check_files=False).runtime.output_dir) / spec.name
+        for overrides, seed in points
+    }
+    removed = sorted(folder for folder in folders if folder.is_dir())
+    for folder in removed:
+        shutil.rmtree(folder)
+    return trials, removed

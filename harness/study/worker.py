@@ -1,0 +1,275 @@
+"""A study's worker: take trials and run them, each a pretraining in an MLflow child run.
+
+A worker (``run_worker``) loops: fail stale trials (a dead worker's trial is marked failed
+and re-queued by ``RetryHeartbeatStaleTrialCallback``), take the next waiting trial — or ask
+the sampler for a new one while the search budget lasts (``harness.study.queue``) — and run it
+with a heartbeat thread. A trial's checkpoint folder is a function of its point and seed, so a
+re-queued trial resumes where the dead one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from harness.errors import EnvironmentFailure
+from harness.preflight import check_store
+from harness.redact import redact
+from harness.study.attrs import (
+    ATTR_DURATION,
+    ATTR_KEY,
+    ATTR_METRIC_PREFIX,
+    ATTR_POINT,
+    ATTR_REASON,
+    ATTR_RUN,
+    ATTR_SEED,
+)
+from harness.study.backend import (
+    make_storage,
+    open_study,
+    pruning_callback,
+    record_heartbeat,
+    retry_of,
+    set_trial_attr,
+    stored_trial,
+    trial_id,
+)
+from harness.study.launch import run_torchrun
+from harness.study.lifecycle import ensure_parent_run
+from harness.study.queue import next_trial, trial_point, wait_for_stale
+from harness.study.spec import StudySpec, dump_point
+from harness.tracking import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did."""
+
+    completed: int = 0
+    failed: int = 0
+    pruned: int = 0
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds from a daemon thread."""
+
+    def __init__(self, trial: optuna.Trial, interval: float):
+        self.trial, self.interval = trial, interval
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                record_heartbeat(self.trial)
+            except Exception as exc:  # a storage hiccup: the next beat tries again
+                log.warning("heartbeat of trial %s failed: %s", trial_id(self.trial), redact(str(exc)))
+
+    def __enter__(self) -> Heartbeat:
+        record_heartbeat(self.trial)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join()
+
+
+def run_worker(
+    spec: StudySpec,
+    storage_url: str,
+    tracking_uri: str | None = None,
+    gpus_per_trial: int = 0,
+    quiet: bool = False,
+) -> WorkerReport:
+    """Take and run trials of ``spec`` until none is left (or a limit is reached)."""
+    storage = make_storage(storage_url, spec)
+    study = open_study(spec, storage)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    check_store(tracking_uri, "MLflow store")
+    parent_run_id = ensure_parent_run(study, spec, tracking_uri)
+    report = WorkerReport()
+    started = time.monotonic()
+    timeout, max_failures = spec.limits["timeout"], spec.limits["max_failures"]
+    while True:
+        if timeout is not None and time.monotonic() - started > timeout:
+            print(f"study {spec.name}: timeout of {timeout} s reached; not starting more trials", flush=True)
+            break
+        if max_failures is not None and _count(study, TrialState.FAIL) >= max_failures:
+            print(
+                f"study {spec.name}: {max_failures} failed trials; stopping (limits.max_failures)", flush=True
+            )
+            break
+        fail_stale_trials(study)
+        trial = next_trial(study, spec)
+        if trial is None:
+            if wait_for_stale(study, spec):
+                continue
+            break
+        state = _run_trial(
+            study,
+            spec,
+            trial,
+            storage_url=storage.url,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            gpus_per_trial=gpus_per_trial,
+            quiet=quiet,
+        )
+        report.completed += state == TrialState.COMPLETE
+        report.failed += state == TrialState.FAIL
+        report.pruned += state == TrialState.PRUNED
+    return report
+
+
+def _count(study: optuna.Study, state: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def _run_trial(
+    study: optuna.Study,
+    spec: StudySpec,
+    trial: optuna.Trial,
+    *,
+    storage_url: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    gpus_per_trial: int,
+    quiet: bool,
+) -> TrialState:
+    """Run one trial in this process (or as a torchrun job) under a heartbeat; tell Optuna the outcome."""
+    from harness.train import pretrain
+
+    point = trial_point(spec, trial)
+    set_trial_attr(trial, ATTR_KEY, point.key)
+    set_trial_attr(trial, ATTR_POINT, dump_point(point.overrides))
+    set_trial_attr(trial, ATTR_SEED, point.seed)
+    previous_number = retry_of(stored_trial(trial))
+    if (
+        previous_number is None
+    ):  # re-queued by a re-run after a failure (a tracking server that was down, say)
+        previous_number = _last_failed_attempt(study, point.key, trial.number)
+    experiment = spec.experiment(point.overrides, point.seed)
+    experiment.runtime.experiment = spec.name
+    output = Path(experiment.runtime.output_dir) / spec.name / point.key
+    label = ", ".join(f"{k}={v}" for k, v in point.label().items())
+    tags = {"study": spec.name, "trial": str(trial.number), "seed": str(point.seed), "rho.key": point.key}
+    tags.update({f"swept.{k}": str(v) for k, v in point.label().items()})
+    if previous_number is not None:
+        previous = study.trials[previous_number]
+        tags["retry_of_trial"] = str(previous_number)
+        if previous.user_attrs.get(ATTR_RUN):
+            tags["retry_of_run"] = previous.user_attrs[ATTR_RUN]
+            _close_dead_run(tracking_uri, previous.user_attrs[ATTR_RUN])
+    if not quiet:
+        resumed = " (resuming)" if (output / "last.pt").is_file() else ""
+        print(f"\n== trial {trial.number} of study {spec.name}: {label}{resumed}", flush=True)
+
+    report_epoch = pruning_callback(trial, spec.pruner_metric) if spec.pruner != "none" else None
+    started = time.monotonic()
+
+    def remember_run(run_id: str) -> None:
+        set_trial_attr(trial, ATTR_RUN, run_id)
+
+    with Heartbeat(trial, spec.limits["heartbeat_interval"] or 1):
+        try:
+            if gpus_per_trial > 1:
+                metrics = run_torchrun(
+                    spec,
+                    trial,
+                    experiment,
+                    output,
+                    gpus=gpus_per_trial,
+                    tracking_uri=tracking_uri,
+                    storage_url=storage_url,
+                    parent_run_id=parent_run_id,
+                    tags=tags,
+                    on_run_start=remember_run,
+                )
+            else:
+                result = pretrain(
+                    experiment,
+                    resume=True,
+                    resume_run=False,
+                    output=output,
+                    run_name=f"{spec.name}-t{trial.number}",
+                    tracking_uri=tracking_uri,
+                    parent_run_id=parent_run_id,
+                    tags=tags,
+                    on_epoch_end=report_epoch,
+                    on_run_start=remember_run,
+                    print_progress=not quiet,
+                )
+                metrics = result.metrics
+        except optuna.TrialPruned as exc:
+            set_trial_attr(trial, ATTR_REASON, str(exc))
+            study.tell(trial, state=TrialState.PRUNED)
+            print(f"trial {trial.number} pruned: {exc}", flush=True)
+            return TrialState.PRUNED
+        except EnvironmentFailure as exc:  # the machine, not the trial: record it and stop this worker
+            reason = redact(f"{exc.__class__.__name__}: {exc}")[:2000]
+            try:  # the storage may be on the same full disk, or down
+                set_trial_attr(trial, ATTR_REASON, reason)
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception as storage_exc:
+                log.warning(
+                    "could not record the failure of trial %s: %s", trial.number, redact(str(storage_exc))
+                )
+            print(f"trial {trial.number} FAILED: {reason}; stopping this worker", flush=True)
+            raise
+        except KeyboardInterrupt:
+            set_trial_attr(trial, ATTR_REASON, "interrupted (Ctrl-C); re-run to resume")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:
+            reason = redact(f"{exc.__class__.__name__}: {exc}")[:2000]
+            set_trial_attr(trial, ATTR_REASON, reason)
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number} FAILED: {reason}", flush=True)
+            log.debug("trial failure", exc_info=True)
+            return TrialState.FAIL
+    duration = time.monotonic() - started
+    for key, value in metrics.items():
+        set_trial_attr(trial, f"{ATTR_METRIC_PREFIX}{key}", float(value))
+    set_trial_attr(trial, ATTR_DURATION, round(duration, 1))
+    if spec.objective_metric not in metrics:
+        reason = f"objective metric {spec.objective_metric!r} was not produced; got {sorted(metrics)}"
+        set_trial_attr(trial, ATTR_REASON, reason)
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number} FAILED: {reason}", flush=True)
+        return TrialState.FAIL
+    study.tell(trial, float(metrics[spec.objective_metric]))
+    return TrialState.COMPLETE
+
+
+def _last_failed_attempt(study: optuna.Study, key: str, number: int) -> int | None:
+    """The number of the latest failed earlier trial of the same point, if any."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return max(
+        (t.number for t in failed if t.user_attrs.get(ATTR_KEY) == key and t.number < number), default=None
+    )
+
+
+def _close_dead_run(tracking_uri: str, run_id: str) -> None:
+    """Mark the MLflow run of a dead attempt FAILED (its process could not)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            reason = (
+                "the attempt ended without closing its run (worker died or lost the tracking store); retried"
+            )
+            client.set_tag(run_id, "failure_reason", reason)
+            client.set_terminated(run_id, "FAILED")
+    except Exception as exc:
+        log.warning("could not close the dead run %s: %s", run_id, redact(str(exc)))
