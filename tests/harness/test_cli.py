@@ -14,7 +14,8 @@ import yaml
 from mlflow import MlflowClient
 from tiny_data import tiny_experiment_tree, write_tiny_knn_benchmark
 
-from harness.cli import _warn_passwords_in_argv, build_parser, main
+from harness.cli import build_parser, main
+from harness.cli.common import warn_passwords_in_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,17 +100,17 @@ def test_every_subcommand_has_useful_help(capsys):
 def test_a_password_on_the_command_line_draws_a_warning_that_does_not_repeat_it(capsys):
     parser = build_parser()
     secret = "postgresql://rho:s3cret@db.example:5432/optuna"
-    _warn_passwords_in_argv(parser.parse_args(["study", "run", "x.yaml", "--storage", secret]))
+    warn_passwords_in_argv(parser.parse_args(["study", "run", "x.yaml", "--storage", secret]))
     err = capsys.readouterr().err
     assert "--storage" in err and "RHO_STORAGE" in err and "s3cret" not in err
-    _warn_passwords_in_argv(
+    warn_passwords_in_argv(
         parser.parse_args(
             ["study", "run", "x.yaml", "--storage", "sqlite:///o.db", "--tracking-uri", "http://u:pw@h:5000"]
         )
     )
     err = capsys.readouterr().err
     assert "--tracking-uri" in err and "--storage" not in err and "pw@" not in err
-    _warn_passwords_in_argv(parser.parse_args(["study", "list", "--storage", "postgresql://rho@db/optuna"]))
+    warn_passwords_in_argv(parser.parse_args(["study", "list", "--storage", "postgresql://rho@db/optuna"]))
     assert capsys.readouterr().err == ""
 
 

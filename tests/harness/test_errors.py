@@ -3,7 +3,7 @@
 import pytest
 
 from harness.checkpoint import CheckpointError, CheckpointWriteError
-from harness.cli import UserError
+from harness.cli.common import UserError
 from harness.config import ConfigError
 from harness.data.importers import DatasetLayoutError
 from harness.data.manifest import ManifestError

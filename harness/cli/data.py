@@ -1,0 +1,198 @@
+"""``rho data``: synthesise, check, inspect and import video datasets."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from harness.cli.common import UserError
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from harness.data.synth import SynthSpec, synthesize
+    from harness.progress import ProgressBar
+
+    try:
+        spec = SynthSpec(
+            train_videos=args.train,
+            val_videos=args.val,
+            classes=args.classes,
+            duration=args.duration,
+            fps=args.fps,
+            size=args.size,
+            seed=args.seed,
+            constant_nuisance=args.constant_nuisance,
+            **({} if args.drift is None else {"drift": args.drift}),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    started = time.monotonic()
+    bar = ProgressBar("synth", args.train + args.val, log_every=100)
+    paths = synthesize(
+        args.out, spec, workers=args.workers, progress=lambda done, total: bar.update(done, {})
+    )
+    print(f"dataset in {args.out} ({time.monotonic() - started:.1f} s)")
+    for split, path in paths.items():
+        print(f"  {split:5} manifest: {path}")
+    return 0
+
+
+def _add_synth_parser(data: argparse._SubParsersAction) -> None:
+    synth = data.add_parser(
+        "synth",
+        help="generate the synthetic dataset (H.264 mp4 + manifests)",
+        description="Generate a labelled synthetic video dataset: a class-defining object whose pose, "
+        "motion, scale, colour, lighting, background and occluders drift over time. Cached: the same "
+        "options on an existing dataset do nothing.",
+    )
+    synth.add_argument("out", help="output folder (videos/, train.csv, val.csv, classes.txt)")
+    synth.add_argument("--train", type=int, default=320, help="training videos (default 320)")
+    synth.add_argument("--val", type=int, default=160, help="validation videos (default 160)")
+    synth.add_argument("--classes", type=int, default=8, help="classes (default 8)")
+    synth.add_argument("--duration", type=float, default=4.0, help="seconds per video (default 4)")
+    synth.add_argument("--fps", type=int, default=16, help="frame rate (default 16)")
+    synth.add_argument("--size", type=int, default=64, help="frame side in pixels, even (default 64)")
+    synth.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same files")
+    synth.add_argument(
+        "--constant-nuisance", action="store_true", help="the control: nuisances constant within each video"
+    )
+    synth.add_argument(
+        "--drift",
+        type=float,
+        help="how far nuisances move towards a fresh draw at each keyframe, 0..1 (default: the demo's)",
+    )
+    synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    synth.set_defaults(func=_data_synth)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from harness.data.check import check_manifest
+
+    results = check_manifest(args.manifest, full=args.full, threads=args.threads)
+    bad = [r for r in results if not r.ok]
+    for result in bad:
+        print(f"BAD  {result.path}: {result.reason}")
+    print(f"{len(results) - len(bad)} of {len(results)} videos ok, {len(bad)} bad")
+    return 1 if bad else 0
+
+
+def _add_check_parser(data: argparse._SubParsersAction) -> None:
+    check = data.add_parser(
+        "check",
+        help="list unreadable, truncated or missing videos",
+        description="Open and decode every video of MANIFEST; print each bad one; exit 1 if any is bad.",
+    )
+    check.add_argument("manifest")
+    check.add_argument(
+        "--full", action="store_true", help="decode every frame, not just the first and last second"
+    )
+    check.add_argument("--threads", type=int, default=4, help="decoding threads (default 4)")
+    check.set_defaults(func=_data_check)
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.config import load_experiment
+    from harness.train import train_dataset
+
+    experiment = load_experiment(args.config, args.overrides)
+    data = experiment.data
+    dataset = train_dataset(experiment)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=min(args.batch, len(dataset)), shuffle=True, num_workers=data.workers
+    )
+    started = time.monotonic()
+    batch = next(iter(loader))
+    elapsed = time.monotonic() - started
+    clips = batch["clips"]
+    span = (data.frames - 1) * data.stride + 1
+    print(f"manifest      {data.train} ({len(dataset)} videos)")
+    print(
+        f"clips         {tuple(clips.shape)}  [B, V, C, T, H, W]  rho={data.clips} T={data.frames} stride={data.stride}"
+    )
+    print(f"clip span     {span} frames; t_max={data.t_max if data.t_max is not None else 'global'}")
+    print(f"values        mean {clips.mean():+.3f} std {clips.std():.3f} (normalised)")
+    print(f"labels        {batch['label'].tolist()}")
+    starts = batch["starts"]
+    gaps = (starts.max(1).values - starts.min(1).values).tolist()
+    print(
+        f"start gaps    {', '.join(f'{g:.2f}' for g in gaps)} s (max distance between a video's clip starts)"
+    )
+    print(
+        f"padded/skip   {int(batch['padded'].sum())} frames padded, {int(batch['skipped'].sum())} videos skipped"
+    )
+    print(f"decode time   {elapsed:.2f} s for one batch with {data.workers} workers")
+    return 0
+
+
+def _add_inspect_parser(data: argparse._SubParsersAction) -> None:
+    inspect = data.add_parser(
+        "inspect",
+        help="decode one training batch of a config and summarise it",
+        description="Build the training dataset of CONFIG, decode one batch and print its shapes and statistics.",
+    )
+    inspect.add_argument("config")
+    inspect.add_argument("overrides", nargs="*", metavar="key=value")
+    inspect.add_argument("--batch", type=int, default=8, help="videos in the batch (default 8)")
+    inspect.set_defaults(func=_data_inspect)
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    from harness.data import importers
+
+    fmt = args.format
+    if fmt == "folders":
+        written = importers.from_folders(args.root, args.out, val_fraction=args.val_fraction, seed=args.seed)
+    elif fmt == "ucf101":
+        written = importers.from_ucf101(args.videos, args.splits, args.out, split=args.split)
+    elif fmt == "hmdb51":
+        written = importers.from_hmdb51(args.videos, args.splits, args.out, split=args.split)
+    elif fmt == "kinetics":
+        written = importers.from_kinetics(args.csv, args.videos, args.out)
+    else:
+        written = importers.from_ssv2(args.labels, args.split_json, args.videos, args.out)
+    for path in written if isinstance(written, (list, tuple)) else [written]:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_import_parser(data: argparse._SubParsersAction) -> None:
+    imports = data.add_parser("import", help="turn a public dataset layout into manifests").add_subparsers(
+        dest="format", metavar="FORMAT", required=True
+    )
+    folders = imports.add_parser("folders", help="class-per-folder tree: ROOT/<class>/<video>")
+    folders.add_argument("root")
+    folders.add_argument("out", help="folder for train.csv (and val.csv), classes.txt")
+    folders.add_argument("--val-fraction", type=float, default=0.0, help="stratified validation share")
+    folders.add_argument("--seed", type=int, default=0)
+    for name, label in (("ucf101", "UCF101"), ("hmdb51", "HMDB51")):
+        sub = imports.add_parser(name, help=f"{label} videos and official split files")
+        sub.add_argument("videos", help="folder of videos, <class>/<video>")
+        sub.add_argument("splits", help="folder of the split files")
+        sub.add_argument("out", help="folder for train.csv, val.csv, classes.txt")
+        sub.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+    kinetics = imports.add_parser(
+        "kinetics", help="a Kinetics CSV (label,youtube_id,time_start,time_end,split)"
+    )
+    kinetics.add_argument("csv")
+    kinetics.add_argument("videos", help="folder of videos, flat or <label>/<file>")
+    kinetics.add_argument("out", help="manifest CSV to write")
+    ssv2 = imports.add_parser("ssv2", help="Something-Something v2 JSON label files")
+    ssv2.add_argument("labels", help="labels.json")
+    ssv2.add_argument("split_json", help="train.json or validation.json")
+    ssv2.add_argument("videos", help="folder of <id>.webm")
+    ssv2.add_argument("out", help="manifest CSV to write")
+    for sub in imports.choices.values():
+        sub.set_defaults(func=_data_import)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``rho data`` and its actions."""
+    data = commands.add_parser("data", help="make, import, check and inspect video datasets").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    _add_synth_parser(data)
+    _add_check_parser(data)
+    _add_inspect_parser(data)
+    _add_import_parser(data)

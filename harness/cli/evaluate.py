@@ -1,0 +1,45 @@
+"""``rho evaluate``: evaluate a checkpoint's encoder on evaluation benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.common import print_metrics
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from harness.eval import evaluate, load_benchmark
+    from harness.train import load_trained
+
+    method, experiment, state = load_trained(args.checkpoint)
+    metrics = {}
+    for path in args.benchmark:
+        benchmark = load_benchmark(path)
+        metrics.update(
+            evaluate(
+                method.encoder,
+                benchmark,
+                encoder_key=f"{state['config_hash']}-epoch{state['epoch']}",
+                device=args.device,
+                workers=args.workers,
+                seed=experiment.runtime.seed,
+            )
+        )
+    print_metrics(metrics)
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``rho evaluate``."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on benchmarks (linear, kNN, fine-tune)",
+        description="Evaluate the encoder of CHECKPOINT on each --benchmark YAML; prints top-1/top-5.",
+    )
+    evaluate.add_argument("checkpoint", help="a checkpoint written by rho pretrain (last.pt)")
+    evaluate.add_argument(
+        "--benchmark", action="append", required=True, help="benchmarks/X.yaml (repeatable)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    evaluate.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    evaluate.set_defaults(func=_evaluate)

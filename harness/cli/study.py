@@ -1,0 +1,189 @@
+"""``rho study``: run a study (or one worker of it), show, list and delete studies."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.common import STORAGE_HELP, TRACKING_URI_HELP, UserError
+
+
+def _add_trial_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``rho study run`` and ``rho study worker``: where trials are stored and logged, GPUs."""
+    parser.add_argument("--storage", help=STORAGE_HELP)
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    parser.add_argument(
+        "--gpus-per-trial", type=int, default=0, help="run each trial as a K-process torchrun job"
+    )
+
+
+def _study_run(args: argparse.Namespace) -> int:
+    from harness.redact import redact
+    from harness.study import load_study, prepare_study, resolve_storage, run_worker, run_workers
+    from harness.tracking import resolve_tracking_uri
+
+    spec = load_study(args.spec)
+    storage_url = resolve_storage(args.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    added, parent = prepare_study(spec, storage_url, tracking_uri)
+    total = len(spec.points()) + spec.n_trials
+    print(
+        f"study {spec.name}: {total} trials planned, {added} newly queued; storage {redact(storage_url)}; "
+        f"MLflow {redact(tracking_uri)} (parent run {parent})",
+        flush=True,
+    )
+    if args.workers > 1:
+        code = run_workers(args.spec, storage_url, tracking_uri, args.workers, args.gpus_per_trial)
+    else:
+        run_worker(spec, storage_url, tracking_uri, gpus_per_trial=args.gpus_per_trial)
+        code = 0
+    _print_study(spec.name, storage_url, spec)
+    return code
+
+
+def _print_study(name: str, storage_url: str, spec=None) -> None:
+    import optuna
+    import pandas as pd
+
+    from harness.study import comparison_table, trials_frame
+
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    frame = trials_frame(study)
+    if frame.empty:
+        print(f"study {name}: no trials yet")
+        return
+    counts = frame["state"].value_counts().to_dict()
+    print(f"\nstudy {name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    if spec is not None:
+        table = comparison_table(frame, spec.table_rows, spec.table_columns, spec.objective_metric)
+        if not table.empty:
+            print(f"\n{spec.objective_metric} (mean ± std over seeds):")
+            with pd.option_context("display.width", 200, "display.max_columns", 50):
+                print(table.to_string())
+
+
+def _add_run_parser(study: argparse._SubParsersAction) -> None:
+    run = study.add_parser(
+        "run",
+        help="run (or resume) a study spec",
+        description="Queue every trial of SPEC that is not done yet and run them; re-running resumes. "
+        "Each trial is an MLflow child run of the study's parent run. Many machines: run the same "
+        "command on each with a shared --storage (PostgreSQL) and --tracking-uri (MLflow server).",
+    )
+    run.add_argument("spec", help="studies/X.yaml")
+    _add_trial_options(run)
+    run.add_argument(
+        "--workers", type=int, default=1, help="local worker processes (one GPU each if there are GPUs)"
+    )
+    run.set_defaults(func=_study_run)
+
+
+def _study_worker(args: argparse.Namespace) -> int:
+    from harness.study import load_study, resolve_storage, run_worker
+
+    spec = load_study(args.spec)
+    report = run_worker(
+        spec, resolve_storage(args.storage), args.tracking_uri, gpus_per_trial=args.gpus_per_trial
+    )
+    print(
+        f"worker done: {report.completed} complete, {report.failed} failed, {report.pruned} pruned",
+        flush=True,
+    )
+    return 0
+
+
+def _add_worker_parser(study: argparse._SubParsersAction) -> None:
+    worker = study.add_parser("worker", help="run trials of an already queued study (used by --workers)")
+    worker.add_argument("spec")
+    _add_trial_options(worker)
+    worker.set_defaults(func=_study_worker)
+
+
+def _study_status(args: argparse.Namespace) -> int:
+    import optuna
+    import pandas as pd
+
+    from harness.study import resolve_storage, trials_frame
+
+    storage_url = resolve_storage(args.storage)
+    try:
+        study = optuna.load_study(study_name=args.name, storage=storage_url)
+    except KeyError:
+        raise UserError(
+            f"no study named {args.name!r} in this storage; `rho study list` shows the studies"
+        ) from None
+    frame = trials_frame(study)
+    if frame.empty:
+        print(f"study {args.name}: no trials")
+        return 0
+    hide = [c for c in frame.columns if c.startswith(("eval.", "epoch_", "clips_", "data_wait", "bad_files"))]
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
+        print(frame.drop(columns=hide).to_string(index=False))
+    return 0
+
+
+def _add_status_parser(study: argparse._SubParsersAction) -> None:
+    status = study.add_parser("status", help="a table of a study's trials")
+    status.add_argument("name")
+    status.add_argument("--storage", help="Optuna storage URL")
+    status.set_defaults(func=_study_status)
+
+
+def _study_delete(args: argparse.Namespace) -> int:
+    from harness.redact import redact
+    from harness.study import delete_study, load_study, resolve_storage
+
+    spec = load_study(args.spec, check_files=False)
+    storage_url = resolve_storage(args.storage)
+    trials, folders = delete_study(spec, storage_url)
+    print(
+        f"deleted study {spec.name} ({trials} trial{'' if trials == 1 else 's'}) from {redact(storage_url)}"
+    )
+    for folder in folders:
+        print(f"removed its checkpoints {folder}")
+    print(f"its MLflow runs stay in experiment {spec.name}; `rho study run {args.spec}` starts it over")
+    return 0
+
+
+def _add_delete_parser(study: argparse._SubParsersAction) -> None:
+    delete = study.add_parser(
+        "delete",
+        help="delete a study's trials and checkpoints (its MLflow runs stay), to start it over",
+    )
+    delete.add_argument("spec", help="studies/X.yaml")
+    delete.add_argument("--storage", help="Optuna storage URL")
+    delete.set_defaults(func=_study_delete)
+
+
+def _study_list(args: argparse.Namespace) -> int:
+    import optuna
+
+    from harness.study import resolve_storage
+
+    summaries = optuna.get_all_study_summaries(resolve_storage(args.storage), include_best_trial=True)
+    if not summaries:
+        print("no studies yet; start one with `rho study run studies/demo.yaml`")
+        return 0
+    print(f"{'study':30} {'trials':>7} {'best':>10}  started")
+    for summary in summaries:
+        best = f"{summary.best_trial.value:.4g}" if summary.best_trial is not None else "-"
+        started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "-"
+        print(f"{summary.study_name:30} {summary.n_trials:>7} {best:>10}  {started}")
+    return 0
+
+
+def _add_list_parser(study: argparse._SubParsersAction) -> None:
+    listing = study.add_parser("list", help="every study in the storage")
+    listing.add_argument("--storage", help="Optuna storage URL")
+    listing.set_defaults(func=_study_list)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``rho study`` and its actions."""
+    study = commands.add_parser("study", help="run and inspect studies (Optuna + MLflow)").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    _add_run_parser(study)
+    _add_worker_parser(study)
+    _add_status_parser(study)
+    _add_delete_parser(study)
+    _add_list_parser(study)
