@@ -26,19 +26,25 @@ mvit_v2_s       768    exactly 16x224x224 (torchvision)
 swin3d_t        768    any (torchvision)
 ==============  =====  ==========================================================
 
-Keyword arguments go to the underlying constructor. All modules accept channels_last_3d
-inputs and weights.
+Keyword arguments go to the underlying constructor (``params_of(name)`` lists the ones a
+backbone takes, which ``harness.config`` checks ``backbone.*`` keys against). All modules
+accept channels_last_3d inputs and weights. Third-party packages add backbones through the
+entry-point group ``rho.backbones`` (``name = "package.module:build"``, a callable
+``build(**params) -> (module, feature_dim)``); a built-in name wins over an entry point.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, NamedTuple
 
 import torch
 import torchvision.models.video as tv_video
 from torch import nn
 
 import harness.compat  # noqa: F401  (torchvision shim; must precede pytorchvideo imports)
+from harness.schema import keyword_params
 
 # isort: split
 from pytorchvideo.models.csn import create_csn
@@ -225,7 +231,11 @@ def _r3d_tiny(width: int = 32) -> tuple[nn.Module, int]:
     return model, model.feature_dim
 
 
-_BUILDERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+Builder = Callable[..., tuple[nn.Module, int]]
+
+ENTRY_POINT_GROUP = "rho.backbones"
+
+_BUILTIN: dict[str, Builder] = {
     "r3d_tiny": _r3d_tiny,
     "slow_r50": _slow_r50,
     "r2plus1d_r50": _r2plus1d_r50,
@@ -243,9 +253,106 @@ _BUILDERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
 }
 
 
+class Forwarding(NamedTuple):
+    """Where a built-in builder's ``**kwargs`` end up: ``constructor``, less the keywords set on the way."""
+
+    constructor: Callable[..., Any]
+    fixed: tuple[str, ...] = ()
+    defaults: dict[str, Any] = {}  # where the way there sets a default other than the constructor's
+
+
+_VIDEO_RESNET = Forwarding(tv_video.VideoResNet, ("block", "conv_makers", "layers", "stem"))
+_FORWARDED: dict[str, Forwarding] = {
+    "slow_r50": Forwarding(create_resnet, ("model_depth", "stem_conv_kernel_size", "head")),
+    "r2plus1d_r50": Forwarding(create_r2plus1d, ("model_depth",)),
+    "x3d_xs": Forwarding(create_x3d, ("depth_factor",)),
+    "x3d_s": Forwarding(create_x3d, ("depth_factor",)),
+    "csn_r101": Forwarding(create_csn, ("model_depth", "stem_pool")),
+    "slowfast_r50": Forwarding(
+        create_slowfast,
+        (
+            "model_depth",
+            "slowfast_fusion_conv_kernel_size",
+            "slowfast_fusion_conv_stride",
+            "head",
+            "head_pool",
+            "head_output_size",
+        ),
+    ),
+    "mvit_b": Forwarding(
+        create_multiscale_vision_transformers,
+        (
+            "embed_dim_mul",
+            "atten_head_mul",
+            "pool_q_stride_size",
+            "pool_kv_stride_adaptive",
+            "pool_kvq_kernel",
+        ),
+    ),
+    "r3d_18": _VIDEO_RESNET,
+    "r2plus1d_18": _VIDEO_RESNET,
+    "mc3_18": _VIDEO_RESNET,
+    "s3d": Forwarding(tv_video.S3D),
+    "mvit_v2_s": Forwarding(
+        tv_video.MViT,
+        (
+            "spatial_size",
+            "temporal_size",
+            "block_setting",
+            "residual_pool",
+            "residual_with_cls_embed",
+            "rel_pos_embed",
+            "proj_after_attn",
+        ),
+        {"stochastic_depth_prob": 0.2},
+    ),
+    "swin3d_t": Forwarding(
+        tv_video.SwinTransformer3d,
+        ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "stochastic_depth_prob"),
+    ),
+}
+
+
+def _plugins() -> dict[str, Any]:
+    """Entry points of group ``rho.backbones`` by name, read afresh (installs can change at run time)."""
+    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def available() -> list[str]:
-    """Names ``build`` accepts, sorted."""
-    return sorted(_BUILDERS)
+    """Names ``build`` accepts, built-in and from entry points, sorted."""
+    return sorted({*_BUILTIN, *_plugins()})
+
+
+def get(name: str) -> Builder:
+    """The builder registered as ``name``.
+
+    Raises:
+        ValueError: for an unknown name (listing the choices), or an entry point that is not callable.
+    """
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    plugins = _plugins()
+    if name not in plugins:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(available())}")
+    builder = plugins[name].load()
+    if not callable(builder):
+        raise ValueError(f"entry point {name!r} ({plugins[name].value}) is not callable")
+    return builder
+
+
+def params_of(name: str) -> dict[str, Any]:
+    """The keyword parameters backbone ``name`` takes and their defaults (None: none, or required).
+
+    A built-in builder's own parameters, then those of the constructor its ``**kwargs`` go to,
+    less the ones it sets itself; an entry point's: its callable's named keyword parameters.
+    """
+    builder = get(name)
+    own = keyword_params(builder)
+    if name not in _FORWARDED:  # an entry point, or a builder that forwards nothing
+        return own
+    forwarding = _FORWARDED[name]
+    forwarded = keyword_params(forwarding.constructor, skip={*forwarding.fixed, *own})
+    return {**own, **forwarded, **{k: v for k, v in forwarding.defaults.items() if k in forwarded}}
 
 
 def build(name: str, **kwargs: object) -> tuple[nn.Module, int]:
@@ -254,6 +361,4 @@ def build(name: str, **kwargs: object) -> tuple[nn.Module, int]:
     Raises:
         ValueError: for an unknown name, listing the choices.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(available())}")
-    return _BUILDERS[name](**kwargs)
+    return get(name)(**kwargs)

@@ -3,24 +3,21 @@
 Sections: ``data``, ``backbone``, ``method``, ``optim``, ``eval``, ``runtime``. A YAML file
 (read with the safe loader) gives any subset of the keys; dotted overrides
 (``data.clips=3 method.temperature=0.2``) are applied on top; then every value is checked
-before any compute starts. A bad value raises one ``ConfigError`` that names the key, the
-value and what is allowed; unknown keys get a "did you mean" suggestion.
+before any compute starts (the mechanism is ``harness.schema``). A bad value raises one
+``ConfigError`` that names the key, the value and what is allowed; unknown keys get a "did
+you mean" suggestion.
 
 ``method`` holds ``name`` plus the method's own keyword parameters, which are validated
 against the method's constructor (``methods.params_of``); ``backbone`` likewise holds
-``name`` plus keyword parameters for ``harness.backbones.build``.
+``name`` plus keyword parameters for ``harness.backbones.build``, validated against
+``harness.backbones.params_of``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
-import os
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,63 +25,21 @@ from typing import Any
 
 import yaml
 
-from harness.errors import RhoError
+from harness.schema import (
+    ConfigError,
+    build_section,
+    check_value,
+    did_you_mean,
+    field_spec,
+    read_mapping,
+    unknown_key_hint,
+)
 
 DATASETS = ("synthetic", "kinetics400", "kinetics600", "ucf101", "hmdb51", "ssv2", "custom")
 OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALING = ("linear", "sqrt", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(RhoError, ValueError):
-    """A configuration value or key that is not allowed; the message says which and why."""
-
-    def __init__(self, key: str, value: Any, allowed: str, source: str | None = None):
-        self.key, self.value, self.allowed = key, value, allowed
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key} = {value!r} is not allowed: {allowed}")
-
-
-def expand_env(key: str, text: str) -> tuple[str, list[str]]:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``text``; returns the result and the names referenced.
-
-    Paths in configs and benchmarks use it so that one file serves every machine
-    (``train: ${RHO_DATA}/kinetics400/train.csv``).
-
-    Raises:
-        ConfigError: for ``${VAR}`` with VAR unset or empty and no default.
-    """
-    names: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        names.append(name)
-        value = os.environ.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        raise ConfigError(
-            key,
-            text,
-            f"${{{name}}} to be set: export {name}=/path/to/the/folder, or give a default: ${{{name}:-folder}}",
-        )
-
-    return ENV_REFERENCE.sub(substitute, text), names
-
-
-def field_spec(
-    default: Any = dataclasses.MISSING, *, factory: Any = None, help: str = "", **rules: Any
-) -> Any:
-    """A dataclass field with a help text and validation rules (min, max, choices, ...)."""
-    metadata = {"help": help, **rules}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -297,19 +252,8 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", str(path), "a path to an existing YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", str(path), f"valid YAML; the parser says: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            "config", str(path), "a YAML mapping with sections data, backbone, method, optim, eval, runtime"
-        )
-    return raw
+    """Read an experiment file's YAML mapping with the safe loader; errors name the file."""
+    return read_mapping(path, "config", "YAML file", f"sections {', '.join(SECTIONS)}")
 
 
 def load_experiment(
@@ -334,8 +278,8 @@ def load_experiment(
     try:
         return build_experiment(tree, check_files=check_files)
     except ConfigError as exc:
-        if source and not str(exc).startswith(source):
-            raise ConfigError(exc.key, exc.value, exc.allowed, source) from None
+        if source and exc.source != source:
+            raise exc.located(source) from None
         raise
 
 
@@ -348,7 +292,7 @@ def load_experiment_text(text: str, source: str = "<text>", check_files: bool = 
     try:
         return build_experiment(tree, check_files=check_files)
     except ConfigError as exc:
-        raise ConfigError(exc.key, exc.value, exc.allowed, source) from None
+        raise exc.located(source) from None
 
 
 def build_experiment(tree: dict[str, Any], check_files: bool = True) -> Experiment:
@@ -364,7 +308,7 @@ def build_experiment(tree: dict[str, Any], check_files: bool = True) -> Experime
         if cls in (MethodConfig, BackboneConfig):
             sections[name] = _build_named(name, cls, value)
         else:
-            sections[name] = _build_section(name, cls, value, check_files)
+            sections[name] = build_section(name, cls, value, check_files, suggest=all_keys())
     experiment = Experiment(**sections)
     _check_cross_fields(experiment)
     return experiment
@@ -376,7 +320,7 @@ def all_keys() -> list[str]:
 
     def walk(prefix: str, cls: type) -> None:
         for f in dataclasses.fields(cls):
-            t = _resolve(cls)[f.name]
+            t = typing.get_type_hints(cls)[f.name]
             if dataclasses.is_dataclass(t):
                 walk(f"{prefix}{f.name}.", t)
             elif f.name != "params":
@@ -384,39 +328,6 @@ def all_keys() -> list[str]:
 
     walk("", Experiment)
     return keys
-
-
-def unknown_key_hint(key: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]}? " if close else ""
-    return f"unknown key; {hint}known keys: {', '.join(choices)}"
-
-
-def _resolve(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build_section(prefix: str, cls: type, values: dict[str, Any], check_files: bool) -> Any:
-    hints = _resolve(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in values if k not in fields]
-    if unknown:
-        key = f"{prefix}.{unknown[0]}"
-        known = [f"{prefix}.{k}" for k in fields]
-        raise ConfigError(key, values[unknown[0]], unknown_key_hint(key, [*known, *all_keys()]))
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}"
-        if dataclasses.is_dataclass(hints[name]):
-            sub = values.get(name) or {}
-            if not isinstance(sub, dict):
-                raise ConfigError(key, sub, f"a mapping of {name} settings")
-            kwargs[name] = _build_section(key, hints[name], sub, check_files)
-        elif name in values:
-            kwargs[name] = check_value(key, values[name], hints[name], f.metadata, check_files)
-        elif check_files and f.metadata.get("file") and f.default is not None:
-            kwargs[name] = check_value(key, f.default, hints[name], f.metadata, check_files)
-    return cls(**kwargs)
 
 
 def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
@@ -429,31 +340,36 @@ def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
     name = values.pop("name", cls().name)
     params = {**nested, **values}
     if prefix == "method":
-        import methods
-
-        choices = methods.available()
-        if name not in choices:
-            raise ConfigError("method.name", name, f"one of {', '.join(choices)}")
-        allowed = methods.params_of(name)
-        for key, value in params.items():
-            if key not in allowed:
-                raise ConfigError(
-                    f"method.{key}",
-                    value,
-                    unknown_key_hint(key, list(allowed)).replace("known keys", f"{name} takes"),
-                )
-            default = allowed[key]
-            if default is not None and not _same_kind(value, default):
-                raise ConfigError(
-                    f"method.{key}", value, f"a {type(default).__name__} like the default {default!r}"
-                )
-        return MethodConfig(name=name, params=params)
-    from harness import backbones
-
-    choices = backbones.available()
+        import methods as registry
+    else:
+        from harness import backbones as registry
+    choices = registry.available()
     if name not in choices:
-        raise ConfigError("backbone.name", name, f"one of {', '.join(choices)}")
+        raise ConfigError(f"{prefix}.name", name, f"one of {', '.join(choices)}")
+    _check_params(prefix, name, params, registry.params_of(name))
+    if prefix == "method":
+        return MethodConfig(name=name, params=params)
     return BackboneConfig(name=name, params=params, **extra_sync)
+
+
+def _check_params(prefix: str, name: str, params: dict[str, Any], allowed: dict[str, Any]) -> None:
+    """Every key of ``params`` is a parameter of ``name`` with a value of its default's kind."""
+    for key, value in params.items():
+        if key not in allowed:
+            if not allowed:
+                raise ConfigError(
+                    f"{prefix}.{key}", value, f"{name} takes no parameters; drop {prefix}.{key}"
+                )
+            raise ConfigError(
+                f"{prefix}.{key}",
+                value,
+                f"unknown key; {did_you_mean(key, allowed)}{name} takes: {', '.join(allowed)}",
+            )
+        default = allowed[key]
+        if default is not None and not _same_kind(value, default):
+            raise ConfigError(
+                f"{prefix}.{key}", value, f"a {type(default).__name__} like the default {default!r}"
+            )
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -464,96 +380,6 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
-
-
-def check_value(key: str, value: Any, hint: Any, rules: dict[str, Any], check_files: bool) -> Any:
-    """Coerce ``value`` to the annotated type and apply the field's rules."""
-    optional = False
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional, hint = True, args[0]
-        origin = typing.get_origin(hint)
-    help_text = rules.get("help", "")
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(key, value, f"a value is required ({help_text})")
-    value = _coerce(key, value, hint, origin, help_text)
-    if rules.get("file") or rules.get("env"):
-        value = expand_env(key, value)[0]
-    if rules.get("files"):
-        value = [expand_env(key, item)[0] for item in value]
-    _check_rules(key, value, rules, help_text)
-    if check_files and rules.get("file") and not Path(value).is_file():
-        raise ConfigError(key, value, f"an existing file ({help_text}); no file at {Path(value).resolve()}")
-    if check_files and rules.get("files"):
-        for item in value:
-            if not Path(item).is_file():
-                raise ConfigError(
-                    key, item, f"existing files ({help_text}); no file at {Path(item).resolve()}"
-                )
-    return value
-
-
-def _coerce(key: str, value: Any, hint: Any, origin: Any, help_text: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(key, value, f"true or false ({help_text})")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(key, value, f"an integer ({help_text})")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(key, value, f"a finite number ({help_text})") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(key, value, f"a finite number ({help_text})")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, value, f"a string ({help_text})")
-        return value
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, value, f"a list ({help_text})")
-        return [
-            _coerce(f"{key}[{i}]", v, item_type, typing.get_origin(item_type), help_text)
-            for i, v in enumerate(value)
-        ]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(key, value, f"a mapping ({help_text})")
-        return dict(value)
-    raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in this module, not user input
-
-
-def _check_rules(key: str, value: Any, rules: dict[str, Any], help_text: str) -> None:
-    items = value if isinstance(value, list) else [value]
-    if "choices" in rules and value not in rules["choices"]:
-        close = difflib.get_close_matches(str(value), rules["choices"], n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(key, value, f"{hint}one of {', '.join(rules['choices'])}")
-    if "min" in rules and any(v < rules["min"] for v in items):
-        raise ConfigError(key, value, f"must be >= {rules['min']} ({help_text})")
-    if "max" in rules and any(v > rules["max"] for v in items):
-        raise ConfigError(key, value, f"must be <= {rules['max']} ({help_text})")
-    if "gt" in rules and any(v <= rules["gt"] for v in items):
-        raise ConfigError(key, value, f"must be > {rules['gt']} ({help_text})")
-    if "length" in rules and len(value) != rules["length"]:
-        raise ConfigError(key, value, f"a list of {rules['length']} numbers ({help_text})")
-    if rules.get("pair") or rules.get("pair01"):
-        if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
-            raise ConfigError(key, value, f"[low, high] with 0 < low <= high ({help_text})")
-        if rules.get("pair01") and value[1] > 1:
-            raise ConfigError(key, value, f"[low, high] with 0 < low <= high <= 1 ({help_text})")
 
 
 def _check_cross_fields(experiment: Experiment) -> None:
@@ -574,7 +400,7 @@ def describe() -> str:
 
     def walk(prefix: str, cls: type) -> None:
         for f in dataclasses.fields(cls):
-            t = _resolve(cls)[f.name]
+            t = typing.get_type_hints(cls)[f.name]
             if dataclasses.is_dataclass(t):
                 walk(f"{prefix}{f.name}.", t)
                 continue

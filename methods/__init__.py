@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from harness.schema import keyword_params
 from methods._ema import cosine_momentum, ema_update, momentum_copy
 from methods._heads import MLPHead
 from methods._queue import KeyQueue
@@ -84,15 +85,11 @@ def get(name: str) -> type[SSLMethod]:
 
 
 def params_of(name: str) -> dict[str, Any]:
-    """The keyword parameters of method ``name`` (besides backbone and feature_dim) and their defaults."""
-    signature = inspect.signature(get(name).__init__)
-    skip = {"self", "backbone", "feature_dim"}
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {
-        param.name: param.default
-        for param in signature.parameters.values()
-        if param.name not in skip and param.kind in kinds
-    }
+    """The keyword parameters of method ``name`` (besides backbone and feature_dim) and their defaults.
+
+    None stands for a parameter without a default.
+    """
+    return keyword_params(get(name).__init__, skip={"backbone", "feature_dim"})
 
 
 def build(name: str, backbone: nn.Module, feature_dim: int, **params: Any) -> SSLMethod:

@@ -45,15 +45,8 @@ from typing import Any
 
 import yaml
 
-from harness.config import (
-    DATASETS,
-    AugmentConfig,
-    ConfigError,
-    check_value,
-    expand_env,
-    field_spec,
-    unknown_key_hint,
-)
+from harness.config import DATASETS, AugmentConfig
+from harness.schema import ConfigError, check_value, expand_env, field_spec, unknown_key_hint
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

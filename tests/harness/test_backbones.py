@@ -1,11 +1,15 @@
-"""Every backbone builds offline, maps clips to [B, feature_dim] and accepts channels_last_3d."""
+"""Every backbone builds offline, maps clips to [B, feature_dim] and accepts channels_last_3d; the registry's
+parameters and its ``rho.backbones`` entry point."""
 
 import socket
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from harness import backbones
+from harness.config import ConfigError, build_experiment
 
 # name: (feature_dim, smallest (T, H, W) it accepts; the MViTs: the one size they are built for)
 EXPECTED = {
@@ -95,3 +99,87 @@ def test_r3d_tiny_width_sets_feature_dim():
     model, feature_dim = backbones.build("r3d_tiny", width=16)
     assert feature_dim == 64
     assert model(torch.randn(2, 3, 4, 32, 32)).shape == (2, 64)
+
+
+def test_params_of_are_the_builder_and_the_constructor_keywords_less_its_presets():
+    assert backbones.params_of("r3d_tiny") == {"width": 32}
+    slow = backbones.params_of("slow_r50")
+    assert slow["dropout_rate"] == 0.5 and "stem_conv_stride" in slow
+    assert not {"model_depth", "head", "stem_conv_kernel_size"} & set(slow), (
+        "what the builder sets is no parameter"
+    )
+    slowfast = backbones.params_of("slowfast_r50")
+    assert slowfast["alpha"] == 4 and "head" not in slowfast
+    assert backbones.params_of("r3d_18") == {"num_classes": 400, "zero_init_residual": False}
+    assert backbones.params_of("mvit_v2_s")["stochastic_depth_prob"] == 0.2  # torchvision's, not MViT's 0.0
+
+
+@pytest.mark.parametrize("name", _names())
+def test_every_listed_param_is_taken_by_the_builder(name):
+    """Passing every parameter params_of lists, at its default, builds a network of the same shape."""
+    params = {key: value for key, value in backbones.params_of(name).items() if value is not None}
+    model, feature_dim = backbones.build(name, **params)
+    default, _ = backbones.build(name)
+    assert feature_dim == EXPECTED[name][0]
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    assert shapes == {key: value.shape for key, value in default.state_dict().items()}
+
+
+@pytest.fixture
+def plugin_root(tmp_path):
+    """A folder for a plugin distribution; its module is forgotten afterwards."""
+    yield tmp_path
+    sys.modules.pop("tiny_backbone_module", None)
+
+
+def _install_plugin(root, monkeypatch, target: str) -> None:
+    """A distribution on sys.path: a module and a dist-info folder whose ``rho.backbones`` entry point names ``target``."""
+    (root / "tiny_backbone_module.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+
+        def build_flat(*, dim: int = 6):
+            return nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, dim)), dim
+
+        def build_fixed():
+            return nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten()), 3
+
+        NOT_CALLABLE = 3
+    """)
+    )
+    dist_info = root / "tiny_backbone-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-backbone\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[rho.backbones]\ntiny_backbone = {target}\n")
+    monkeypatch.syspath_prepend(str(root))
+
+
+def test_entry_point_backbone_is_available_validated_and_builds(plugin_root, monkeypatch):
+    assert "tiny_backbone" not in backbones.available()
+    _install_plugin(plugin_root, monkeypatch, "tiny_backbone_module:build_flat")
+    assert "tiny_backbone" in backbones.available()
+    assert backbones.params_of("tiny_backbone") == {"dim": 6}
+    experiment = build_experiment({"backbone": {"name": "tiny_backbone", "dim": 5}}, check_files=False)
+    model, feature_dim = backbones.build(experiment.backbone.name, **experiment.backbone.params)
+    assert feature_dim == 5 and model(torch.randn(2, 3, 1, 4, 4)).shape == (2, 5)
+    with pytest.raises(
+        ConfigError,
+        match=r"backbone.dimm = 5 is not allowed: unknown key; did you mean dim\? tiny_backbone takes: dim",
+    ):
+        build_experiment({"backbone": {"name": "tiny_backbone", "dimm": 5}}, check_files=False)
+
+
+def test_entry_point_backbone_without_parameters_says_so(plugin_root, monkeypatch):
+    _install_plugin(plugin_root, monkeypatch, "tiny_backbone_module:build_fixed")
+    assert backbones.params_of("tiny_backbone") == {}
+    with pytest.raises(ConfigError) as info:
+        build_experiment({"backbone": {"name": "tiny_backbone", "width": 16}}, check_files=False)
+    assert str(info.value).endswith(
+        "backbone.width = 16 is not allowed: tiny_backbone takes no parameters; drop backbone.width"
+    )
+
+
+def test_entry_point_that_is_not_callable_is_refused(plugin_root, monkeypatch):
+    _install_plugin(plugin_root, monkeypatch, "tiny_backbone_module:NOT_CALLABLE")
+    with pytest.raises(ValueError, match="not callable"):
+        backbones.build("tiny_backbone")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, expand_env
+from harness.schema import ConfigError, expand_env
 from harness.eval import PROTOCOLS, FinetuneSpec, KnnSpec, LinearSpec, load_benchmark
 from harness.eval.spec import PROTOCOL_SPECS
 

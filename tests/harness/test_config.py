@@ -124,3 +124,45 @@ def test_output_dir_expands_environment_variables(monkeypatch):
     assert load("runtime.output_dir=${RHO_TEST_SCRATCH:-runs}/ckpt").runtime.output_dir == "runs/ckpt"
     with pytest.raises(ConfigError, match=r"runtime.output_dir .*export RHO_TEST_SCRATCH="):
         load("runtime.output_dir=${RHO_TEST_SCRATCH}/ckpt")
+
+
+def test_backbone_params_are_checked_against_the_builder_at_load():
+    with pytest.raises(ConfigError) as info:
+        load("backbone.widht=3")
+    assert info.value.key == "backbone.widht"
+    assert str(info.value).endswith(
+        "backbone.widht = 3 is not allowed: unknown key; did you mean width? r3d_tiny takes: width"
+    )
+    with pytest.raises(ConfigError, match="backbone.width = 'wide' is not allowed: .* like the default 32"):
+        load("backbone.width=wide")
+
+
+def test_a_forwarded_backbone_param_is_accepted_and_reaches_the_model():
+    from harness import backbones
+
+    experiment = load("backbone={name: x3d_xs, width_factor: 1.0}")
+    assert experiment.backbone.params == {"width_factor": 1.0}
+    narrow, dim = backbones.build(experiment.backbone.name, **experiment.backbone.params)
+    default, _ = backbones.build("x3d_xs")
+    assert dim == 2048
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in default.parameters())
+    with pytest.raises(
+        ConfigError, match=r"backbone.width_factr = .*did you mean width_factor\? x3d_xs takes"
+    ):
+        load("backbone={name: x3d_xs, width_factr: 1.0}")
+
+
+def test_a_preset_of_a_builder_is_not_a_parameter():
+    """slow_r50 is the depth-50 ResNet: its builder sets model_depth, so the key is refused at load."""
+    with pytest.raises(
+        ConfigError, match=r"backbone.model_depth = 101 is not allowed: unknown key; .*slow_r50 takes"
+    ):
+        load("backbone={name: slow_r50, model_depth: 101}")
+
+
+def test_a_method_without_parameters_says_so():
+    with pytest.raises(ConfigError) as info:
+        load("method.name=random")  # the demo config sets method.temperature
+    assert str(info.value).endswith(
+        "method.temperature = 0.2 is not allowed: random takes no parameters; drop method.temperature"
+    )

@@ -1,0 +1,328 @@
+"""The one schema mechanism: typed dataclass sections built from YAML mappings, every key and value checked.
+
+Experiment configs, evaluation specs and study specs declare their keys as dataclass fields
+(``field_spec``: default, help text, rules) and build them with ``build_section``. Every refusal
+is one ``ConfigError`` naming the key, the value and what is allowed; unknown keys and bad
+choices get the same "did you mean" suggestion (``did_you_mean``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from harness.errors import RhoError
+
+T = TypeVar("T")
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(RhoError, ValueError):
+    """A configuration value or key that is not allowed; the message says which and why."""
+
+    def __init__(self, key: str, value: Any, allowed: str, source: str | None = None):
+        self.key, self.value, self.allowed, self.source = key, value, allowed, source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key} = {value!r} is not allowed: {allowed}")
+
+    def located(self, source: str) -> ConfigError:
+        """The same refusal, reported as coming from ``source`` (a file name)."""
+        return ConfigError(self.key, self.value, self.allowed, source)
+
+
+def did_you_mean(value: Any, choices: Iterable[Any], quoted: bool = False) -> str:
+    """``"did you mean X? "`` for the choice closest to ``value``, or ``""`` when none is close.
+
+    The one suggestion of every refusal: unknown keys (``unknown_key_hint``) and bad choices
+    (``choice_hint``); ``quoted`` writes the choice as a value (``'ucf101'``) rather than a key.
+    """
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.5)
+    if not close:
+        return ""
+    return f"did you mean {close[0]!r}? " if quoted else f"did you mean {close[0]}? "
+
+
+def unknown_key_hint(key: str, known: Sequence[str]) -> str:
+    """What a refusal of the unknown ``key`` says is allowed: a suggestion and the known keys."""
+    return f"unknown key; {did_you_mean(key, known)}known keys: {', '.join(known)}"
+
+
+def choice_hint(value: Any, choices: Sequence[Any]) -> str:
+    """What a refusal of ``value`` outside ``choices`` says is allowed: a suggestion and the choices."""
+    return f"{did_you_mean(value, choices, quoted=True)}one of {', '.join(str(c) for c in choices)}"
+
+
+def expand_env(key: str, text: str) -> tuple[str, list[str]]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``text``; returns the result and the names referenced.
+
+    Paths in configs and benchmarks use it so that one file serves every machine
+    (``train: ${RHO_DATA}/kinetics400/train.csv``).
+
+    Raises:
+        ConfigError: for ``${VAR}`` with VAR unset or empty and no default.
+    """
+    names: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        names.append(name)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise ConfigError(
+            key,
+            text,
+            f"${{{name}}} to be set: export {name}=/path/to/the/folder, or give a default: ${{{name}:-folder}}",
+        )
+
+    return ENV_REFERENCE.sub(substitute, text), names
+
+
+def read_mapping(path: str | Path, key: str, file: str, content: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (safe loader; an empty file is an empty mapping).
+
+    Args:
+        path: the file.
+        key: what errors call the file (``config``, ``benchmark``).
+        file: what the path must name (``YAML file``).
+        content: what the mapping holds (``sections data, backbone, ...``).
+
+    Raises:
+        ConfigError: for a missing file, invalid YAML or a document that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, str(path), f"a path to an existing {file}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, str(path), f"valid YAML; the parser says: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(key, str(path), f"a YAML mapping with {content}")
+    return raw
+
+
+def field_spec(
+    default: Any = dataclasses.MISSING, *, factory: Any = None, help: str = "", **rules: Any
+) -> Any:
+    """A dataclass field with a help text and validation rules; no default (and no factory): required.
+
+    Rules: ``min``, ``max``, ``gt`` (numbers, or every item of a list), ``choices``, ``length``,
+    ``pair`` / ``pair01`` ([low, high]), ``file`` / ``files`` (paths: ``${VAR}`` expands and,
+    when files are checked, they must exist), ``env`` (``${VAR}`` expands), ``registry``.
+    """
+    metadata = {"help": help, **rules}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def keyword_params(function: Callable[..., Any], skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The parameters ``function`` takes by keyword (besides ``skip``) and their defaults (None: required)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    skipped = {"self", *skip}
+    return {
+        param.name: None if param.default is inspect.Parameter.empty else param.default
+        for param in inspect.signature(function).parameters.values()
+        if param.name not in skipped and param.kind in kinds
+    }
+
+
+def build_section(
+    prefix: str,
+    cls: type[T],
+    values: Mapping[str, Any] | None,
+    check_files: bool = False,
+    *,
+    source: str | None = None,
+    suggest: Sequence[str] = (),
+) -> T:
+    """``cls`` (a dataclass of ``field_spec`` fields) from ``values``, every key and value checked.
+
+    Keys are reported as ``prefix.key`` (just ``key`` when ``prefix`` is empty). An unknown key
+    is refused with a suggestion among the section's keys and ``suggest`` (more dotted keys
+    worth naming); a field without a default is required; a dataclass-typed field is a nested
+    section, built the same way on top of its field's default (so a factory's own defaults
+    stay under a partial mapping). With ``check_files`` the paths of ``file`` fields must
+    exist, defaults included.
+
+    Raises:
+        ConfigError: the first bad key or value, naming ``source`` when given.
+    """
+    try:
+        return _build(prefix, cls, values or {}, check_files, None, suggest)
+    except ConfigError as exc:
+        if source is None:
+            raise
+        raise exc.located(source) from None
+
+
+def _build(
+    prefix: str,
+    cls: type[T],
+    values: Mapping[str, Any],
+    check_files: bool,
+    base: Any,
+    suggest: Sequence[str],
+) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    def dotted(name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        known = [dotted(k) for k in fields]
+        raise ConfigError(
+            dotted(unknown[0]), values[unknown[0]], unknown_key_hint(dotted(unknown[0]), [*known, *suggest])
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key, hint = dotted(name), hints[name]
+        default = _default(f) if base is None else getattr(base, name)
+        if dataclasses.is_dataclass(hint):
+            sub = values.get(name) or {}
+            if not isinstance(sub, dict):
+                raise ConfigError(key, sub, f"a mapping of {name} settings")
+            kwargs[name] = _build(key, hint, sub, check_files, default, suggest)  # type: ignore[arg-type]
+        elif name in values:
+            kwargs[name] = check_value(key, values[name], hint, f.metadata, check_files)
+        elif default is dataclasses.MISSING:
+            raise ConfigError(key, None, _with_help("a value is required", f.metadata.get("help", "")))
+        elif check_files and f.metadata.get("file") and default is not None:
+            kwargs[name] = check_value(key, default, hint, f.metadata, check_files)
+        else:
+            kwargs[name] = default
+    return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _with_help(allowed: str, help_text: str) -> str:
+    return f"{allowed} ({help_text})" if help_text else allowed
+
+
+def check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any], check_files: bool) -> Any:
+    """Coerce ``value`` to the annotated type and apply the field's rules.
+
+    A ``Path``-typed file field becomes an absolute ``Path`` (``~`` expanded); a ``str`` one
+    keeps the text as written, with ``${VAR}`` expanded.
+    """
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+        origin = typing.get_origin(hint)
+    help_text = rules.get("help", "")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(key, value, f"a value is required ({help_text})")
+    raw = value
+    value = _coerce(key, value, hint, origin, help_text)
+    if rules.get("file") or rules.get("env"):
+        value, variables = expand_env(key, value)
+        if hint is Path:
+            value = Path(value).expanduser().absolute()
+        if check_files and rules.get("file"):
+            _check_file(key, raw, value, variables, help_text)
+    if rules.get("files"):
+        value = [expand_env(key, item)[0] for item in value]
+    _check_rules(key, value, rules, help_text)
+    if check_files and rules.get("files"):
+        for item in value:
+            if not Path(item).is_file():
+                raise ConfigError(
+                    key, item, f"existing files ({help_text}); no file at {Path(item).resolve()}"
+                )
+    return value
+
+
+def _check_file(key: str, raw: Any, path: str | Path, variables: list[str], help_text: str) -> None:
+    """Refuse a path with no file (``raw``: as written), naming the environment variables it came from."""
+    if Path(path).is_file():
+        return
+    origin = ""
+    if variables:
+        settings = ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in variables)
+        origin = f"; the path comes from {settings}: set it to the folder that holds the file"
+    raise ConfigError(key, raw, f"an existing file ({help_text}); no file at {Path(path).resolve()}{origin}")
+
+
+def _coerce(key: str, value: Any, hint: Any, origin: Any, help_text: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, f"true or false ({help_text})")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(key, value, f"an integer ({help_text})")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(key, value, f"a finite number ({help_text})") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(key, value, f"a finite number ({help_text})")
+        return float(value)
+    if hint is str or hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, f"a string ({help_text})")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, f"a list ({help_text})")
+        return [
+            _coerce(f"{key}[{i}]", v, item_type, typing.get_origin(item_type), help_text)
+            for i, v in enumerate(value)
+        ]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, f"a mapping ({help_text})")
+        return dict(value)
+    raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in a schema, not user input
+
+
+def _check_rules(key: str, value: Any, rules: Mapping[str, Any], help_text: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    if "choices" in rules and value not in rules["choices"]:
+        raise ConfigError(key, value, choice_hint(value, rules["choices"]))
+    if "min" in rules and any(v < rules["min"] for v in items):
+        raise ConfigError(key, value, f"must be >= {rules['min']} ({help_text})")
+    if "max" in rules and any(v > rules["max"] for v in items):
+        raise ConfigError(key, value, f"must be <= {rules['max']} ({help_text})")
+    if "gt" in rules and any(v <= rules["gt"] for v in items):
+        raise ConfigError(key, value, f"must be > {rules['gt']} ({help_text})")
+    if "length" in rules and len(value) != rules["length"]:
+        raise ConfigError(key, value, f"a list of {rules['length']} numbers ({help_text})")
+    if rules.get("pair") or rules.get("pair01"):
+        if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
+            raise ConfigError(key, value, f"[low, high] with 0 < low <= high ({help_text})")
+        if rules.get("pair01") and value[1] > 1:
+            raise ConfigError(key, value, f"[low, high] with 0 < low <= high <= 1 ({help_text})")
