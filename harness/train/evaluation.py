@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.config import Experiment
 from harness.data import read_manifest
-from harness.runtime import Runtime
 from harness.tracking import RunLogger
-from methods import SSLMethod
+from harness.train.prepare import Training
 
 
 def monitor_subset(entries: list, limit: int | None, seed: int) -> list:
@@ -20,11 +18,12 @@ def monitor_subset(entries: list, limit: int | None, seed: int) -> list:
     return [entries[i] for i in sorted(chosen)]
 
 
-def knn_monitor_top1(method: SSLMethod, experiment: Experiment, runtime: Runtime) -> float:
+def knn_monitor_top1(training: Training) -> float:
     """kNN top-1 of the current encoder on data.val against data.train (centre views)."""
     from harness.data.views import ViewDataset
     from harness.eval import knn_monitor
 
+    experiment = training.experiment
     data = experiment.data
     views = dict(
         frames=data.frames, stride=data.stride, crop=data.crop, short_side=data.short_side, fps=data.fps
@@ -38,14 +37,21 @@ def knn_monitor_top1(method: SSLMethod, experiment: Experiment, runtime: Runtime
         for path in (data.train, data.val)
     )
     return knn_monitor(
-        method.encoder, train, val, k=experiment.eval.knn_k, device=runtime.device, workers=data.workers
+        training.method.encoder,
+        train,
+        val,
+        k=experiment.eval.knn_k,
+        device=training.runtime.device,
+        workers=data.workers,
     )
 
 
-def evaluate_benchmarks(
-    method: SSLMethod, experiment: Experiment, runtime: Runtime, encoder_key: str, tracker: RunLogger
-) -> dict[str, float]:
-    """Every benchmark of ``eval.benchmarks`` on the final encoder; metrics logged as eval.<benchmark>.<protocol>.*"""
+def evaluate_benchmarks(training: Training, tracker: RunLogger) -> dict[str, float]:
+    """Every benchmark of ``eval.benchmarks`` on the final encoder; metrics logged as eval.<benchmark>.<protocol>.*
+
+    Feature caches are keyed by the training hash (``encoder_key``): the same config, the same encoder.
+    """
+    experiment = training.experiment
     if not experiment.eval.benchmarks:
         return {}
     from harness.eval import evaluate, load_benchmark
@@ -55,10 +61,10 @@ def evaluate_benchmarks(
         benchmark = load_benchmark(path)
         print(f"evaluating {benchmark.name} ({benchmark.protocol})", flush=True)
         metrics = evaluate(
-            method.encoder,
+            training.method.encoder,
             benchmark,
-            encoder_key=encoder_key,
-            device=runtime.device,
+            encoder_key=training.config_hash,
+            device=training.runtime.device,
             workers=experiment.data.workers,
             seed=experiment.runtime.seed,
         )

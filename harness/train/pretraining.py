@@ -76,24 +76,22 @@ def pretrain(
     runtime = Runtime.setup(experiment.runtime)
     try:
         training = prepare_training(experiment, runtime, output, run_name, tracking_uri)
-        start = _resume(training, resume_run) if resume else ResumePoint()
+        start = resume_point(training, resume_run=resume_run) if resume else ResumePoint()
         tracker = None
         if runtime.is_main:
-            tracker = _open_run(training, start, run_name, parent_run_id, tags, tracking_uri)
+            tracker = open_run(training, start, run_name, parent_run_id, tags, tracking_uri)
+            if start.run_id is None:  # a new run for a resumed training: carry the finished epochs over
+                replay_history(tracker, start.history)
+            remember_run(training, tracker.run_id)
             if on_run_start is not None:
                 on_run_start(tracker.run_id)
         try:
             history, step = _train_epochs(training, start, tracker, on_epoch_end, print_progress)
-            metrics = dict(history[-1]) if history else {}
-            metrics.pop("epoch", None)
+            metrics = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
             if runtime.is_main:
                 _final_checkpoint(training, history, step, tracker)
-                metrics.update(
-                    evaluate_benchmarks(
-                        training.method, training.experiment, runtime, training.config_hash, tracker
-                    )
-                )
-                log_artifacts(tracker, training.experiment, training.method, history, training.output)
+                metrics.update(evaluate_benchmarks(training, tracker))
+                log_artifacts(tracker, training, history)
                 tracker.finish("FINISHED")
             return PretrainResult(
                 training.output / LAST, tracker.run_id if tracker else None, metrics, history
@@ -103,46 +101,6 @@ def pretrain(
             raise
     finally:
         runtime.teardown()
-
-
-def _resume(training: Training, resume_run: bool) -> ResumePoint:
-    """Restore the last checkpoint (weights, optimizer, RNGs), or find the run of ``run.json``."""
-    return resume_point(
-        training.output,
-        training.config_hash,
-        training.method,
-        training.optimizer,
-        resume_run=resume_run,
-        is_main=training.runtime.is_main,
-    )
-
-
-def _open_run(
-    training: Training,
-    start: ResumePoint,
-    run_name: str | None,
-    parent_run_id: str | None,
-    tags: dict[str, str] | None,
-    tracking_uri: str | None,
-) -> RunLogger:
-    """Rank 0's MLflow run: continued or new (a new run of a resumed training gets the finished
-    epochs replayed); ``run.json`` names it until the first checkpoint does."""
-    tracker = open_run(
-        training.experiment,
-        training.runtime,
-        training.output,
-        run_name=run_name,
-        run_id=start.run_id,
-        parent_run_id=parent_run_id,
-        tags=tags,
-        tracking_uri=tracking_uri,
-    )
-    if start.epoch:
-        tracker.set_tags({"resumed_from_epoch": start.epoch})
-    if start.run_id is None:
-        replay_history(tracker, start.history)
-    remember_run(training.output, tracker.run_id, training.config_hash)
-    return tracker
 
 
 def _train_epochs(
@@ -191,13 +149,12 @@ def _train_epochs(
         metrics = train_epoch(context, itertools.islice(batches, steps_per_epoch))
         metrics.update(padding_counts(training.dataset))
         if experiment.eval.knn_monitor and experiment.data.val and runtime.is_main:
-            metrics["knn_top1"] = knn_monitor_top1(method, experiment, runtime)
+            metrics["knn_top1"] = knn_monitor_top1(training)
         history.append({"epoch": epoch + 1, **metrics})
         if runtime.is_main:
-            state = training_state(
-                method, training.optimizer, experiment, epoch + 1, context.step, history, tracker
+            save_checkpoint(
+                training.output / LAST, training_state(training, epoch + 1, context.step, history, tracker)
             )
-            save_checkpoint(training.output / LAST, state)
             tracker.log_metrics({f"epoch.{k}": v for k, v in metrics.items()}, step=epoch + 1)
             tracker.flush()
         if on_epoch_end is not None:
@@ -212,7 +169,4 @@ def _final_checkpoint(
     if (training.output / LAST).is_file() and training.method.trainable:
         return
     epochs = training.experiment.optim.epochs
-    state = training_state(
-        training.method, training.optimizer, training.experiment, epochs, step, history, tracker
-    )
-    save_checkpoint(training.output / LAST, state)
+    save_checkpoint(training.output / LAST, training_state(training, epochs, step, history, tracker))

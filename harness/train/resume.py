@@ -9,14 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness.atomic import atomic_file
 from harness.checkpoint import LAST, load_checkpoint, rng_state, set_rng_state
-from harness.config import Experiment
 from harness.redact import redact
 from harness.tracking import RunLogger
-from methods import SSLMethod
+from harness.train.prepare import Training
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +30,18 @@ class ResumePoint:
     run_id: str | None = None
 
 
-def resume_point(
-    output: Path,
-    config_hash: str,
-    method: SSLMethod,
-    optimizer: torch.optim.Optimizer | None,
-    *,
-    resume_run: bool,
-    is_main: bool,
-) -> ResumePoint:
-    """Restore ``output/last.pt`` into ``method``, ``optimizer`` and the RNGs when it exists (refused
+def resume_point(training: Training, *, resume_run: bool) -> ResumePoint:
+    """Restore ``output/last.pt`` into the method, the optimizer and the RNGs when it exists (refused
     if another training config wrote it); without one, continue the run of ``run.json`` if it
     belongs to this config. ``resume_run=False`` starts a new MLflow run either way.
     """
+    output, config_hash, optimizer = training.output, training.config_hash, training.optimizer
+    is_main = training.runtime.is_main
     if not (output / LAST).is_file():
         run_id = _run_without_checkpoint(output, config_hash) if resume_run and is_main else None
         return ResumePoint(run_id=run_id)
     state = load_checkpoint(output / LAST, expected_hash=config_hash)
-    method.load_state_dict(state["method"])
+    training.method.load_state_dict(state["method"])
     if optimizer is not None and state.get("optimizer"):
         optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
@@ -62,21 +53,16 @@ def resume_point(
 
 
 def training_state(
-    method: SSLMethod,
-    optimizer: torch.optim.Optimizer | None,
-    experiment: Experiment,
-    epoch: int,
-    step: int,
-    history: list[dict[str, float]],
-    tracker: RunLogger | None,
+    training: Training, epoch: int, step: int, history: list[dict[str, float]], tracker: RunLogger | None
 ) -> dict[str, Any]:
     """The checkpoint of a training after ``epoch`` epochs: weights, optimizer, RNGs, history, run id."""
+    experiment, optimizer = training.experiment, training.optimizer
     return {
         "config_hash": experiment.training_hash(),
         "config": redact(experiment.to_yaml()),  # no URL password on disk (rebuilding the method needs none)
         "epoch": epoch,
         "step": step,
-        "method": method.state_dict(),
+        "method": training.method.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
         "rng": rng_state(),
         "history": history,
@@ -84,15 +70,16 @@ def training_state(
     }
 
 
-def remember_run(output: Path, run_id: str, config_hash: str) -> None:
+def remember_run(training: Training, run_id: str) -> None:
     """Until a checkpoint holds the run id, record the run in ``output/run.json`` (atomically), so that
     a training killed before its first checkpoint is resumed into the same MLflow run instead of
     leaving it RUNNING forever."""
+    output = training.output
     if (output / LAST).is_file():
         return
     try:
         with atomic_file(output / RUN_FILE) as handle:
-            handle.write(json.dumps({"run_id": run_id, "config_hash": config_hash}))
+            handle.write(json.dumps({"run_id": run_id, "config_hash": training.config_hash}))
     except OSError as exc:  # a convenience only: the first checkpoint will hold the run id
         log.warning(
             "could not write %s (%s); a kill before the first checkpoint would start a new run",

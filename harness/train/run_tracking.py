@@ -4,30 +4,27 @@ finished epochs replayed into a new run, the artifacts at the end, the reason wh
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
-from harness.config import Experiment
-from harness.runtime import Runtime
 from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
-from methods import SSLMethod
+from harness.train.prepare import Training
+from harness.train.resume import ResumePoint
 
 log = logging.getLogger(__name__)
 
 
 def open_run(
-    experiment: Experiment,
-    runtime: Runtime,
-    output: Path,
-    *,
+    training: Training,
+    start: ResumePoint,
     run_name: str | None,
-    run_id: str | None,
     parent_run_id: str | None,
     tags: dict[str, str] | None,
     tracking_uri: str | None,
 ) -> RunLogger:
-    """Continue run ``run_id``, or start a new one with the run's tags, flat params and config."""
+    """Continue the run of ``start``, or start a new one with the run's tags, flat params and config;
+    a resumed training is tagged with the epoch it resumed after."""
+    experiment, runtime, output, run_id = training.experiment, training.runtime, training.output, start.run_id
     uri = resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri)
     data = experiment.data
     run_tags = {
@@ -60,6 +57,8 @@ def open_run(
         params["checkpoint_dir"] = str(output)
         tracker.log_params(params)
         tracker.log_text(experiment.to_yaml(), "config.yaml")
+    if start.epoch:
+        tracker.set_tags({"resumed_from_epoch": start.epoch})
     return tracker
 
 
@@ -71,14 +70,9 @@ def replay_history(tracker: RunLogger, history: list[dict[str, float]]) -> None:
         )
 
 
-def log_artifacts(
-    tracker: RunLogger,
-    experiment: Experiment,
-    method: SSLMethod,
-    history: list[dict[str, float]],
-    output: Path,
-) -> None:
-    """The training-curve PNG and, if asked, the encoder weights."""
+def log_artifacts(tracker: RunLogger, training: Training, history: list[dict[str, float]]) -> None:
+    """The training-curve PNG and, if asked, the encoder weights (both written to the checkpoint folder)."""
+    experiment, output = training.experiment, training.output
     if history:
         from harness.report.plots import training_curves
 
@@ -90,7 +84,7 @@ def log_artifacts(
         tracker.log_artifact(png)
     if experiment.runtime.save_encoder:
         path = output / "encoder.pt"
-        torch.save(method.encoder.state_dict(), path)
+        torch.save(training.method.encoder.state_dict(), path)
         tracker.log_artifact(path)
 
 
