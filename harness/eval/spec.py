@@ -34,19 +34,13 @@ that names the file and the variable to set.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import os
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.config import DATASETS, AugmentConfig
-from harness.schema import ConfigError, check_value, expand_env, field_spec, unknown_key_hint
+from harness.schema import ConfigError, build_section, check_value, field_spec, read_mapping, unknown_key_hint
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -143,6 +137,12 @@ class Benchmark:
 TOP_LEVEL = ("name", "dataset", "protocol", "train", "val", "views", *PROTOCOL_NAMES)
 
 
+MANIFEST_RULES = {
+    "file": True,
+    "help": "a manifest CSV path,label; make one with `rho data import` or `rho data synth`",
+}
+
+
 def load_benchmark(path: str | Path, check_files: bool = True) -> Benchmark:
     """Read and validate a benchmark file.
 
@@ -154,25 +154,13 @@ def load_benchmark(path: str | Path, check_files: bool = True) -> Benchmark:
         ConfigError: for the first bad key or value, naming ``path``.
     """
     path = Path(path)
+    raw = read_mapping(
+        path, "benchmark", "benchmark YAML file (benchmarks/*.yaml)", f"keys {', '.join(TOP_LEVEL)}"
+    )
     try:
-        return _build(_read_mapping(path), path, check_files)
+        return _build(raw, path, check_files)
     except ConfigError as exc:
-        raise ConfigError(exc.key, exc.value, exc.allowed, str(path)) from None
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping (safe loader)."""
-    if not path.is_file():
-        raise ConfigError(
-            "benchmark", str(path), "a path to an existing benchmark YAML file (benchmarks/*.yaml)"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError("benchmark", str(path), f"valid YAML; the parser says: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("benchmark", str(path), f"a YAML mapping with keys {', '.join(TOP_LEVEL)}")
-    return raw
+        raise exc.located(str(path)) from None
 
 
 def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
@@ -180,9 +168,7 @@ def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
     for key in raw:
         if key not in TOP_LEVEL:
             raise ConfigError(key, raw[key], unknown_key_hint(key, list(TOP_LEVEL)))
-    protocol = _required(raw, "protocol")
-    if protocol not in PROTOCOL_NAMES:
-        raise ConfigError("protocol", protocol, _choice_hint(str(protocol), PROTOCOL_NAMES))
+    protocol = check_value("protocol", raw.get("protocol"), str, {"choices": PROTOCOL_NAMES}, False)
     for other in PROTOCOL_NAMES:
         if other != protocol and other in raw:
             raise ConfigError(
@@ -195,10 +181,8 @@ def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
             name,
             "letters, digits, '_', '-' and '.', starting with a letter or digit (used in metric names)",
         )
-    dataset = raw.get("dataset", "custom")
-    if dataset not in DATASETS:
-        raise ConfigError("dataset", dataset, _choice_hint(str(dataset), DATASETS))
-    views = _section("views", ViewsSpec(), raw.get("views"))
+    dataset = check_value("dataset", raw.get("dataset", "custom"), str, {"choices": DATASETS}, False)
+    views = build_section("views", ViewsSpec, _mapping("views", raw.get("views")))
     for key in ("train_spatial", "test_spatial"):
         if getattr(views, key) not in (1, 3):
             raise ConfigError(
@@ -208,65 +192,16 @@ def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
         name=name,
         dataset=dataset,
         protocol=protocol,
-        train=_manifest_path("train", _required(raw, "train"), check_files),
-        val=_manifest_path("val", _required(raw, "val"), check_files),
+        train=check_value("train", raw.get("train"), Path, MANIFEST_RULES, check_files),
+        val=check_value("val", raw.get("val"), Path, MANIFEST_RULES, check_files),
         views=views,
-        settings=_section(protocol, PROTOCOL_SPECS[protocol](), raw.get(protocol)),
+        settings=build_section(protocol, PROTOCOL_SPECS[protocol], _mapping(protocol, raw.get(protocol))),
         source=path,
     )
 
 
-def _required(raw: dict[str, Any], key: str) -> Any:
-    if raw.get(key) is None:
-        raise ConfigError(key, None, "a value is required")
-    return raw[key]
-
-
-def _choice_hint(value: str, choices: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    return (f"did you mean {close[0]!r}? " if close else "") + f"one of {', '.join(choices)}"
-
-
-def _section(prefix: str, default: Any, values: Any) -> Any:
-    """``default`` (a spec dataclass) with the keys of ``values`` checked and applied; nested specs recurse."""
-    if values is None:
-        return default
-    if not isinstance(values, dict):
-        raise ConfigError(prefix, values, f"a mapping of {prefix} settings")
-    fields = {f.name: f for f in dataclasses.fields(default)}
-    changes = {}
-    for key, value in values.items():
-        dotted = f"{prefix}.{key}"
-        if key not in fields:
-            raise ConfigError(dotted, value, unknown_key_hint(dotted, [f"{prefix}.{k}" for k in fields]))
-        current = getattr(default, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _section(dotted, current, value)
-        else:
-            hint = typing.get_type_hints(type(default))[key]
-            changes[key] = check_value(dotted, value, hint, fields[key].metadata, check_files=False)
-    return dataclasses.replace(default, **changes)
-
-
-def _manifest_path(key: str, raw: Any, check_files: bool) -> Path:
-    """Expand environment variables in a manifest path, make it absolute and (optionally) check it exists."""
-    if not isinstance(raw, str):
-        raise ConfigError(
-            key, raw, "a manifest path (CSV path,label), optionally with ${VAR} or ${VAR:-default}"
-        )
-    expanded, variables = expand_env(key, raw)
-    path = Path(expanded).expanduser().absolute()
-    if check_files and not path.is_file():
-        settings = ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in variables)
-        origin = (
-            f"; the path comes from {settings}: set it to the folder that holds the manifests"
-            if variables
-            else ""
-        )
-        raise ConfigError(
-            key,
-            raw,
-            f"an existing manifest, but there is no file at {path}{origin} "
-            "(make manifests with `rho data import` or `rho data synth`)",
-        )
-    return path
+def _mapping(key: str, values: Any) -> dict[str, Any] | None:
+    """A section's mapping as written (None when absent); anything else is refused."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(key, values, f"a mapping of {key} settings")
+    return values

@@ -32,7 +32,6 @@ so a bad value anywhere fails before the first trial.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import itertools
 import json
@@ -40,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, Experiment, flatten, load_experiment, read_yaml, set_dotted
+from harness.config import Experiment, flatten, load_experiment, read_yaml, set_dotted
+from harness.schema import ConfigError, unknown_key_hint
 
 TOP_KEYS = (
     "name",
@@ -185,20 +185,12 @@ class StudySpec:
             raise ConfigError(exc.key, exc.value, f"{exc.allowed} (in the trial {where})", source) from None
 
 
-def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(key, value, allowed, source)
-
-
 def _require(source: str, mapping: dict, key: str, prefix: str, allowed: tuple[str, ...]) -> None:
     unknown = [k for k in mapping if k not in allowed]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f"did you mean {prefix}{close[0]}? " if close else ""
-        raise _fail(
-            source,
-            f"{prefix}{unknown[0]}",
-            mapping[unknown[0]],
-            f"unknown key; {hint}known: {', '.join(allowed)}",
+        bad = f"{prefix}{unknown[0]}"
+        raise ConfigError(
+            bad, mapping[unknown[0]], unknown_key_hint(bad, [prefix + k for k in allowed]), source
         )
 
 
@@ -219,35 +211,37 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, check_files: bool
     _require(source, raw, "", "", TOP_KEYS)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ "):
-        raise _fail(source, "name", name, "a non-empty name without spaces or slashes")
+        raise ConfigError("name", name, "a non-empty name without spaces or slashes", source)
     base = _base_tree(source, raw.get("experiment"), path)
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
-        raise _fail(source, "overrides", overrides, "a mapping of dotted keys to values")
+        raise ConfigError("overrides", overrides, "a mapping of dotted keys to values", source)
     for key, value in overrides.items():
         set_dotted(base, key, value)
     spec = StudySpec(name=name, path=path, base=base, description=str(raw.get("description") or ""))
     per_method = raw.get("per_method") or {}
     if not isinstance(per_method, dict) or not all(isinstance(v, dict) for v in per_method.values()):
-        raise _fail(source, "per_method", per_method, "a mapping of method name to dotted overrides")
+        raise ConfigError("per_method", per_method, "a mapping of method name to dotted overrides", source)
     spec.per_method = per_method
 
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict):
-        raise _fail(source, "grid", grid, "a mapping of dotted keys to lists of values")
+        raise ConfigError("grid", grid, "a mapping of dotted keys to lists of values", source)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise _fail(source, f"grid.{key}", values, "a non-empty list of values")
+            raise ConfigError(f"grid.{key}", values, "a non-empty list of values", source)
     spec.grid = dict(grid)
     baselines = raw.get("baselines") or []
     if not isinstance(baselines, list) or not all(isinstance(b, dict) and b for b in baselines):
-        raise _fail(source, "baselines", baselines, "a list of non-empty mappings of dotted keys to values")
+        raise ConfigError(
+            "baselines", baselines, "a list of non-empty mappings of dotted keys to values", source
+        )
     spec.baselines = baselines
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise _fail(source, "seeds", seeds, "a non-empty list of integers >= 0")
+        raise ConfigError("seeds", seeds, "a non-empty list of integers >= 0", source)
     if len(set(seeds)) != len(seeds):
-        raise _fail(source, "seeds", seeds, "distinct seeds")
+        raise ConfigError("seeds", seeds, "distinct seeds", source)
     spec.seeds = seeds
     _parse_search(source, raw.get("search"), spec)
     _parse_objective(source, raw.get("objective"), spec)
@@ -258,7 +252,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, check_files: bool
     spec.table_rows = table.get("rows", spec.table_rows)
     spec.table_columns = table.get("columns", spec.table_columns)
     if not spec.points() and not spec.search:
-        raise _fail(source, "grid", grid, "at least one trial: give grid values, baselines or a search")
+        raise ConfigError("grid", grid, "at least one trial: give grid values, baselines or a search", source)
     for point in spec.points():  # every trial's config is valid before the first one runs
         spec.experiment(point.overrides, point.seed, check_files=check_files)
     return spec
@@ -274,53 +268,55 @@ def _base_tree(source: str, experiment: Any, path: Path | None) -> dict[str, Any
         if not candidate.is_absolute() and path is not None and (path.parent / candidate).is_file():
             candidate = path.parent / candidate
         if not candidate.is_file():
-            raise _fail(
-                source,
+            raise ConfigError(
                 "experiment",
                 experiment,
                 "an experiment YAML path (relative to the spec) or a mapping",
+                source,
             )
         tree: dict[str, Any] = {}
         for key, value in flatten(read_yaml(candidate)).items():
             set_dotted(tree, key, value)
         return tree
-    raise _fail(source, "experiment", experiment, "an experiment YAML path or a mapping")
+    raise ConfigError("experiment", experiment, "an experiment YAML path or a mapping", source)
 
 
 def _parse_search(source: str, search: Any, spec: StudySpec) -> None:
     if search is None:
         return
     if not isinstance(search, dict):
-        raise _fail(source, "search", search, "a mapping with sampler, n_trials and params")
+        raise ConfigError("search", search, "a mapping with sampler, n_trials and params", source)
     _require(source, search, "search", "search.", ("sampler", "n_trials", "params"))
     spec.sampler = search.get("sampler", "tpe")
     if spec.sampler not in SAMPLERS:
-        raise _fail(source, "search.sampler", spec.sampler, f"one of {', '.join(SAMPLERS)}")
+        raise ConfigError("search.sampler", spec.sampler, f"one of {', '.join(SAMPLERS)}", source)
     spec.n_trials = search.get("n_trials", 0)
     if not isinstance(spec.n_trials, int) or spec.n_trials < 1:
-        raise _fail(source, "search.n_trials", spec.n_trials, "an integer >= 1")
+        raise ConfigError("search.n_trials", spec.n_trials, "an integer >= 1", source)
     params = search.get("params") or {}
     if not isinstance(params, dict) or not params:
-        raise _fail(source, "search.params", params, "a mapping of dotted keys to distributions")
+        raise ConfigError("search.params", params, "a mapping of dotted keys to distributions", source)
     for key, dist in params.items():
         where = f"search.params.{key}"
         if not isinstance(dist, dict):
-            raise _fail(source, where, dist, "a mapping like {type: float, low: 0.001, high: 0.1, log: true}")
+            raise ConfigError(
+                where, dist, "a mapping like {type: float, low: 0.001, high: 0.1, log: true}", source
+            )
         _require(source, dist, where, f"{where}.", ("type", "low", "high", "log", "step", "choices"))
         kind = dist.get("type")
         if kind not in PARAM_TYPES:
-            raise _fail(source, f"{where}.type", kind, f"one of {', '.join(PARAM_TYPES)}")
+            raise ConfigError(f"{where}.type", kind, f"one of {', '.join(PARAM_TYPES)}", source)
         if kind == "categorical":
             choices = dist.get("choices")
             if not isinstance(choices, list) or not choices:
-                raise _fail(source, f"{where}.choices", choices, "a non-empty list")
+                raise ConfigError(f"{where}.choices", choices, "a non-empty list", source)
             spec.search.append(SearchParam(key, kind, choices=tuple(choices)))
             continue
         low, high = _number(dist.get("low")), _number(dist.get("high"))
         if low is None or high is None or low >= high:
-            raise _fail(source, where, dist, "numbers low < high")
+            raise ConfigError(where, dist, "numbers low < high", source)
         if dist.get("log") and low <= 0:
-            raise _fail(source, f"{where}.low", low, "> 0 for a log distribution")
+            raise ConfigError(f"{where}.low", low, "> 0 for a log distribution", source)
         spec.search.append(
             SearchParam(key, kind, low, high, bool(dist.get("log")), _number(dist.get("step")))
         )
@@ -340,12 +336,14 @@ def _number(value: Any) -> float | None:
 def _parse_objective(source: str, objective: Any, spec: StudySpec) -> None:
     objective = objective or {}
     if not isinstance(objective, dict):
-        raise _fail(source, "objective", objective, "a mapping {metric: ..., direction: maximize|minimize}")
+        raise ConfigError(
+            "objective", objective, "a mapping {metric: ..., direction: maximize|minimize}", source
+        )
     _require(source, objective, "objective", "objective.", ("metric", "direction"))
     spec.objective_metric = objective.get("metric", "loss")
     spec.direction = objective.get("direction", "minimize" if spec.objective_metric == "loss" else "maximize")
     if spec.direction not in DIRECTIONS:
-        raise _fail(source, "objective.direction", spec.direction, "maximize or minimize")
+        raise ConfigError("objective.direction", spec.direction, "maximize or minimize", source)
 
 
 def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
@@ -355,7 +353,7 @@ def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
     _require(source, pruner, "pruner", "pruner.", ("type", "metric", "warmup_epochs"))
     spec.pruner = pruner.get("type", "none")
     if spec.pruner not in PRUNERS:
-        raise _fail(source, "pruner.type", spec.pruner, f"one of {', '.join(PRUNERS)}")
+        raise ConfigError("pruner.type", spec.pruner, f"one of {', '.join(PRUNERS)}", source)
     spec.pruner_metric = pruner.get("metric", "knn_top1")
     spec.pruner_warmup = pruner.get("warmup_epochs", 1)
     if (
@@ -363,11 +361,11 @@ def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
         and not spec.base.get("eval", {}).get("knn_monitor")
         and spec.pruner_metric == "knn_top1"
     ):
-        raise _fail(
-            source,
+        raise ConfigError(
             "pruner.metric",
             spec.pruner_metric,
             "a per-epoch metric; knn_top1 needs eval.knn_monitor: true",
+            source,
         )
 
 
@@ -379,7 +377,7 @@ def _parse_limits(source: str, limits: Any, spec: StudySpec) -> None:
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
         ):
-            raise _fail(source, f"limits.{key}", value, "a number >= 0 or null")
+            raise ConfigError(f"limits.{key}", value, "a number >= 0 or null", source)
     spec.limits = merged
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.schema import ConfigError, expand_env
 from harness.eval import PROTOCOLS, FinetuneSpec, KnnSpec, LinearSpec, load_benchmark
 from harness.eval.spec import PROTOCOL_SPECS
+from harness.schema import ConfigError, expand_env
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.yaml"))
