@@ -36,7 +36,6 @@ entry-point group ``rho.backbones`` (``name = "package.module:build"``, a callab
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any, NamedTuple
 
 import torch
@@ -44,6 +43,7 @@ import torchvision.models.video as tv_video
 from torch import nn
 
 import harness.compat  # noqa: F401  (torchvision shim; must precede pytorchvideo imports)
+from harness import plugins
 from harness.schema import keyword_params
 
 # isort: split
@@ -313,14 +313,9 @@ _FORWARDED: dict[str, Forwarding] = {
 }
 
 
-def _plugins() -> dict[str, Any]:
-    """Entry points of group ``rho.backbones`` by name, read afresh (installs can change at run time)."""
-    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def available() -> list[str]:
     """Names ``build`` accepts, built-in and from entry points, sorted."""
-    return sorted({*_BUILTIN, *_plugins()})
+    return plugins.available(_BUILTIN, ENTRY_POINT_GROUP)
 
 
 def get(name: str) -> Builder:
@@ -329,15 +324,9 @@ def get(name: str) -> Builder:
     Raises:
         ValueError: for an unknown name (listing the choices), or an entry point that is not callable.
     """
-    if name in _BUILTIN:
-        return _BUILTIN[name]
-    plugins = _plugins()
-    if name not in plugins:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(available())}")
-    builder = plugins[name].load()
-    if not callable(builder):
-        raise ValueError(f"entry point {name!r} ({plugins[name].value}) is not callable")
-    return builder
+    return plugins.lookup(
+        _BUILTIN, ENTRY_POINT_GROUP, name, kind="backbone", accept=callable, must_be="callable"
+    )
 
 
 def params_of(name: str) -> dict[str, Any]:

@@ -12,11 +12,11 @@ keyword parameters it takes with their defaults (what ``harness.config`` validat
 from __future__ import annotations
 
 import inspect
-from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
 
+from harness import plugins
 from harness.schema import keyword_params
 from methods._ema import cosine_momentum, ema_update, momentum_copy
 from methods._heads import MLPHead
@@ -56,14 +56,14 @@ __all__ = [
 ]
 
 
-def _plugins() -> dict[str, Any]:
-    """Entry points of group ``rho.methods`` by name, read afresh (installs can change at run time)."""
-    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+def _is_method(cls: Any) -> bool:
+    """Whether an entry point loaded an ``SSLMethod`` subclass."""
+    return inspect.isclass(cls) and issubclass(cls, SSLMethod)
 
 
 def available() -> list[str]:
     """All method names, built-in and from entry points, sorted."""
-    return sorted({*_BUILTIN, *_plugins()})
+    return plugins.available(_BUILTIN, ENTRY_POINT_GROUP)
 
 
 def get(name: str) -> type[SSLMethod]:
@@ -73,15 +73,9 @@ def get(name: str) -> type[SSLMethod]:
         ValueError: for an unknown name (listing the choices), or an entry point that is not
             an ``SSLMethod`` subclass.
     """
-    if name in _BUILTIN:
-        return _BUILTIN[name]
-    plugins = _plugins()
-    if name not in plugins:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(available())}")
-    cls = plugins[name].load()
-    if not (inspect.isclass(cls) and issubclass(cls, SSLMethod)):
-        raise ValueError(f"entry point {name!r} ({plugins[name].value}) is not an SSLMethod subclass")
-    return cls
+    return plugins.lookup(
+        _BUILTIN, ENTRY_POINT_GROUP, name, kind="method", accept=_is_method, must_be="an SSLMethod subclass"
+    )
 
 
 def params_of(name: str) -> dict[str, Any]:

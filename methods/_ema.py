@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -36,3 +37,11 @@ def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
         target_param.mul_(momentum).add_(online_param.detach(), alpha=1.0 - momentum)
     for online_buffer, target_buffer in zip(online.buffers(), target.buffers(), strict=True):
         target_buffer.copy_(online_buffer)
+
+
+def ema_step(pairs: Iterable[tuple[nn.Module, nn.Module]], base: float, progress: float) -> float:
+    """``ema_update`` of each (online, target) pair at ``cosine_momentum(base, progress)``; returns that momentum."""
+    momentum = cosine_momentum(base, progress)
+    for online, target in pairs:
+        ema_update(online, target, momentum)
+    return momentum

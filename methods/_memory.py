@@ -72,3 +72,35 @@ def gradient_cached_backward(
         for view in range(clips.shape[1]):
             embed(clips[:, view]).backward(cached_grad[:, view])
     return loss.detach(), metrics
+
+
+def coupled_loss(
+    embed: Callable[[Tensor], Tensor],
+    clips: Tensor,
+    loss_fn: Callable[[Tensor], tuple[Tensor, dict[str, float]]],
+    stateful: Iterable[nn.Module],
+    memory: str,
+) -> tuple[Tensor, dict[str, float], bool]:
+    """``loss_fn(embed_clips(embed, clips))`` for a loss that couples all clips, by gradient caching when ``memory`` is ``"low"``.
+
+    Returns:
+        (loss, metrics, backward_done): in low-memory mode the loss is already back-propagated
+        and detached (``gradient_cached_backward``) and backward_done is True.
+    """
+    if memory == "low":
+        loss, metrics = gradient_cached_backward(embed, clips, loss_fn, stateful)
+        return loss, metrics, True
+    loss, metrics = loss_fn(embed_clips(embed, clips))
+    return loss, metrics, False
+
+
+def clip_loss(loss: Tensor, memory: str) -> Tensor:
+    """One clip's term of a per-clip loss: back-propagated at once and detached when ``memory`` is ``"low"``.
+
+    Low-memory mode frees each clip's graph before the next clip is forwarded; in standard
+    mode the term keeps its graph for the engine's ``loss.backward()``.
+    """
+    if memory == "low":
+        loss.backward()
+        return loss.detach()
+    return loss

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods._checks import check_choice, check_positive
-from methods._ema import cosine_momentum, ema_update, momentum_copy
+from methods._ema import ema_step, momentum_copy
 from methods._heads import MLPHead
-from methods._memory import MEMORY_MODES, embed_clips
+from methods._memory import MEMORY_MODES, clip_loss, embed_clips
 from methods._metrics import embedding_std
 from methods._pairs import other_clips
 from methods.base import SSLMethod, StepOutput
@@ -99,11 +99,7 @@ class BYOL(SSLMethod):
             projection = self.projector(self.backbone(clips[:, clip]))
             prediction = self.predictor(projection)
             loss = sum(regression_loss(prediction, targets[:, t]) for t in other_clips(clip, num_clips))
-            loss = loss / num_pairs
-            if self.memory == "low":
-                loss.backward()
-                loss = loss.detach()
-            total = total + loss
+            total = total + clip_loss(loss / num_pairs, self.memory)
             projections.append(projection.detach())
         metrics = {
             "loss": total.item(),
@@ -113,6 +109,5 @@ class BYOL(SSLMethod):
         return StepOutput(total, metrics, backward_done=self.memory == "low")
 
     def on_step_end(self, progress: float) -> None:
-        self.momentum = cosine_momentum(self.base_momentum, progress)
-        ema_update(self.backbone, self.target_backbone, self.momentum)
-        ema_update(self.projector, self.target_projector, self.momentum)
+        pairs = ((self.backbone, self.target_backbone), (self.projector, self.target_projector))
+        self.momentum = ema_step(pairs, self.base_momentum, progress)

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from harness.distributed import all_gather_no_grad, shuffle_batch, unshuffle_batch
 from methods._checks import check_choice, check_positive
-from methods._ema import cosine_momentum, ema_update, momentum_copy
+from methods._ema import ema_step, momentum_copy
 from methods._heads import MLPHead
-from methods._memory import MEMORY_MODES, embed_clips
+from methods._memory import MEMORY_MODES, clip_loss, embed_clips
 from methods._metrics import embedding_std
 from methods._pairs import ordered_pairs, other_clips
 from methods._queue import KeyQueue
@@ -143,11 +143,7 @@ class MoCo(SSLMethod):
                 info_nce_loss(q, keys[:, t], negatives, self.temperature, excluded)
                 for t in other_clips(clip, num_clips)
             )
-            loss = loss / num_pairs
-            if self.memory == "low":
-                loss.backward()
-                loss = loss.detach()
-            total = total + loss
+            total = total + clip_loss(loss / num_pairs, self.memory)
             queries.append(q.detach())
         self.enqueue_keys(keys, videos)
         queries = torch.stack(queries, dim=1)
@@ -160,9 +156,8 @@ class MoCo(SSLMethod):
         return StepOutput(total, metrics, backward_done=self.memory == "low")
 
     def on_step_end(self, progress: float) -> None:
-        self.momentum = cosine_momentum(self.base_momentum, progress)
-        ema_update(self.backbone, self.target_backbone, self.momentum)
-        ema_update(self.head, self.target_head, self.momentum)
+        pairs = ((self.backbone, self.target_backbone), (self.head, self.target_head))
+        self.momentum = ema_step(pairs, self.base_momentum, progress)
 
 
 @torch.no_grad()

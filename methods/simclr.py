@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from harness.distributed import all_gather_no_grad, gather_with_grad, rank
 from methods._checks import check_choice, check_positive
 from methods._heads import MLPHead
-from methods._memory import MEMORY_MODES, embed_clips, gradient_cached_backward
+from methods._memory import MEMORY_MODES, coupled_loss
 from methods._metrics import embedding_std
 from methods._pairs import PAIR_MODES, clip_pairs
 from methods.base import SSLMethod, StepOutput
@@ -144,10 +144,6 @@ class SimCLR(SSLMethod):
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         clips = batch["clips"]
-        if self.memory == "low":
-            loss, metrics = gradient_cached_backward(
-                self._embed, clips, self._loss, (self.backbone, self.head)
-            )
-            return StepOutput(loss, metrics, backward_done=True)
-        loss, metrics = self._loss(embed_clips(self._embed, clips))
-        return StepOutput(loss, metrics)
+        return StepOutput(
+            *coupled_loss(self._embed, clips, self._loss, (self.backbone, self.head), self.memory)
+        )

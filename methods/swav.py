@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from harness.distributed import all_reduce_max, all_reduce_sum, world_size
 from methods._checks import check_choice, check_positive
 from methods._heads import MLPHead
-from methods._memory import MEMORY_MODES, embed_clips, gradient_cached_backward
+from methods._memory import MEMORY_MODES, coupled_loss
 from methods._metrics import embedding_std
 from methods._pairs import other_clips
 from methods._queue import KeyQueue
@@ -167,10 +167,6 @@ class SwAV(SSLMethod):
         clips = batch["clips"]
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        if self.memory == "low":
-            loss, metrics = gradient_cached_backward(
-                self._embed, clips, self._loss, (self.backbone, self.head)
-            )
-            return StepOutput(loss, metrics, backward_done=True)
-        loss, metrics = self._loss(embed_clips(self._embed, clips))
-        return StepOutput(loss, metrics)
+        return StepOutput(
+            *coupled_loss(self._embed, clips, self._loss, (self.backbone, self.head), self.memory)
+        )

@@ -2,6 +2,7 @@
 MLflow store, and the shared data fixtures (small real mp4 files, a tiny synthetic dataset)."""
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,12 @@ def tiny_synth(tmp_path_factory) -> dict[str, Path]:
     return synthesize(
         root, SynthSpec(train_videos=12, val_videos=8, classes=2, duration=1.0, fps=8, size=32), workers=1
     )
+
+
+@pytest.fixture
+def plugin_root(tmp_path):
+    """A folder for a plugin distribution (tests/plugin_dist.py); modules imported from it are forgotten afterwards."""
+    yield tmp_path
+    for name, module in list(sys.modules.items()):
+        if Path(getattr(module, "__file__", None) or "/").is_relative_to(tmp_path):
+            sys.modules.pop(name, None)

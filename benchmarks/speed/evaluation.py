@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness import backbones
@@ -35,6 +34,7 @@ from harness.eval import (
     standardize,
     view_probabilities,
 )
+from harness.eval.linear import new_probe, probe_step
 from harness.optim import lr_at, set_lr
 from harness.speed import Check, SpeedContext, SpeedResult
 from harness.speed.media import demo_data_root, rho_data
@@ -53,15 +53,7 @@ def reencoding_probe(
     """The linear probe of ``harness.eval.linear_probe``, re-extracting the training features every epoch."""
     train_views, test_views = benchmark_views(benchmark, "train"), benchmark_views(benchmark, "test")
     classes = num_classes(train_views.entries + test_views.entries)
-    classifier = nn.Linear(feature_dim, classes)
-    nn.init.zeros_(classifier.weight)
-    nn.init.zeros_(classifier.bias)
-    optimizer = torch.optim.SGD(
-        classifier.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
+    classifier, optimizer = new_probe(feature_dim, classes, settings)
     generator = torch.Generator().manual_seed(seed)
     samples = len(train_views) * train_views.views
     steps_per_epoch = math.ceil(samples / settings.batch_size)
@@ -74,10 +66,7 @@ def reencoding_probe(
         targets = labels.repeat_interleave(features.shape[1])
         for batch in torch.randperm(len(train), generator=generator).split(settings.batch_size):
             set_lr(optimizer, lr_at(step, total, warmup, settings.lr))
-            loss = F.cross_entropy(classifier(train[batch]), targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            probe_step(classifier, optimizer, train[batch], targets[batch])
             step += 1
     test_features, test_labels = extract_features(encoder, test_views, workers=workers, progress=False)
     test = standardize(train_features, test_features)[1]

@@ -22,7 +22,7 @@ from harness.config import load_experiment
 from harness.data.manifest import read_manifest
 from harness.speed import Check, SpeedContext, SpeedResult
 from harness.speed.environment import usable_cores
-from harness.speed.media import demo_data_root, rho_data
+from harness.speed.media import QUICK_OVERRIDES, demo_data_root, rho_data
 from harness.train import build_method, pretrain, train_dataset
 
 TITLE = "data loading vs training step on the demo config with its default workers"
@@ -35,15 +35,7 @@ PARAMS = {
 }
 
 DEMO = Path(__file__).resolve().parents[2] / "studies" / "experiments" / "demo.yaml"
-QUICK = {
-    "data.batch_size": 4,
-    "data.frames": 2,
-    "data.crop": 16,
-    "backbone.width": 4,
-    "method.hidden_dims": [16],
-    "method.out_dim": 8,
-    "optim.base_batch_size": 4,
-}
+QUICK = {**QUICK_OVERRIDES, "method.hidden_dims": [16], "method.out_dim": 8}
 
 
 def batch_costs(experiment, batches: int = 2) -> tuple[float, float, float]:

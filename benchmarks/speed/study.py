@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from harness.config import read_yaml
 from harness.data.manifest import num_classes, read_manifest
 from harness.speed import Check, SpeedContext, SpeedResult
-from harness.speed.media import demo_data_root, rho_data
+from harness.speed.media import QUICK_OVERRIDES, demo_data_root, rho_data
 from harness.study import make_storage, open_study, parse_study, run_worker
 from harness.study.attrs import ATTR_DUPLICATE, ATTR_SURPLUS
 
@@ -36,14 +36,7 @@ PARAMS = {
 }
 
 LR_SEARCH = Path(__file__).resolve().parents[2] / "studies" / "cpu" / "lr_search.yaml"
-QUICK = {
-    "data.batch_size": 4,
-    "data.frames": 2,
-    "data.crop": 16,
-    "backbone.width": 4,
-    "optim.base_batch_size": 4,
-    "eval.knn_k": 3,
-}
+QUICK = {**QUICK_OVERRIDES, "eval.knn_k": 3}
 
 
 def trial_epochs(study: optuna.Study, epochs: int) -> tuple[int, int, int, int]:

@@ -134,8 +134,7 @@ def from_ucf101(
 
     train = rows(splits_dir / f"trainlist{split:02d}.txt", labelled=True)
     val = rows(splits_dir / f"testlist{split:02d}.txt", labelled=False)
-    _write_classes(out_dir / "classes.txt", classes)
-    return [write_manifest(out_dir / "train.csv", train), write_manifest(out_dir / "val.csv", val)]
+    return _write_split(out_dir, classes, train, val)
 
 
 def from_hmdb51(
@@ -174,8 +173,7 @@ def from_hmdb51(
                 continue
             row = _row(video_root / class_name / fields[0], label, class_name, where, check_files)
             (train if fields[1] == "1" else val).append(row)
-    _write_classes(out_dir / "classes.txt", classes)
-    return [write_manifest(out_dir / "train.csv", train), write_manifest(out_dir / "val.csv", val)]
+    return _write_split(out_dir, classes, train, val)
 
 
 def from_kinetics(
@@ -386,6 +384,14 @@ def _load_json(path: Path, kind: type, shape: str) -> dict | list:
     if not isinstance(data, kind):
         raise DatasetLayoutError(f"{path}: expected {shape}")
     return data
+
+
+def _write_split(
+    out_dir: Path, classes: Iterable[str], train: list[dict[str, object]], val: list[dict[str, object]]
+) -> list[Path]:
+    """``out_dir/classes.txt`` and the manifests ``out_dir/train.csv`` and ``out_dir/val.csv``, in that order."""
+    _write_classes(out_dir / "classes.txt", classes)
+    return [write_manifest(out_dir / "train.csv", train), write_manifest(out_dir / "val.csv", val)]
 
 
 def _write_classes(path: Path, names: Iterable[str]) -> None:

@@ -30,6 +30,32 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-5) -
     return [(x - mean) * scale for x in (train, *others)]
 
 
+def new_probe(
+    feature_dim: int, num_classes: int, settings: LinearSpec, device: torch.device | str = "cpu"
+) -> tuple[nn.Linear, torch.optim.SGD]:
+    """A zero-initialised softmax classifier on ``device`` and its SGD (``settings``' lr, momentum, weight decay)."""
+    classifier = nn.Linear(feature_dim, num_classes).to(device)
+    nn.init.zeros_(classifier.weight)
+    nn.init.zeros_(classifier.bias)
+    optimizer = torch.optim.SGD(
+        classifier.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    return classifier, optimizer
+
+
+def probe_step(
+    classifier: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.Tensor, labels: torch.Tensor
+) -> None:
+    """One SGD step of the cross-entropy of ``classifier`` on a minibatch ``features`` [N, D], ``labels`` [N]."""
+    loss = F.cross_entropy(classifier(features), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def fit_linear(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: LinearSpec, seed: int = 0
 ) -> nn.Linear:
@@ -39,15 +65,7 @@ def fit_linear(
     ``settings.warmup_epochs`` then follows a half-cosine to 0 over ``settings.epochs``. The
     shuffling comes from a generator seeded with ``seed``.
     """
-    classifier = nn.Linear(features.shape[1], num_classes).to(features.device)
-    nn.init.zeros_(classifier.weight)
-    nn.init.zeros_(classifier.bias)
-    optimizer = torch.optim.SGD(
-        classifier.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
+    classifier, optimizer = new_probe(features.shape[1], num_classes, settings, features.device)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(features) / settings.batch_size)
     total, warmup = settings.epochs * steps_per_epoch, round(settings.warmup_epochs * steps_per_epoch)
@@ -56,10 +74,7 @@ def fit_linear(
         order = torch.randperm(len(features), generator=generator).to(features.device)
         for batch in order.split(settings.batch_size):
             set_lr(optimizer, lr_at(step, total, warmup, settings.lr))
-            loss = F.cross_entropy(classifier(features[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            probe_step(classifier, optimizer, features[batch], labels[batch])
             step += 1
     return classifier
 

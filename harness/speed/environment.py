@@ -49,24 +49,22 @@ def cuda_device() -> str | None:
     return torch.cuda.get_device_name(0)
 
 
+def _git(root: Path, *args: str) -> str:
+    """The stripped output of ``git -C root *args``.
+
+    Raises:
+        OSError, subprocess.SubprocessError: git is missing, fails, or takes over 5 s.
+    """
+    command = ["git", "-C", str(root), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+
+
 def git_commit() -> str:
     """HEAD of the repository this package lives in, with ``-dirty`` for uncommitted changes."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")

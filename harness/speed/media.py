@@ -86,6 +86,16 @@ def _all_present(manifest: Path) -> bool:
 
 QUICK_SYNTH = SynthSpec(train_videos=16, val_videos=8, classes=2, duration=1.0, fps=8, size=32)
 
+# Config overrides of a quick benchmark run on the ``QUICK_SYNTH`` videos: small batches of
+# short, small clips through a narrow r3d_tiny.
+QUICK_OVERRIDES: dict[str, object] = {
+    "data.batch_size": 4,
+    "data.frames": 2,
+    "data.crop": 16,
+    "backbone.width": 4,
+    "optim.base_batch_size": 4,
+}
+
 
 def demo_data_root(folder: str | Path, quick: bool) -> Path:
     """A folder holding ``synth/{train,val}.csv``, for ``RHO_DATA``: the demo's own dataset
@@ -129,14 +139,22 @@ class Stopwatch:
             self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
 
 
-def rss_bytes() -> int:
-    """This process's resident set size now (Linux /proc; psutil elsewhere)."""
+def _proc_status_bytes(field: str) -> int | None:
+    """Field ``field`` (a size in kB, e.g. ``VmRSS``) of /proc/self/status in bytes; None without /proc or the field."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc; psutil elsewhere)."""
+    resident = _proc_status_bytes("VmRSS")
+    if resident is not None:
+        return resident
     import psutil
 
     return psutil.Process().memory_info().rss
@@ -154,12 +172,9 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     """Peak RSS since the last ``reset_peak_rss`` (or process start): VmHWM, else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     scale = 1 if os.uname().sysname == "Darwin" else 1024

@@ -2,11 +2,10 @@
 parameters and its ``rho.backbones`` entry point."""
 
 import socket
-import sys
-import textwrap
 
 import pytest
 import torch
+from plugin_dist import install_distribution
 
 from harness import backbones
 from harness.config import ConfigError, build_experiment
@@ -125,33 +124,30 @@ def test_every_listed_param_is_taken_by_the_builder(name):
     assert shapes == {key: value.shape for key, value in default.state_dict().items()}
 
 
-@pytest.fixture
-def plugin_root(tmp_path):
-    """A folder for a plugin distribution; its module is forgotten afterwards."""
-    yield tmp_path
-    sys.modules.pop("tiny_backbone_module", None)
+_PLUGIN_SOURCE = """
+    from torch import nn
+
+    def build_flat(*, dim: int = 6):
+        return nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, dim)), dim
+
+    def build_fixed():
+        return nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten()), 3
+
+    NOT_CALLABLE = 3
+"""
 
 
 def _install_plugin(root, monkeypatch, target: str) -> None:
     """A distribution on sys.path: a module and a dist-info folder whose ``rho.backbones`` entry point names ``target``."""
-    (root / "tiny_backbone_module.py").write_text(
-        textwrap.dedent("""
-        from torch import nn
-
-        def build_flat(*, dim: int = 6):
-            return nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, dim)), dim
-
-        def build_fixed():
-            return nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten()), 3
-
-        NOT_CALLABLE = 3
-    """)
+    install_distribution(
+        root,
+        monkeypatch,
+        module="tiny_backbone_module",
+        source=_PLUGIN_SOURCE,
+        group="rho.backbones",
+        name="tiny_backbone",
+        target=target,
     )
-    dist_info = root / "tiny_backbone-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-backbone\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[rho.backbones]\ntiny_backbone = {target}\n")
-    monkeypatch.syspath_prepend(str(root))
 
 
 def test_entry_point_backbone_is_available_validated_and_builds(plugin_root, monkeypatch):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from method_helpers import build_method, trainable_methods
+from method_helpers import assert_ema_only, build_method, make_batch, trainable_methods
 from torch import nn
 
 from methods import MLPHead, SSLMethod, StepOutput, cosine_momentum, ema_update, momentum_copy
@@ -88,6 +88,22 @@ def test_ema_update_arithmetic_and_buffer_copy():
     ema_update(online, target, momentum=0.0)  # momentum 0: the target becomes the online copy
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         assert torch.equal(t, o)
+
+
+# The methods with EMA targets: each online module's attribute -> its target's.
+EMA_TARGETS = {
+    "byol": {"backbone": "target_backbone", "projector": "target_projector"},
+    "moco": {"backbone": "target_backbone", "head": "target_head"},
+}
+
+
+@pytest.mark.parametrize("rho", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(EMA_TARGETS))
+def test_targets_move_only_by_ema(name, rho):
+    method = build_method(name, momentum=0.9)
+    online = [getattr(method, attr) for attr in EMA_TARGETS[name]]
+    targets = [getattr(method, attr) for attr in EMA_TARGETS[name].values()]
+    assert_ema_only(method, online, targets, make_batch(rho), base=0.9)
 
 
 def test_mlp_head_layers():

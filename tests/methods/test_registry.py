@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import sys
-import textwrap
 
 import pytest
 import torch
+from plugin_dist import install_distribution
 
 import methods
 from methods.simclr import SimCLR
@@ -59,36 +58,33 @@ def test_unknown_parameter_names_the_allowed_ones():
         methods.build("simclr", torch.nn.Identity(), 4, temprature=0.2)
 
 
-@pytest.fixture
-def plugin_root(tmp_path):
-    """A folder for a plugin distribution; its module is forgotten afterwards."""
-    yield tmp_path
-    sys.modules.pop("tiny_plugin_module", None)
+_PLUGIN_SOURCE = """
+    from methods import SSLMethod, StepOutput
+
+    class TinyPlugin(SSLMethod):
+        def __init__(self, backbone, feature_dim, *, scale: float = 2.0):
+            super().__init__(backbone, feature_dim)
+            self.scale = scale
+
+        def training_step(self, batch):
+            return StepOutput(self.scale * self.backbone(batch["clips"][:, 0]).mean())
+
+    class NotAMethod:
+        pass
+"""
 
 
 def _install_plugin(root, monkeypatch, target: str) -> None:
     """A distribution on sys.path: a module and a dist-info folder whose entry point names ``target``."""
-    (root / "tiny_plugin_module.py").write_text(
-        textwrap.dedent("""
-        from methods import SSLMethod, StepOutput
-
-        class TinyPlugin(SSLMethod):
-            def __init__(self, backbone, feature_dim, *, scale: float = 2.0):
-                super().__init__(backbone, feature_dim)
-                self.scale = scale
-
-            def training_step(self, batch):
-                return StepOutput(self.scale * self.backbone(batch["clips"][:, 0]).mean())
-
-        class NotAMethod:
-            pass
-    """)
+    install_distribution(
+        root,
+        monkeypatch,
+        module="tiny_plugin_module",
+        source=_PLUGIN_SOURCE,
+        group="rho.methods",
+        name="tiny_plugin",
+        target=target,
     )
-    dist_info = root / "tiny_plugin-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-plugin\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[rho.methods]\ntiny_plugin = {target}\n")
-    monkeypatch.syspath_prepend(str(root))
 
 
 def test_entry_point_plugin_is_available_and_builds(plugin_root, monkeypatch):
