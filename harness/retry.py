@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from harness.errors import EnvironmentFailure
 from harness.redact import redact
+from harness.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def retry_timeout() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        from harness.config import ConfigError
-
         raise ConfigError("RHO_RETRY_TIMEOUT", raw, "a number of seconds >= 0 (how long to retry a store)")
     return value
 

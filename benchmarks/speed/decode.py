@@ -23,7 +23,7 @@ import torch
 
 from harness.compat import patch_torchvision
 from harness.data import MultiClipDataset, train_transform
-from harness.data.decode import _rgb
+from harness.data.decode import frame_rgb
 from harness.speed import Check, SpeedContext, SpeedResult
 from harness.speed.media import Stopwatch, textured_videos
 
@@ -69,7 +69,7 @@ def forward_limit(path: str, starts: np.ndarray, frames: int, stride: int, fps: 
         for frame in container.decode(stream):
             index = int(round((frame.pts - origin) * time_base * fps))
             if index in needed:
-                found[index] = _rgb(frame)
+                found[index] = frame_rgb(frame)
             if index >= last:
                 break
     tail = found[max(found)]

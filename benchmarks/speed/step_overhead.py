@@ -31,7 +31,7 @@ from harness.runtime import Runtime
 from harness.speed import Check, SpeedContext, SpeedResult
 from harness.tracking import RunLogger
 from harness.train import EpochContext, Schedule, build_method, train_epoch
-from methods._ema import cosine_momentum
+from methods import cosine_momentum
 from methods.byol import regression_loss
 from methods.moco import info_nce_loss
 from methods.simclr import nt_xent_loss

@@ -44,7 +44,7 @@ def _forget_reformatters() -> None:
 os.register_at_fork(after_in_child=_forget_reformatters)
 
 
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
+def frame_rgb(frame: av.VideoFrame) -> np.ndarray:
     """uint8 [H, W, 3]; one reformatter per thread keeps its swscale context (≈10× faster than a fresh one per frame).
 
     One swscale thread: parallelism comes from DataLoader workers, and swscale's own thread
@@ -191,10 +191,10 @@ def decode_times(
                 if index <= position:
                     continue  # a seek landed before what we already have
                 while i < len(targets) and index > targets[i]:
-                    found[targets[i]] = _rgb(last_frame if last_frame is not None else frame)
+                    found[targets[i]] = frame_rgb(last_frame if last_frame is not None else frame)
                     i += 1
                 if i < len(targets) and index == targets[i]:
-                    found[targets[i]] = _rgb(frame)
+                    found[targets[i]] = frame_rgb(frame)
                     i += 1
                 position, last_frame = index, frame
                 if i == len(targets):
@@ -209,7 +209,7 @@ def decode_times(
         raise BadVideo(f"{path}: no decodable frames")
     padded = 0
     if i < len(targets):
-        tail = _rgb(last_frame)
+        tail = frame_rgb(last_frame)
         for target in targets[i:]:
             found[target] = tail
         padded = int(np.isin(wanted, targets[i:]).sum())
