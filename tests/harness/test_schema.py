@@ -84,19 +84,25 @@ def test_a_missing_file_names_the_variable_it_came_from(tmp_path, monkeypatch):
         build_section("", Outer, {"protocol": "knn", "train": "${RHO_DATA}/train.csv"})
 
 
-def test_read_mapping_refuses_what_is_not_a_yaml_mapping(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        (None, "a path to an existing YAML file"),
+        ("- 1\n- 2\n", "a YAML mapping with sections a, b"),
+        ("a: [1\n", "valid YAML"),
+        ("!!python/object/apply:os.system ['true']\n", "valid YAML"),
+    ],
+)
+def test_read_mapping_refuses_what_is_not_a_yaml_mapping(tmp_path, text, refusal):
     path = tmp_path / "a.yaml"
-    with pytest.raises(ConfigError, match="a path to an existing YAML file"):
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=refusal):
         read_mapping(path, "config", "YAML file", "sections a, b")
-    path.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="a YAML mapping with sections a, b"):
-        read_mapping(path, "config", "YAML file", "sections a, b")
-    path.write_text("a: [1\n")
-    with pytest.raises(ConfigError, match="valid YAML"):
-        read_mapping(path, "config", "YAML file", "sections a, b")
-    path.write_text("!!python/object/apply:os.system ['true']\n")
-    with pytest.raises(ConfigError, match="valid YAML"):
-        read_mapping(path, "config", "YAML file", "sections a, b")
+
+
+def test_read_mapping_reads_a_mapping_and_an_empty_file(tmp_path):
+    path = tmp_path / "a.yaml"
     path.write_text("")
     assert read_mapping(path, "config", "YAML file", "sections a, b") == {}
     path.write_text("a: 1\n")
