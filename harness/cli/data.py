@@ -68,7 +68,9 @@ def _add_synth_parser(data: argparse._SubParsersAction) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from harness.data.check import check_manifest
 
-    results = check_manifest(args.manifest, full=args.full, threads=args.threads)
+    results = check_manifest(
+        args.manifest, full=args.full, threads=args.threads, allow_outside_root=args.allow_outside_root
+    )
     bad = [r for r in results if not r.ok]
     for result in bad:
         print(f"BAD  {result.path}: {result.reason}")
@@ -87,6 +89,12 @@ def _add_check_parser(data: argparse._SubParsersAction) -> None:
         "--full", action="store_true", help="decode every frame, not just the first and last second"
     )
     check.add_argument("--threads", type=int, default=4, help="decoding threads (default 4)")
+    check.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept rows outside the manifest's folder (../, absolute paths, symlinks out), as "
+        "data.allow_outside_root: true does for training; without it they are refused as training refuses them",
+    )
     check.set_defaults(func=_data_check)
 
 
@@ -143,7 +151,9 @@ def _data_import(args: argparse.Namespace) -> int:
 
     fmt = args.format
     if fmt == "folders":
-        written = importers.from_folders(args.root, args.out, val_fraction=args.val_fraction, seed=args.seed)
+        written = importers.from_folders(
+            args.root, args.out, extensions=args.extensions, val_fraction=args.val_fraction, seed=args.seed
+        )
     elif fmt == "ucf101":
         written = importers.from_ucf101(args.videos, args.splits, args.out, split=args.split)
     elif fmt == "hmdb51":
@@ -157,7 +167,17 @@ def _data_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extension_list(text: str) -> tuple[str, ...]:
+    """``--extensions mp4,.M4V`` -> ``(".mp4", ".m4v")``."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one extension, e.g. --extensions .mp4,.m4v")
+    return tuple(name if name.startswith(".") else f".{name}" for name in names)
+
+
 def _add_import_parser(data: argparse._SubParsersAction) -> None:
+    from harness.data import importers
+
     imports = data.add_parser("import", help="turn a public dataset layout into manifests").add_subparsers(
         dest="format", metavar="FORMAT", required=True
     )
@@ -166,6 +186,14 @@ def _add_import_parser(data: argparse._SubParsersAction) -> None:
     folders.add_argument("out", help="folder for train.csv (and val.csv), classes.txt")
     folders.add_argument("--val-fraction", type=float, default=0.0, help="stratified validation share")
     folders.add_argument("--seed", type=int, default=0)
+    folders.add_argument(
+        "--extensions",
+        type=_extension_list,
+        default=importers.VIDEO_EXTENSIONS,
+        metavar=".EXT,...",
+        help="comma-separated file extensions of the videos, replacing the default list "
+        f"({' '.join(importers.VIDEO_EXTENSIONS)})",
+    )
     for name, label in (("ucf101", "UCF101"), ("hmdb51", "HMDB51")):
         sub = imports.add_parser(name, help=f"{label} videos and official split files")
         sub.add_argument("videos", help="folder of videos, <class>/<video>")

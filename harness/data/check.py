@@ -50,8 +50,15 @@ def check_video(path: Path, full: bool = False) -> CheckResult:
     return CheckResult(path, True, fps=info.fps, frames=info.num_frames)
 
 
-def check_manifest(manifest: str | Path, full: bool = False, threads: int = 4) -> list[CheckResult]:
-    """Check every row of a manifest (PyAV releases the GIL while decoding, so threads overlap)."""
-    entries = read_manifest(manifest, check_files=False)
+def check_manifest(
+    manifest: str | Path, full: bool = False, threads: int = 4, allow_outside_root: bool = True
+) -> list[CheckResult]:
+    """Check every row of a manifest (PyAV releases the GIL while decoding, so threads overlap).
+
+    With ``allow_outside_root=False`` (what ``rho data check`` passes without
+    ``--allow-outside-root``, as training does without ``data.allow_outside_root``) a row outside
+    the manifest's folder raises the ``ManifestError`` training raises: the same ``read_manifest`` rule.
+    """
+    entries = read_manifest(manifest, check_files=False, allow_outside_root=allow_outside_root)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         return list(pool.map(lambda e: check_video(e.path, full), entries))

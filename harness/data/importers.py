@@ -3,8 +3,10 @@
 Each importer writes manifests with ``path``, ``label`` (0-based class index) and
 ``class_name`` columns, plus ``classes.txt`` (one class name a line, in label order) beside
 them, and returns the manifest paths it wrote. Video paths under the manifest's folder are
-written relative to it, others absolute (see ``write_manifest``). Bad input raises
-``DatasetLayoutError`` naming the file, the line and the fix.
+written relative to it (symlinks keep their own path), others absolute (see
+``harness.data.manifest.manifest_path``); when rows would leave the manifest's folder, which
+training refuses by default, a warning says how many and how to make them acceptable. Bad
+input raises ``DatasetLayoutError`` naming the file, the line and the fix.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from harness.data.manifest import ManifestError, write_manifest
+from harness.data.manifest import ManifestError, leaves_root, write_manifest
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+VIDEO_EXTENSIONS = (
+    ".3g2", ".3gp", ".asf", ".avi", ".divx", ".dv", ".f4v", ".flv", ".m2ts", ".m2v", ".m4v", ".mj2",
+    ".mjpeg", ".mjpg", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts", ".mxf", ".ogg", ".ogv", ".qt",
+    ".rm", ".rmvb", ".ts", ".vob", ".webm", ".wmv", ".y4m",
+)  # fmt: skip
+SKIPPED_LISTED = 20  # skipped files named one by one; the rest are counted
 KINETICS_PATTERNS = (
     "{youtube_id}_{start:06d}_{end:06d}.mp4",
     "{label}/{youtube_id}_{start:06d}_{end:06d}.mp4",
@@ -41,9 +48,11 @@ def from_folders(
 ) -> list[Path]:
     """Import a class-per-folder tree ``root/<class>/<video>`` (videos may sit in sub-folders).
 
-    Classes are the folder names sorted (labels 0..K-1). With ``val_fraction`` > 0 each class
-    sends that fraction of its videos (rounded, at least one, never all) to ``val.csv``,
-    chosen by a ``seed``-ed shuffle, so the split is stratified and reproducible.
+    Classes are the folder names sorted (labels 0..K-1). A video is a file (or a symlink to
+    one) whose extension, in any case, is one of ``extensions`` (with or without the dot);
+    other files are skipped and a warning counts and names them. With ``val_fraction`` > 0
+    each class sends that fraction of its videos (rounded, at least one, never all) to
+    ``val.csv``, chosen by a ``seed``-ed shuffle, so the split is stratified and reproducible.
 
     Returns:
         ``[out_dir/train.csv]`` or ``[out_dir/train.csv, out_dir/val.csv]``.
@@ -55,7 +64,7 @@ def from_folders(
         raise DatasetLayoutError(
             f"{root} is not a folder; pass the folder that holds one sub-folder per class"
         )
-    suffixes = {e.lower() for e in extensions}
+    suffixes = sorted({e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions})
     class_dirs = sorted(
         d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d != out_dir
     )
@@ -66,23 +75,62 @@ def from_folders(
     rng = random.Random(seed)
     train: list[dict[str, object]] = []
     val: list[dict[str, object]] = []
+    skipped: list[Path] = []
     for label, class_dir in enumerate(class_dirs):
-        videos = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        videos, others = _class_files(class_dir, suffixes)
+        skipped += others
         if not videos:
             raise DatasetLayoutError(
-                f"{class_dir} holds no videos with extensions {sorted(suffixes)}; "
-                "remove the folder or pass the extensions its videos use"
+                f"{class_dir} holds no videos with extensions {' '.join(suffixes)}; remove the folder "
+                "or name the extensions its videos use (`rho data import folders --extensions .mts,.mp4`)"
             )
         rows = [{"path": str(v), "label": label, "class_name": class_dir.name} for v in videos]
         n_val = min(len(rows) - 1, max(1, round(len(rows) * val_fraction))) if val_fraction > 0 else 0
         rng.shuffle(rows)
         val.extend(sorted(rows[:n_val], key=lambda r: str(r["path"])))
         train.extend(sorted(rows[n_val:], key=lambda r: str(r["path"])))
+    _warn_skipped(root, skipped)
     _write_classes(out_dir / "classes.txt", [d.name for d in class_dirs])
-    written = [write_manifest(out_dir / "train.csv", train)]
+    written = [_write_manifest(out_dir / "train.csv", train)]
     if val_fraction > 0:
-        written.append(write_manifest(out_dir / "val.csv", val))
+        written.append(_write_manifest(out_dir / "val.csv", val))
     return written
+
+
+def _class_files(class_dir: Path, suffixes: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """(videos, skipped files) under a class folder, each sorted; hidden files and folders are passed over.
+
+    A symlink counts as what it points to and keeps its own path; a broken one is skipped.
+    """
+    videos: list[Path] = []
+    skipped: list[Path] = []
+    for path in sorted(class_dir.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(class_dir).parts) or path.is_dir():
+            continue
+        (videos if path.is_file() and path.suffix.lower() in suffixes else skipped).append(path)
+    return videos, skipped
+
+
+def _warn_skipped(root: Path, skipped: list[Path]) -> None:
+    """Count and name the files of a folder tree that were not imported, and how to import them."""
+    if not skipped:
+        return
+    by_suffix: dict[str, int] = {}
+    for path in skipped:
+        key = "broken symlink" if not path.exists() else (path.suffix.lower() or "no extension")
+        by_suffix[key] = by_suffix.get(key, 0) + 1
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(by_suffix.items()))
+    named = ", ".join(str(p.relative_to(root)) for p in skipped[:SKIPPED_LISTED])
+    more = f" and {len(skipped) - SKIPPED_LISTED} more" if len(skipped) > SKIPPED_LISTED else ""
+    log.warning(
+        "skipped %d files under %s that are not videos (%s): %s%s; "
+        "if some are, name their extensions with --extensions",
+        len(skipped),
+        root,
+        kinds,
+        named,
+        more,
+    )
 
 
 def from_ucf101(
@@ -274,7 +322,7 @@ def from_kinetics(
             "check the folder or pass the file-name pattern of your download"
         )
     _write_classes(out_path.parent / "classes.txt", classes)
-    return [write_manifest(out_path, rows)]
+    return [_write_manifest(out_path, rows)]
 
 
 def from_ssv2(
@@ -327,7 +375,7 @@ def from_ssv2(
     if not rows:
         raise DatasetLayoutError(f"{split_json}: no entries")
     _write_classes(out_path.parent / "classes.txt", classes)
-    return [write_manifest(out_path, rows)]
+    return [_write_manifest(out_path, rows)]
 
 
 def _split_lines(path: Path) -> Iterator[tuple[str, list[str]]]:
@@ -386,12 +434,35 @@ def _load_json(path: Path, kind: type, shape: str) -> dict | list:
     return data
 
 
+def _write_manifest(path: Path, rows: list[dict[str, object]]) -> Path:
+    """Write a manifest, and warn when rows lie outside its folder, which training refuses by default.
+
+    The rows that would be refused are found with ``leaves_root``, the rule training and
+    ``rho data check`` apply, so the warning names exactly the rows they would refuse.
+    """
+    written = write_manifest(path, rows)
+    outside = [row["path"] for row in rows if leaves_root(Path(str(row["path"])), path.parent)]
+    if outside:
+        log.warning(
+            "%s: %d of %d videos lie outside the manifest's folder %s (e.g. %s), which training and "
+            "`rho data check` refuse by default; write the manifest into the dataset's folder "
+            "(or a folder above it; a symlink out of it needs its target moved in), or set data.allow_outside_root: true "
+            "(`rho data check --allow-outside-root`)",
+            path,
+            len(outside),
+            len(rows),
+            path.parent,
+            outside[0],
+        )
+    return written
+
+
 def _write_split(
     out_dir: Path, classes: Iterable[str], train: list[dict[str, object]], val: list[dict[str, object]]
 ) -> list[Path]:
     """``out_dir/classes.txt`` and the manifests ``out_dir/train.csv`` and ``out_dir/val.csv``, in that order."""
     _write_classes(out_dir / "classes.txt", classes)
-    return [write_manifest(out_dir / "train.csv", train), write_manifest(out_dir / "val.csv", val)]
+    return [_write_manifest(out_dir / "train.csv", train), _write_manifest(out_dir / "val.csv", val)]
 
 
 def _write_classes(path: Path, names: Iterable[str]) -> None:

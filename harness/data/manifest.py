@@ -8,6 +8,7 @@ non-negative integer class index. Optional columns the harness knows: ``class_na
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def read_manifest(
             f"manifest {path} does not exist (make one with `rho data import` or `rho data synth`)"
         )
     base = Path(root) if root is not None else path.parent
-    base_resolved = base.resolve()
+    base_resolved = base.resolve()  # once, not per row
     entries: list[VideoEntry] = []
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -93,10 +94,11 @@ def read_manifest(
                 )
             video = Path(raw_path)
             video = video if video.is_absolute() else base / video
-            if not allow_outside_root and not video.resolve().is_relative_to(base_resolved):
+            if not allow_outside_root and leaves_root(video, base_resolved):
                 raise ManifestError(
                     f"{path}:{line}: {raw_path!r} lies outside the data root {base}; "
-                    "move it under the root or allow paths outside it (data.allow_outside_root=true)"
+                    "move it under the root, or allow paths outside it: data.allow_outside_root=true "
+                    "(`rho data check --allow-outside-root`)"
                 )
             if check_files and not video.is_file():
                 raise ManifestError(f"{path}:{line}: video file {video} does not exist")
@@ -114,25 +116,50 @@ def read_manifest(
     return entries
 
 
+def leaves_root(video: Path, root: Path) -> bool:
+    """Whether ``video`` lies outside ``root`` once ``..`` and symlinks are followed.
+
+    The one rule for manifest rows that training applies unless ``data.allow_outside_root``,
+    and that ``rho data check`` and the importers apply too, so all three agree on every row.
+    """
+    return not video.resolve().is_relative_to(root.resolve())
+
+
+def manifest_path(video: str | Path, folder: Path) -> str:
+    """How a manifest in ``folder`` names ``video``: relative to ``folder`` when it lies under it, else absolute.
+
+    Only ``..`` is normalised, no symlink is followed: a link keeps its own path (resolving it
+    would turn a symlinked video into a second row of its target). When the two paths name the
+    same places through different links (``/tmp`` and ``/private/tmp``), the video's folder is
+    resolved, its file name kept.
+    """
+    video, folder = Path(os.path.abspath(video)), Path(os.path.abspath(folder))
+    if video.is_relative_to(folder):
+        return video.relative_to(folder).as_posix()
+    parent, real_folder = video.parent.resolve(), folder.resolve()
+    if parent.is_relative_to(real_folder):
+        return (parent / video.name).relative_to(real_folder).as_posix()
+    return str(video)
+
+
 def write_manifest(
     path: str | Path, rows: list[dict[str, object]], relative_to_manifest: bool = True
 ) -> Path:
     """Write rows (dicts with at least ``path`` and ``label``) as a manifest; returns its path.
 
-    With ``relative_to_manifest`` paths under the manifest's folder are written relative to it,
-    so a dataset folder can be moved as a whole.
+    With ``relative_to_manifest`` paths under the manifest's folder are written relative to it
+    (``manifest_path``), so a dataset folder can be moved as a whole.
     """
     path = Path(path)
     extra = sorted({k for row in rows for k in row} - set(REQUIRED_COLUMNS))
-    folder = path.parent.resolve()
     with atomic_file(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[*REQUIRED_COLUMNS, *extra])
         writer.writeheader()
         for row in rows:
             out = dict(row)
             video = Path(str(out["path"]))
-            if relative_to_manifest and video.is_absolute() and video.resolve().is_relative_to(folder):
-                out["path"] = video.resolve().relative_to(folder).as_posix()
+            if relative_to_manifest and video.is_absolute():
+                out["path"] = manifest_path(video, path.parent)
             writer.writerow(out)
     return path
 

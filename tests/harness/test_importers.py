@@ -1,15 +1,21 @@
-"""Importers turn fake UCF101/HMDB51/Kinetics/SSv2 layouts and class folders into manifests."""
+"""Importers turn fake UCF101/HMDB51/Kinetics/SSv2 layouts and class folders into manifests.
+
+Layout tests use empty stand-in files (importers never decode); the class-folder tests that
+follow a manifest into ``rho data check`` and the training dataset use real H.264 files.
+"""
 
 import csv
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from harness.data import importers
 from harness.data.importers import DatasetLayoutError
-from harness.data.manifest import read_manifest
+from harness.data.manifest import ManifestError, read_manifest
 
 
 def touch(path: Path) -> Path:
@@ -305,3 +311,133 @@ def test_ssv2_errors(ssv2, tmp_path):
         importers.from_ssv2(labels, split, videos, tmp_path / "m.csv")
     (manifest,) = importers.from_ssv2(labels, split, videos, tmp_path / "m.csv", check_files=False)
     assert [row["path"] for row in raw_rows(manifest)] == ["20bn-something-something-v2/7.webm"]
+
+
+# -- class folders of real videos: what the importer writes, check and training accept -------
+
+
+def training_dataset(manifest: Path, *overrides: str):
+    """The pretraining dataset ``rho pretrain`` would build for ``manifest`` (its root rules included)."""
+    from harness.config import load_experiment
+    from harness.train import train_dataset
+
+    tree = {"clips": 2, "frames": 2, "stride": 2, "crop": 16, "batch_size": 1, "workers": 0}
+    experiment = load_experiment(
+        None, [f"data.{key}={value}" for key, value in tree.items()] + [f"data.train={manifest}", *overrides]
+    )
+    return train_dataset(experiment)
+
+
+def run_rho(*args: str) -> subprocess.CompletedProcess:
+    """``python -m harness ARGS`` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def video_tree(index_videos, tmp_path: Path) -> Path:
+    """``data/<class>/`` with real H.264 files under common extensions (an mp4 container suits each)."""
+    root = tmp_path / "data"
+    source = index_videos["short"].read_bytes()
+    for relative in ("walk/a.mp4", "walk/b.m4v", "jump/c.3gp", "jump/d.MOV", "jump/deep/e.mkv"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(source)
+    (root / "walk" / "notes.txt").write_text("not a video")
+    return root
+
+
+def test_imported_manifest_is_accepted_as_written_by_check_and_training(video_tree):
+    out = run_rho("data", "import", "folders", str(video_tree), str(video_tree))
+    assert out.returncode == 0, out.stderr
+    manifest = video_tree / "train.csv"
+    assert [row["path"] for row in raw_rows(manifest)] == [
+        "jump/c.3gp",
+        "jump/d.MOV",
+        "jump/deep/e.mkv",
+        "walk/a.mp4",
+        "walk/b.m4v",
+    ]
+    assert "outside" not in out.stderr
+    checked = run_rho("data", "check", str(manifest))
+    assert checked.returncode == 0 and "5 of 5 videos ok" in checked.stdout, checked.stderr
+    dataset = training_dataset(manifest)
+    assert len(dataset) == 5 and dataset[4]["label"] == 1 and dataset[4]["skipped"] == 0
+
+
+def test_symlink_inside_a_class_folder_keeps_its_own_path(video_tree):
+    (video_tree / "walk" / "again.mp4").symlink_to(video_tree / "walk" / "a.mp4")
+    (manifest,) = importers.from_folders(video_tree, video_tree)
+    paths = [row["path"] for row in raw_rows(manifest)]
+    assert "walk/again.mp4" in paths and paths.count("walk/a.mp4") == 1
+    assert run_rho("data", "check", str(manifest)).returncode == 0
+    assert len(training_dataset(manifest)) == 6
+
+
+def test_symlink_out_of_root_is_refused_alike_by_check_and_training(video_tree, index_videos, caplog):
+    (video_tree / "jump" / "out.mp4").symlink_to(index_videos["long"])
+    with caplog.at_level(logging.WARNING):
+        (manifest,) = importers.from_folders(video_tree, video_tree)
+    assert "1 of 6 videos lie outside the manifest's folder" in caplog.text
+    assert "data.allow_outside_root: true" in caplog.text
+    assert "jump/out.mp4" in [row["path"] for row in raw_rows(manifest)]  # the link, not its target
+    checked = run_rho("data", "check", str(manifest))
+    with pytest.raises(ManifestError) as refused:
+        training_dataset(manifest)
+    assert checked.returncode == 2
+    assert checked.stderr.strip() == f"rho: error: {refused.value}"
+    assert "manifest's folder" not in checked.stderr and "jump/out.mp4" in checked.stderr
+    allowed = run_rho("data", "check", str(manifest), "--allow-outside-root")
+    assert allowed.returncode == 0 and "6 of 6 videos ok" in allowed.stdout
+    assert len(training_dataset(manifest, "data.allow_outside_root=true")) == 6
+
+
+def test_manifest_outside_the_dataset_says_how_to_make_it_acceptable(video_tree, tmp_path):
+    out = run_rho("data", "import", "folders", str(video_tree), str(tmp_path / "manifests"))
+    assert out.returncode == 0
+    assert "5 of 5 videos lie outside the manifest's folder" in out.stderr
+    assert "write the manifest into the dataset's folder" in out.stderr
+    manifest = tmp_path / "manifests" / "train.csv"
+    assert all(Path(row["path"]).is_absolute() for row in raw_rows(manifest))
+    with pytest.raises(ManifestError, match="outside the data root"):
+        training_dataset(manifest)
+    assert len(training_dataset(manifest, "data.allow_outside_root=true")) == 5
+
+
+def test_folders_skipped_files_are_counted_and_named(video_tree):
+    (video_tree / "jump" / "broken.mp4").symlink_to(video_tree / "nowhere.mp4")
+    (video_tree / "jump" / ".DS_Store").write_text("finder")
+    out = run_rho("data", "import", "folders", str(video_tree), str(video_tree))
+    assert out.returncode == 0, out.stderr
+    assert "skipped 2 files" in out.stderr and "(1 .txt, 1 broken symlink)" in out.stderr
+    assert "walk/notes.txt" in out.stderr and "jump/broken.mp4" in out.stderr
+    assert ".DS_Store" not in out.stderr  # hidden files are no one's videos
+    assert "--extensions" in out.stderr
+
+
+def test_folders_common_extensions_are_videos(tmp_path):
+    for extension in importers.VIDEO_EXTENSIONS:
+        touch(tmp_path / "data" / "any" / f"clip{extension.upper()}")
+    (manifest,) = importers.from_folders(tmp_path / "data", tmp_path / "data")
+    assert len(raw_rows(manifest)) == len(importers.VIDEO_EXTENSIONS)
+    assert {".m4v", ".3gp", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".ogv", ".avi"} <= set(
+        importers.VIDEO_EXTENSIONS
+    )
+
+
+def test_extensions_option_named_in_the_error_exists(tmp_path):
+    touch(tmp_path / "data" / "cam" / "clip.mts2")
+    refused = run_rho("data", "import", "folders", str(tmp_path / "data"), str(tmp_path / "data"))
+    assert refused.returncode == 2 and "--extensions" in refused.stderr, refused.stderr
+    assert refused.stderr.startswith("rho: error: ") and refused.stderr.count("\n") == 1
+    accepted = run_rho(
+        "data",
+        "import",
+        "folders",
+        str(tmp_path / "data"),
+        str(tmp_path / "data"),
+        "--extensions",
+        "MTS2,.mp4",
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert [row["path"] for row in raw_rows(tmp_path / "data" / "train.csv")] == ["cam/clip.mts2"]
+    empty = run_rho("data", "import", "folders", str(tmp_path / "data"), str(tmp_path), "--extensions", ",")
+    assert empty.returncode == 2 and "at least one extension" in empty.stderr

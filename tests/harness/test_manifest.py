@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.data.manifest import ManifestError, read_manifest, write_manifest
+from harness.data.manifest import ManifestError, leaves_root, read_manifest, write_manifest
 
 
 @pytest.fixture
@@ -64,3 +64,24 @@ def test_write_manifest_makes_paths_relative_and_round_trips(videos):
     path = write_manifest(videos / "out.csv", rows)
     assert path.read_text().splitlines() == ["path,label,class_name", "clips/a.mp4,1,x"]
     assert read_manifest(path)[0].path == videos / "clips/a.mp4"
+
+
+def test_write_manifest_keeps_a_symlink_path_and_reads_back_one_row_each(videos):
+    (videos / "clips" / "link.mp4").symlink_to(videos / "clips" / "a.mp4")
+    rows = [{"path": str(videos / "clips" / name), "label": 0} for name in ("a.mp4", "link.mp4")]
+    rows.append({"path": str(videos / "clips" / ".." / "clips" / "b.mp4"), "label": 1})
+    path = write_manifest(videos / "m.csv", rows)
+    assert path.read_text().splitlines()[1:] == ["clips/a.mp4,0", "clips/link.mp4,0", "clips/b.mp4,1"]
+    assert len(read_manifest(path, allow_outside_root=False)) == 3
+
+
+def test_leaves_root_follows_dotdot_and_symlinks(videos, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "v.mp4"
+    outside.write_bytes(b"x")
+    (videos / "clips" / "out.mp4").symlink_to(outside)
+    assert not leaves_root(videos / "clips" / "a.mp4", videos)
+    assert leaves_root(videos / "clips" / "out.mp4", videos)
+    assert leaves_root(videos / "clips" / ".." / ".." / outside.parent.name / "v.mp4", videos)
+    manifest = write(videos / "m.csv", "path,label\nclips/out.mp4,0\n")
+    with pytest.raises(ManifestError, match="m.csv:2: .*outside the data root.*--allow-outside-root"):
+        read_manifest(manifest, allow_outside_root=False)
