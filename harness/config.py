@@ -86,6 +86,9 @@ class DataConfig:
         False,
         help="decode each training video once and keep its frames in memory (small datasets; at most half the free RAM)",
     )
+    autorotate: bool = field_spec(
+        True, help="turn frames as the video's display matrix says (phone videos), as players and ffmpeg do"
+    )
     allow_outside_root: bool = field_spec(
         False, help="allow manifest rows outside the manifest's folder (../, absolute paths, symlinks out)"
     )

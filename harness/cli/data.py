@@ -74,6 +74,9 @@ def _data_check(args: argparse.Namespace) -> int:
     bad = [r for r in results if not r.ok]
     for result in bad:
         print(f"BAD  {result.path}: {result.reason}")
+    for result in results:
+        if result.turn != "none":
+            print(f"TURNED  {result.path}: display matrix, decoded with {result.turn} (data.autorotate)")
     print(f"{len(results) - len(bad)} of {len(results)} videos ok, {len(bad)} bad")
     return 1 if bad else 0
 

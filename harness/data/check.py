@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.decode import BadVideo, decode_times, open_video, probe
+from harness.data.decode import BadVideo, decode_times, open_video, probe, read_turn
 from harness.data.manifest import read_manifest
 
 
@@ -21,6 +21,7 @@ class CheckResult:
     reason: str = ""
     fps: float = 0.0
     frames: int = 0
+    turn: str = "none"  # how its display matrix turns the frames (``decode.display_turn``)
 
 
 def check_video(path: Path, full: bool = False) -> CheckResult:
@@ -37,8 +38,10 @@ def check_video(path: Path, full: bool = False) -> CheckResult:
         try:
             info = probe(container, path)
             end = max(0.0, info.duration - 1.0)  # header frame counts may be estimates: allow a second
-            times = np.arange(0.0, end, 1.0 / info.fps) if full else np.array([0.0, end])
+            # every frame up to ``end`` and never none: a video under a second still has its first
+            times = np.arange(0.0, end + 0.5 / info.fps, 1.0 / info.fps) if full else np.array([0.0, end])
             _, padded = decode_times(container, times, seek_threshold=1.0, path=path)
+            turn = read_turn(container)
         finally:
             container.close()
     except BadVideo as exc:
@@ -47,7 +50,7 @@ def check_video(path: Path, full: bool = False) -> CheckResult:
         return CheckResult(
             path, False, f"truncated: the header promises {info.num_frames} frames, the stream ends early"
         )
-    return CheckResult(path, True, fps=info.fps, frames=info.num_frames)
+    return CheckResult(path, True, fps=info.fps, frames=info.num_frames, turn=turn)
 
 
 def check_manifest(

@@ -54,6 +54,7 @@ class MultiClipDataset(Dataset):
             it up front); the items are the same with or without it.
         min_views: V is max(ρ, min_views). 2 (the default) makes ρ = 1 items two augmentations
             of one clip, the SSL positive pair; 1 gives supervised training one clip per video.
+        autorotate: turn frames as the video's display matrix says (``data.autorotate``).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class MultiClipDataset(Dataset):
         seek_threshold: float = 1.0,
         cache: FrameCache | None = None,
         min_views: int = 2,
+        autorotate: bool = True,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
@@ -80,7 +82,7 @@ class MultiClipDataset(Dataset):
         self.fps, self.seek_threshold, self.cache = fps, seek_threshold, cache
         if min_views not in (1, 2):
             raise ValueError(f"min_views must be 1 or 2, got {min_views}")
-        self.min_views = min_views
+        self.min_views, self.autorotate = min_views, autorotate
         self.bad_files: set[Path] = set()
 
     def preload(self) -> None:
@@ -142,7 +144,14 @@ class MultiClipDataset(Dataset):
             return clip_starts(num_frames, self.clips, span, t_max_frames, rng)
 
         frames, seconds, padded = decode_clips(
-            entry, self.frames, self.stride, self.fps, pick_starts, self.seek_threshold, self.cache
+            entry,
+            self.frames,
+            self.stride,
+            self.fps,
+            pick_starts,
+            self.seek_threshold,
+            self.cache,
+            self.autorotate,
         )
         frames_per_clip = torch.from_numpy(frames)
         if self.views > self.clips:  # ρ = 1 with two views: two augmentations of the one clip

@@ -7,10 +7,16 @@ index shows that keyframe after what was already decoded (a seek to an earlier k
 would decode those frames again; long GOPs such as x264's 250 make that common). Decoding stops at
 the last requested frame, so a short clip never costs a whole long video.
 
-A time maps to the frame shown then: frame index ``round(t × fps)`` of the stream, or the
-last frame before it where that index is missing (variable frame rate, dropped frames).
-Times past the end of the stream get the last frame (the "repeat last" policy for videos
+A time maps to the frame shown then, by presentation timestamps: the last frame that starts
+no later than half a frame (of the stream's average rate) after it. On a constant-rate stream
+that is the nearest frame, ``round(t × fps)`` (NumPy's rounding, ties to even); on a variable
+frame rate it follows the real timestamps, so uneven gaps give neither duplicated nor dropped
+frames beyond what the requested rate implies. Times past the end of the stream (the last
+frame's timestamp plus its duration) get the last frame (the "repeat last" policy for videos
 shorter than a clip); the number of such times is reported.
+
+Frames are turned as players show them: a display matrix (phone videos: 90/180/270° and
+flips) is applied as ffmpeg's ``autorotate`` does, unless ``autorotate=False``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,99 @@ def frame_rgb(frame: av.VideoFrame) -> np.ndarray:
     if reformatter is None:
         reformatter = _local.reformatter = VideoReformatter()
     return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+Orient = Callable[[np.ndarray], np.ndarray]
+
+
+def _unturned(image: np.ndarray) -> np.ndarray:
+    """The stored frame, for streams without a display matrix (or ``autorotate=False``)."""
+    return image
+
+
+_TURNS: dict[str, Orient] = {
+    "none": _unturned,
+    "rotate 90 clockwise": lambda a: np.rot90(a, -1),  # ffmpeg transpose=clock
+    "rotate 90 counter-clockwise": lambda a: np.rot90(a, 1),  # transpose=cclock
+    "transpose": lambda a: a.swapaxes(0, 1),  # transpose=cclock_flip
+    "anti-transpose": lambda a: np.rot90(a, -1)[::-1],  # transpose=clock_flip
+    "rotate 180": lambda a: a[::-1, ::-1],
+    "horizontal flip": lambda a: a[:, ::-1],
+    "vertical flip": lambda a: a[::-1],
+}
+
+
+def display_turn(frame: av.VideoFrame) -> str:
+    """What ffmpeg's autorotate does to this frame, from its display matrix: a key of ``_TURNS``.
+
+    The same decision as fftools (``get_rotation`` and the transpose/hflip/vflip choice), so
+    frames match ``ffmpeg -i``; angles that are not a multiple of 90° are left unturned.
+    """
+    matrix = next(
+        (bytes(d) for d in frame.side_data if d.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None
+    )
+    if matrix is None:
+        return "none"
+    m = np.frombuffer(matrix, dtype=np.int32).astype(np.float64) / 65536
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return "none"
+    theta = round(math.degrees(math.atan2(m[1] / scale1, m[0] / scale0)))  # -av_display_rotation_get
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return "transpose" if m[3] > 0 else "rotate 90 clockwise"
+    if abs(theta - 180) < 1:
+        flips = (m[0] < 0, m[4] < 0)
+        return {
+            (True, True): "rotate 180",
+            (True, False): "horizontal flip",
+            (False, True): "vertical flip",
+        }.get(flips, "none")
+    if abs(theta - 270) < 1:
+        return "anti-transpose" if m[3] < 0 else "rotate 90 counter-clockwise"
+    if abs(theta) < 1 and m[4] < 0:
+        return "vertical flip"
+    return "none"
+
+
+def read_turn(container: av.container.InputContainer) -> str:
+    """The display turn of the first video stream (``display_turn`` of its first frame); rewinds to the start."""
+    stream = container.streams.video[0]
+    container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
+    turn = "none"
+    for frame in container.decode(stream):
+        turn = display_turn(frame)
+        break
+    container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
+    return turn
+
+
+ON_GRID = 0.1  # frames: timestamps this close to the average rate's grid count as on it (time-base rounding)
+
+
+def frame_position(frame: av.VideoFrame, origin: int, time_base: Fraction, fps: float) -> float:
+    """Where a frame starts, in frames of the average rate; snapped to the grid when within ``ON_GRID``."""
+    position = float((frame.pts - origin) * time_base) * fps
+    return float(round(position)) if abs(position - round(position)) <= ON_GRID else position
+
+
+def shown_by(position: np.ndarray | float, slot: float) -> np.ndarray | bool:
+    """Whether a frame starting at ``position`` has started by the time at ``slot`` (both in frames).
+
+    On the grid the nearest frame counts (``round``, ties to even, as before variable frame
+    rates were handled); off it, a frame starting up to half a frame after the time does.
+    """
+    position = np.asarray(position)
+    on_grid = position == np.round(position)
+    return np.where(on_grid, position <= np.round(slot), position <= slot + 0.5)
+
+
+def frame_length(frame: av.VideoFrame, time_base: Fraction, fps: float) -> float:
+    """A frame's duration in frames of the average rate (1 where the stream does not say)."""
+    if not frame.duration:
+        return 1.0
+    length = float(frame.duration * time_base) * fps
+    return float(round(length)) if abs(length - round(length)) <= ON_GRID else length
 
 
 class BadVideo(RuntimeError):
@@ -136,6 +235,7 @@ def decode_times(
     times: np.ndarray,
     seek_threshold: float = 1.0,
     path: str | Path = "",
+    autorotate: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Decode the frames shown at ``times``.
 
@@ -145,6 +245,7 @@ def decode_times(
         seek_threshold: gaps (s) longer than this are crossed by seeking, shorter ones by
             decoding forward.
         path: for error messages.
+        autorotate: turn frames as the stream's display matrix says (``display_turn``).
 
     Returns:
         (frames uint8 [len(times), H, W, 3] in the order of ``times``, number of times past
@@ -157,16 +258,16 @@ def decode_times(
     fps = float(stream.average_rate or stream.guessed_rate)
     time_base = stream.time_base or Fraction(1, 1)
     origin = stream.start_time or 0
-    wanted = np.round(np.asarray(times, dtype=np.float64) * fps).astype(np.int64)
-    targets = np.unique(wanted)
-    found: dict[int, np.ndarray] = {}
-    position = -1  # index of the last decoded frame
-    last_frame = None
+    requested = np.asarray(times, dtype=np.float64)
+    targets, order = np.unique(requested * fps, return_inverse=True)  # requested times in frames
+    found: list[np.ndarray | None] = [None] * len(targets)
+    position = -math.inf  # where the last decoded frame starts, in frames
+    last_frame, last_length, turn = None, 1.0, _unturned
     gap = max(1, seek_threshold * fps)  # frames worth crossing by a seek
     seeking_helps = True  # False once a seek lands behind what was decoded (long GOPs)
     keyframes = _keyframe_indices(stream, fps, origin, time_base)
 
-    def worth_seeking(target: int) -> bool:
+    def worth_seeking(target: float) -> bool:
         """A long gap, and (where the container has an index) a keyframe after what was decoded."""
         if not seeking_helps or target - max(position, 0) <= gap:
             return False
@@ -185,18 +286,18 @@ def decode_times(
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
-                index = int(round(float((frame.pts - origin) * time_base) * fps))
+                start = frame_position(frame, origin, time_base, fps)
                 if seeked:
-                    seeking_helps, seeked = index > position, False
-                if index <= position:
+                    seeking_helps, seeked = start > position, False
+                if start <= position:
                     continue  # a seek landed before what we already have
-                while i < len(targets) and index > targets[i]:
-                    found[targets[i]] = frame_rgb(last_frame if last_frame is not None else frame)
-                    i += 1
-                if i < len(targets) and index == targets[i]:
-                    found[targets[i]] = frame_rgb(frame)
-                    i += 1
-                position, last_frame = index, frame
+                if last_frame is None and autorotate:
+                    turn = _TURNS[display_turn(frame)]
+                while i < len(targets) and not shown_by(start, targets[i]):
+                    found[i] = turn(frame_rgb(last_frame if last_frame is not None else frame))
+                    i += 1  # the time falls before this frame: the previous one is shown
+                position, last_frame = start, frame
+                last_length = frame_length(frame, time_base, fps)
                 if i == len(targets):
                     break
                 if worth_seeking(targets[i]):
@@ -208,12 +309,12 @@ def decode_times(
     if last_frame is None:
         raise BadVideo(f"{path}: no decodable frames")
     padded = 0
-    if i < len(targets):
-        tail = frame_rgb(last_frame)
-        for target in targets[i:]:
-            found[target] = tail
-        padded = int(np.isin(wanted, targets[i:]).sum())
-    return np.stack([found[t] for t in wanted]), padded
+    if i < len(targets):  # the stream ended: its last frame is shown until its end, then repeated
+        tail = turn(frame_rgb(last_frame))
+        past_end = shown_by(position + last_length, targets[i:])
+        found[i:] = [tail] * (len(targets) - i)
+        padded = int(np.isin(order, np.flatnonzero(past_end) + i).sum())
+    return np.stack([found[k] for k in order]), padded
 
 
 def decode_clips(
@@ -224,6 +325,7 @@ def decode_clips(
     pick_starts: Callable[[int, int, float], np.ndarray],
     seek_threshold: float = 1.0,
     cache: FrameCache | None = None,
+    autorotate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Open a manifest entry once and decode the clips whose starts ``pick_starts`` chooses.
 
@@ -235,6 +337,7 @@ def decode_clips(
         seek_threshold: see ``decode_times``.
         cache: take the frames from this cache (decoding the whole video into it on a miss)
             instead of decoding them from the file; the frames are the same.
+        autorotate: see ``decode_times`` (a cache turns frames as it was built to).
 
     Returns:
         (uint8 [n, T, H, W, 3], start times in seconds [n], frames padded past the end).
@@ -252,7 +355,7 @@ def decode_clips(
             stride,
             fps,
             pick_starts,
-            lambda times: decode_times(container, times, seek_threshold, entry.path),
+            lambda times: decode_times(container, times, seek_threshold, entry.path, autorotate),
         )
     finally:
         container.close()
@@ -287,26 +390,45 @@ def _clips(
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    """Every frame of one video, uint8 [N, H, W, 3], as ``decode_times`` gives them."""
+    """Every frame of one video, uint8 [N, H, W, 3], with where each starts and where the last ends (in frames)."""
 
     frames: np.ndarray
     info: VideoInfo
+    starts: np.ndarray
+    end: float
 
     def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
         """The frames shown at ``times`` and how many times lie past the last frame (``decode_times``' contract)."""
-        wanted = np.round(np.asarray(times, dtype=np.float64) * self.info.fps).astype(np.int64)
-        return self.frames[np.clip(wanted, 0, len(self.frames) - 1)], int((wanted >= len(self.frames)).sum())
+        slots = np.asarray(times, dtype=np.float64) * self.info.fps
+        shown = np.array([np.count_nonzero(shown_by(self.starts, slot)) for slot in slots], dtype=np.int64)
+        past_end = sum(bool(shown_by(self.end, slot)) for slot in slots)
+        return self.frames[np.clip(shown - 1, 0, len(self.frames) - 1)], past_end
 
 
-def decode_video(path: str | Path) -> DecodedVideo:
-    """Decode every frame of a video (the header's frame count; a short stream repeats its last frame)."""
+def decode_video(path: str | Path, autorotate: bool = True) -> DecodedVideo:
+    """Decode every frame of a video, with its start on the average rate's grid (as ``decode_times`` places it)."""
     container = open_video(path)
     try:
         info = probe(container, path)
-        frames, _ = decode_times(container, np.arange(info.num_frames) / info.fps, path=path)
+        stream = container.streams.video[0]
+        time_base, origin = stream.time_base or Fraction(1, 1), stream.start_time or 0
+        frames, starts, length, turn = [], [], 1.0, _unturned
+        for frame in container.decode(stream):
+            start = None if frame.pts is None else frame_position(frame, origin, time_base, info.fps)
+            if start is None or (starts and start <= starts[-1]):
+                continue
+            if not frames and autorotate:
+                turn = _TURNS[display_turn(frame)]
+            frames.append(turn(frame_rgb(frame)))
+            starts.append(start)
+            length = frame_length(frame, time_base, info.fps)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise BadVideo(f"{path}: decoding failed ({exc.__class__.__name__}: {exc})") from None
     finally:
         container.close()
-    return DecodedVideo(frames, info)
+    if not frames:
+        raise BadVideo(f"{path}: no decodable frames")
+    return DecodedVideo(np.stack(frames), info, np.array(starts), starts[-1] + length)
 
 
 def available_memory() -> int:
@@ -334,10 +456,12 @@ class FrameCache:
 
     Args:
         limit_bytes: the most the frames may take (default: half the memory available now).
+        autorotate: turn frames as their display matrix says (``decode_times``).
     """
 
-    def __init__(self, limit_bytes: int | None = None) -> None:
+    def __init__(self, limit_bytes: int | None = None, autorotate: bool = True) -> None:
         self.limit = limit_bytes if limit_bytes is not None else available_memory() // 2
+        self.autorotate = autorotate
         self.nbytes = 0
         self._videos: dict[str, DecodedVideo] = {}
 
@@ -348,7 +472,7 @@ class FrameCache:
         """The decoded video at ``path``, decoding it on a miss; raises ``CacheFull`` past the limit."""
         video = self._videos.get(str(path))
         if video is None:
-            video = decode_video(path)
+            video = decode_video(path, self.autorotate)
             if self.nbytes + video.frames.nbytes > self.limit:
                 raise CacheFull(
                     f"{path}: {len(self)} decoded videos take {self.nbytes / 2**20:.0f} MiB and this one "

@@ -60,6 +60,7 @@ class ViewDataset(Dataset):
         temporal_views: int = 1,
         spatial_views: int = 1,
         fps: float | None = None,
+        autorotate: bool = True,
     ):
         if spatial_views not in (1, 3):
             raise ValueError(f"spatial_views must be 1 or 3, got {spatial_views}")
@@ -69,6 +70,7 @@ class ViewDataset(Dataset):
         self.frames, self.stride, self.crop = frames, stride, crop
         self.short_side = short_side or round(crop * 256 / 224)
         self.temporal_views, self.spatial_views, self.fps = temporal_views, spatial_views, fps
+        self.autorotate = autorotate  # turn frames as their display matrix says
 
     @property
     def views(self) -> int:
@@ -85,6 +87,7 @@ class ViewDataset(Dataset):
             self.stride,
             self.fps,
             lambda n, span, fps: temporal_starts(n, span, self.temporal_views),
+            autorotate=self.autorotate,
         )
         clips = torch.from_numpy(frames)
         views = []

@@ -26,7 +26,12 @@ def knn_monitor_top1(training: Training) -> float:
     experiment = training.experiment
     data = experiment.data
     views = dict(
-        frames=data.frames, stride=data.stride, crop=data.crop, short_side=data.short_side, fps=data.fps
+        frames=data.frames,
+        stride=data.stride,
+        crop=data.crop,
+        short_side=data.short_side,
+        fps=data.fps,
+        autorotate=data.autorotate,
     )
     limit, seed = experiment.eval.knn_monitor_videos, experiment.runtime.seed
     train, val = (

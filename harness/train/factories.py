@@ -67,7 +67,8 @@ def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiC
         seed=experiment.runtime.seed,
         fps=data.fps,
         seek_threshold=data.seek_threshold,
-        cache=FrameCache() if data.cache else None,
+        cache=FrameCache(autorotate=data.autorotate) if data.cache else None,
+        autorotate=data.autorotate,
     )
 
 

@@ -57,3 +57,25 @@ def test_cli_lists_bad_files_and_exits_nonzero(mixed_manifest, index_manifest):
         text=True,
     )
     assert ok.returncode == 0 and "2 of 2 videos ok, 0 bad" in ok.stdout
+
+
+def test_full_check_accepts_a_video_under_a_second_and_reports_a_turned_one(tmp_path):
+    from test_decode import write_turned_video
+    from videos import write_index_video
+
+    short = write_index_video(tmp_path / "short.mp4", 3, fps=10)  # 0.3 s
+    turned, _ = write_turned_video(tmp_path / "phone.mp4", 90)
+    manifest = write_manifest(tmp_path / "m.csv", [{"path": str(p), "label": 0} for p in (short, turned)])
+    for full in (False, True):
+        results = {r.path: r for r in check_manifest(manifest, full=full)}
+        assert results[short].ok and results[short].frames == 3, results[short].reason
+        assert results[short].turn == "none" and results[turned].turn == "rotate 90 counter-clockwise"
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "data", "check", str(manifest), "--full"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [line for line in out.stdout.splitlines() if line.startswith("TURNED")] == [
+        f"TURNED  {turned}: display matrix, decoded with rotate 90 counter-clockwise (data.autorotate)"
+    ]
