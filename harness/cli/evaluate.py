@@ -11,10 +11,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from harness.eval import evaluate, load_benchmark
     from harness.train import load_trained
 
+    benchmarks = [load_benchmark(path) for path in args.benchmark]  # every file checked before compute
     method, experiment, state = load_trained(args.checkpoint)
     metrics = {}
-    for path in args.benchmark:
-        benchmark = load_benchmark(path)
+    for benchmark in benchmarks:
         metrics.update(
             evaluate(
                 method.encoder,
