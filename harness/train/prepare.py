@@ -90,23 +90,19 @@ def check_other_manifests(experiment: Experiment) -> None:
         ManifestError: naming the config key, the manifest, its line and the fix.
         ConfigError: a bad benchmark file.
     """
-    from harness.eval import load_benchmark
+    from harness.eval import check_manifests, load_benchmark
 
     data = experiment.data
     if data.val:
-        _read_for("data.val", data.val, allow_outside_root=data.allow_outside_root)
+        try:
+            read_manifest(data.val, allow_outside_root=data.allow_outside_root)
+        except ManifestError as exc:
+            raise ManifestError(f"data.val: {exc}") from None
     for path in experiment.eval.benchmarks:
-        benchmark = load_benchmark(path)
-        for split in ("train", "val"):
-            _read_for(f"eval.benchmarks {path} ({split})", getattr(benchmark, split))
-
-
-def _read_for(key: str, manifest: str | Path, allow_outside_root: bool = True) -> None:
-    """``read_manifest``, its refusal prefixed with the config key that names the manifest."""
-    try:
-        read_manifest(manifest, allow_outside_root=allow_outside_root)
-    except ManifestError as exc:
-        raise ManifestError(f"{key}: {exc}") from None
+        try:
+            check_manifests(load_benchmark(path))
+        except ManifestError as exc:
+            raise ManifestError(f"eval.benchmarks: {exc}") from None
 
 
 def _local_batch(data: DataConfig, videos: int, world_size: int) -> int:
