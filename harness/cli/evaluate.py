@@ -8,13 +8,15 @@ from harness.cli.common import print_metrics
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from harness.eval import evaluate, load_benchmark
+    from harness.eval import check_manifests, evaluate, load_benchmark
     from harness.train import load_trained
 
+    benchmarks = [load_benchmark(path) for path in args.benchmark]  # every file read before compute
+    for benchmark in benchmarks:
+        check_manifests(benchmark)
     method, experiment, state = load_trained(args.checkpoint)
     metrics = {}
-    for path in args.benchmark:
-        benchmark = load_benchmark(path)
+    for benchmark in benchmarks:
         metrics.update(
             evaluate(
                 method.encoder,

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from harness.data.decode import decode_clips
+from harness.data.decode import BadVideo, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
 from harness.data.transforms import MEAN, STD
+
+UNREADABLE = "unreadable"  # the key of an unreadable video's item (why) and of a batch's list of them
 
 
 def temporal_starts(num_frames: int, span: int, views: int) -> np.ndarray:
@@ -46,8 +48,9 @@ class ViewDataset(Dataset):
     """Test-time views of each manifest video.
 
     Item: ``clips`` float [K·S, C, T, crop, crop] (temporal-major order), ``label``, ``index``.
-    An unreadable video raises ``BadVideo``: evaluation must see every video
-    (run ``rho data check`` first).
+    An unreadable video's item is ``index``, ``label`` and ``UNREADABLE`` (why, as ``BadVideo``
+    says) without clips; batch items with ``collate_views``. ``bad_files`` is left to the caller
+    that batches them (``extract_features`` fills it in the main process, whatever the worker count).
     """
 
     def __init__(
@@ -66,11 +69,14 @@ class ViewDataset(Dataset):
             raise ValueError(f"spatial_views must be 1 or 3, got {spatial_views}")
         if temporal_views < 1:
             raise ValueError(f"temporal_views must be >= 1, got {temporal_views}")
-        self.entries = list(read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest)
+        from_file = isinstance(manifest, (str, Path))
+        self.source = Path(manifest) if from_file else None  # the manifest, when read from one
+        self.entries = list(read_manifest(manifest) if from_file else manifest)
         self.frames, self.stride, self.crop = frames, stride, crop
         self.short_side = short_side or round(crop * 256 / 224)
         self.temporal_views, self.spatial_views, self.fps = temporal_views, spatial_views, fps
         self.autorotate = autorotate  # turn frames as their display matrix says
+        self.bad_files: dict[Path, str] = {}  # unreadable videos passed over, with why
 
     @property
     def views(self) -> int:
@@ -81,14 +87,17 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         entry = self.entries[index]
-        frames, _, _ = decode_clips(
-            entry,
-            self.frames,
-            self.stride,
-            self.fps,
-            lambda n, span, fps: temporal_starts(n, span, self.temporal_views),
-            autorotate=self.autorotate,
-        )
+        try:
+            frames, _, _ = decode_clips(
+                entry,
+                self.frames,
+                self.stride,
+                self.fps,
+                lambda n, span, fps: temporal_starts(n, span, self.temporal_views),
+                autorotate=self.autorotate,
+            )
+        except BadVideo as exc:
+            return {"label": entry.label, "index": index, UNREADABLE: str(exc)}
         clips = torch.from_numpy(frames)
         views = []
         for clip in clips:
@@ -99,3 +108,12 @@ class ViewDataset(Dataset):
                 view = TF.normalize(TF.to_dtype(view, torch.float32, scale=True), MEAN, STD)
                 views.append(view.as_subclass(torch.Tensor).permute(1, 0, 2, 3))
         return {"clips": torch.stack(views), "label": entry.label, "index": index}
+
+
+def collate_views(items: list[dict]) -> dict:
+    """A batch of ``ViewDataset`` items: the readable ones stacked as the default collate does
+    (no ``clips`` key when none is), and ``UNREADABLE``: {row index: why} of the others."""
+    readable = [item for item in items if UNREADABLE not in item]
+    batch = default_collate(readable) if readable else {}
+    batch[UNREADABLE] = {int(item["index"]): item[UNREADABLE] for item in items if UNREADABLE in item}
+    return batch

@@ -20,7 +20,15 @@ from harness.eval.linear import fit_linear, linear_probe, run_linear, standardiz
 from harness.eval.metrics import accuracy, topk_accuracy, view_probabilities
 from harness.eval.monitor import knn_monitor
 from harness.eval.protocols import PROTOCOLS, Protocol, evaluate
-from harness.eval.spec import Benchmark, FinetuneSpec, KnnSpec, LinearSpec, ViewsSpec, load_benchmark
+from harness.eval.spec import (
+    Benchmark,
+    FinetuneSpec,
+    KnnSpec,
+    LinearSpec,
+    ViewsSpec,
+    check_manifests,
+    load_benchmark,
+)
 
 __all__ = [
     "PROTOCOLS",
@@ -35,6 +43,7 @@ __all__ = [
     "accuracy",
     "benchmark_views",
     "cached_features",
+    "check_manifests",
     "classifier_network",
     "evaluate",
     "extract_features",

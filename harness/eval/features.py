@@ -1,7 +1,8 @@
 """Features of a frozen encoder and their on-disk cache, so a frozen protocol extracts them once per encoder.
 
 - ``extract_features``: the frozen encoder (eval mode, no grad; bf16 autocast and
-  channels_last_3d on CUDA) on every view of a ``ViewDataset`` → features [N, V, D].
+  channels_last_3d on CUDA) on every view of a ``ViewDataset`` → features [N, V, D] of its
+  readable videos; the unreadable ones are skipped and listed in the dataset's ``bad_files``.
 - ``FeatureCache``: those features on disk, keyed by the encoder's weights, the videos of the
   manifest and the view settings.
 """
@@ -22,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from harness.atomic import atomic_file
-from harness.data.views import ViewDataset
+from harness.data.manifest import ManifestError
+from harness.data.views import UNREADABLE, ViewDataset, collate_views
 from harness.eval.context import EvalContext
 from harness.eval.spec import Benchmark
 from harness.progress import ProgressBar
@@ -30,7 +32,7 @@ from harness.runtime import Device, Runtime
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the unreadable videos are stored with the features
 VIEW_SETTINGS = ("frames", "stride", "crop", "short_side", "temporal_views", "spatial_views", "fps")
 
 
@@ -69,33 +71,54 @@ def extract_features(
     device: Device = "cpu",
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs of the frozen ``encoder`` for every view of every video.
+    """Outputs of the frozen ``encoder`` for every view of every readable video.
+
+    An unreadable video is skipped: it has no row in the outputs, and ``dataset.bad_files``
+    gets its path and why (noted here, in the main process, so whatever the worker count).
 
     Args:
         encoder: clips [B, C, T, H, W] → [B, D]; moved to ``device`` in place, evaluated in
             eval mode without gradients, its train/eval mode restored afterwards.
-        dataset: items with ``clips`` [V, C, T, H, W] and ``label``.
+        dataset: items with ``clips`` [V, C, T, H, W] and ``label`` (see ``collate_views``).
         batch_size: videos per forward pass (V clips each).
 
     Returns:
-        features float32 [N, V, D] on the CPU, labels int64 [N], in dataset order.
+        features float32 [N, V, D] on the CPU, labels int64 [N], of the readable videos in
+        dataset order.
+
+    Raises:
+        ManifestError: no video could be read.
     """
     runtime = Runtime.for_device(device)
     runtime.prepare_model(encoder)
     loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, pin_memory=runtime.device.type == "cuda"
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=runtime.device.type == "cuda",
+        collate_fn=collate_views,
     )
     bar = ProgressBar(f"features {len(dataset)} videos", len(loader)) if progress else None
     features, labels = [], []
     with eval_mode(encoder), torch.no_grad(), runtime.autocast():
         for step, batch in enumerate(loader, 1):
-            clips = batch["clips"]
-            videos, views = clips.shape[:2]
-            out = encoder(runtime.clips_to_device(clips.flatten(0, 1)))
-            features.append(out.float().view(videos, views, -1).cpu())
-            labels.append(torch.as_tensor(batch["label"], dtype=torch.int64))
+            for row, why in batch[UNREADABLE].items():
+                dataset.bad_files[dataset.entries[row].path] = why
+            if "clips" in batch:
+                clips = batch["clips"]
+                videos, views = clips.shape[:2]
+                out = encoder(runtime.clips_to_device(clips.flatten(0, 1)))
+                features.append(out.float().view(videos, views, -1).cpu())
+                labels.append(torch.as_tensor(batch["label"], dtype=torch.int64))
             if bar:
                 bar.update(step, {})
+    if not features:
+        where = f"{dataset.source}: " if dataset.source else ""
+        raise ManifestError(
+            f"{where}none of the {len(dataset)} videos could be read "
+            f"(first: {next(iter(dataset.bad_files.values()))}); "
+            f"run `rho data check {dataset.source or 'MANIFEST'}` to list them all"
+        )
     return torch.cat(features), torch.cat(labels)
 
 
@@ -132,7 +155,8 @@ def dataset_fingerprint(dataset: ViewDataset) -> str:
 class FeatureCache:
     """Extracted features on disk: one ``torch.save`` file per (encoder, videos, views).
 
-    A file holds the features, the labels, its key and a checksum of the tensors; it is written
+    A file holds the features, the labels, the unreadable videos skipped (path → why), its key
+    and a checksum of the tensors; it is written
     to a temporary name and renamed, and read with ``torch.load(weights_only=True)``. A file
     that does not load, holds another key or fails its checksum is reported and recomputed.
     """
@@ -151,15 +175,17 @@ class FeatureCache:
         """``root/<encoder id>-<key prefix>.pt`` (readable, so a run's files are easy to find)."""
         return self.root / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', encoder_id)[:80]}-{key[:16]}.pt"
 
-    def load(self, path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The features and labels stored at ``path`` under ``key``; None when absent or unusable."""
+    def load(self, path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]] | None:
+        """The features, labels and unreadable videos (path → why) stored at ``path`` under
+        ``key``; None when absent or unusable."""
         if not path.is_file():
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            features, labels, stored_key, checksum = (
+            features, labels, unreadable, stored_key, checksum = (
                 blob["features"],
                 blob["labels"],
+                dict(blob[UNREADABLE]),
                 blob["key"],
                 blob["checksum"],
             )
@@ -171,13 +197,21 @@ class FeatureCache:
         if stored_key != key or checksum != _tensor_digest([("f", features), ("l", labels)]):
             log.warning("feature cache %s does not match its key or checksum; extracting again", path)
             return None
-        return features, labels
+        return features, labels, unreadable
 
-    def save(self, path: Path, key: str, features: torch.Tensor, labels: torch.Tensor) -> None:
+    def save(
+        self,
+        path: Path,
+        key: str,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        unreadable: dict[str, str] | None = None,
+    ) -> None:
         """Write atomically: a temporary file beside ``path``, then a rename."""
         checksum = _tensor_digest([("f", features), ("l", labels)])
+        blob = {"key": key, "checksum": checksum, "features": features, "labels": labels}
         with atomic_file(path, "wb") as handle:
-            torch.save({"key": key, "checksum": checksum, "features": features, "labels": labels}, handle)
+            torch.save({**blob, UNREADABLE: dict(unreadable or {})}, handle)
 
     def get_or_extract(
         self,
@@ -190,7 +224,8 @@ class FeatureCache:
         device: Device = "cpu",
         progress: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached features [N, V, D] and labels [N] of ``dataset``; extracted and stored on a miss.
+        """Cached features [N, V, D] and labels [N] of ``dataset``'s readable videos; extracted and
+        stored on a miss. ``dataset.bad_files`` gets the unreadable ones either way.
 
         ``encoder_id`` must change whenever the weights do (``cached_features`` appends
         ``weights_fingerprint``).
@@ -199,16 +234,21 @@ class FeatureCache:
         path = self.path(encoder_id, key)
         cached = self.load(path, key)
         if cached is not None:
-            return cached
+            features, labels, unreadable = cached
+            dataset.bad_files.update({Path(video): why for video, why in unreadable.items()})
+            return features, labels
         features, labels = extract_features(encoder, dataset, batch_size, workers, device, progress)
-        self.save(path, key, features, labels)
+        unreadable = {str(video): why for video, why in dataset.bad_files.items()}
+        self.save(path, key, features, labels, unreadable)
         return features, labels
 
 
 def cached_features(
     encoder: nn.Module, benchmark: Benchmark, context: EvalContext
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training features [N, V, D] and labels [N], test features [M, V', D] and labels [M] of ``benchmark``.
+    """Training features [N, V, D] and labels [N], test features [M, V', D] and labels [M] of
+    ``benchmark``'s readable videos; the unreadable ones are noted in ``context`` (which refuses
+    too many).
 
     Read from the cache of ``context.cache_dir`` under ``context.encoder_key`` and the weights'
     fingerprint (so changed weights never hit), extracted and stored on a miss.
@@ -221,10 +261,10 @@ def cached_features(
         device=context.runtime.device,
         progress=context.progress,
     )
-    train_features, train_labels = cache.get_or_extract(
-        encoder, benchmark_views(benchmark, "train"), encoder_id, **extract
-    )
-    test_features, test_labels = cache.get_or_extract(
-        encoder, benchmark_views(benchmark, "test"), encoder_id, **extract
-    )
+    outputs = []
+    for split, manifest in (("train", benchmark.train), ("test", benchmark.val)):
+        views = benchmark_views(benchmark, split)
+        outputs += cache.get_or_extract(encoder, views, encoder_id, **extract)
+        context.note_skipped(manifest, len(views), views.bad_files)
+    train_features, train_labels, test_features, test_labels = outputs
     return train_features, train_labels, test_features, test_labels

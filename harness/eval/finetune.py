@@ -57,11 +57,17 @@ def train_classifier(
     workers: int = 0,
     seed: int = 0,
     progress: bool = True,
-) -> None:
+) -> set[int]:
     """Train ``model`` (clips [B, C, T, H, W] → logits) on view 0 of ``dataset``'s items with cross-entropy.
 
     ``dataset`` should hold one view per item (``min_views=1`` at ρ = 1); any others are decoded
-    and augmented for nothing."""
+    and augmented for nothing. An unreadable video is skipped as in pretraining (its item comes
+    from the next row).
+
+    Returns:
+        The rows of ``dataset`` that could not be read, found from the items (so whatever the
+        worker count).
+    """
     runtime = Runtime.for_device(device)
     sampler = EpochSampler(len(dataset), seed=seed)
     loader = DataLoader(
@@ -77,10 +83,11 @@ def train_classifier(
     total, warmup = settings.epochs * len(loader), round(settings.warmup_epochs * len(loader))
     bar = ProgressBar("finetune", settings.epochs) if progress else None
     model.train()
-    step = 0
+    step, unreadable = 0, set()
     for epoch in range(settings.epochs):
         sampler.set_epoch(epoch)
         for batch in loader:
+            unreadable |= skipped_rows(batch["index"], batch["skipped"], len(dataset))
             lr = lr_at(step, total, warmup, settings.lr)
             set_lr(optimizer, lr)
             with runtime.autocast():
@@ -96,6 +103,17 @@ def train_classifier(
             step += 1
         if bar:
             bar.update(epoch + 1, {"loss": loss.item(), "lr": lr})
+    return unreadable
+
+
+def skipped_rows(rows: torch.Tensor, skipped: torch.Tensor, videos: int) -> set[int]:
+    """The rows a batch of ``MultiClipDataset`` items passed over: an item of row r that skipped
+    s videos tried rows r - s … r - 1 (modulo the ``videos``) and could not read them."""
+    return {
+        (row - back) % videos
+        for row, count in zip(rows.tolist(), skipped.tolist(), strict=True)
+        for back in range(1, count + 1)
+    }
 
 
 def run_finetune(encoder: nn.Module, benchmark: Benchmark, context: EvalContext) -> dict[str, float]:
@@ -105,8 +123,11 @@ def run_finetune(encoder: nn.Module, benchmark: Benchmark, context: EvalContext)
     benchmark's augmentation; ``encoder`` itself is left untouched. Randomness (head init,
     dropout, data) derives from ``context.seed`` without disturbing the caller's RNG.
 
+    Unreadable videos are skipped (training as in pretraining, testing without them) and noted in
+    ``context``, which refuses too many.
+
     Returns:
-        ``{"top1": %, "top5": %}`` on the test videos, softmax averaged over the test views.
+        ``{"top1": %, "top5": %}`` on the readable test videos, softmax averaged over the test views.
     """
     settings, views = benchmark.settings, benchmark.views
     device, seed = context.runtime.device, context.seed
@@ -127,8 +148,14 @@ def run_finetune(encoder: nn.Module, benchmark: Benchmark, context: EvalContext)
         torch.manual_seed(seed)
         classes = class_count(*labels)
         model = classifier_network(encoder, classes, settings.dropout, views.frames, views.crop, device)
-        train_classifier(model, train_set, settings, device, context.workers, seed, context.progress)
+        unreadable = train_classifier(
+            model, train_set, settings, device, context.workers, seed, context.progress
+        )
+    context.note_skipped(
+        benchmark.train, len(train_entries), {train_entries[row].path: "" for row in sorted(unreadable)}
+    )
     logits, test_labels = extract_features(
         model, test_set, context.batch_size, context.workers, device, context.progress
     )
+    context.note_skipped(benchmark.val, len(test_set), test_set.bad_files)
     return accuracy(view_probabilities(logits), test_labels)

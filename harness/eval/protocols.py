@@ -66,8 +66,13 @@ def evaluate(
         progress: print progress bars.
         batch_size: videos per forward pass when extracting features (each with all its views).
 
+    Unreadable videos are skipped, one line per manifest printed (how many, the first, the
+    ``rho data check`` command) and their count returned; more than ``MAX_UNREADABLE`` of a
+    manifest's videos is refused (``ManifestError``).
+
     Returns:
-        ``{"eval.<name>.<protocol>.top1": %, "eval.<name>.<protocol>.top5": %}``.
+        ``{"eval.<name>.<protocol>.top1": %, "eval.<name>.<protocol>.top5": %,
+        "eval.<name>.<protocol>.skipped": unreadable videos left out}``.
     """
     context = EvalContext(
         runtime=Runtime.for_device(device),
@@ -79,4 +84,7 @@ def evaluate(
         batch_size=batch_size,
     )
     scores = PROTOCOLS[benchmark.protocol].run(encoder, benchmark, context)
+    for skipped in context.skipped:
+        print(f"{benchmark.name}: {skipped.summary()}", flush=True)
+    scores["skipped"] = float(len(context.skipped_files()))
     return {benchmark.metric(name): value for name, value in scores.items()}

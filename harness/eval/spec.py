@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import DATASETS, AugmentConfig
+from harness.data.manifest import ManifestError, read_manifest
 from harness.schema import ConfigError, build_section, check_value, field_spec, read_mapping, unknown_key_hint
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -161,6 +162,20 @@ def load_benchmark(path: str | Path, check_files: bool = True) -> Benchmark:
         return _build(raw, path, check_files)
     except ConfigError as exc:
         raise exc.located(str(path)) from None
+
+
+def check_manifests(benchmark: Benchmark) -> None:
+    """Read the benchmark's ``train`` and ``val`` manifests as evaluation will, so that a bad row
+    (a missing file, a bad label) is found before any compute.
+
+    Raises:
+        ManifestError: naming the benchmark file, the manifest, its line and the fix.
+    """
+    for split in ("train", "val"):
+        try:
+            read_manifest(getattr(benchmark, split))
+        except ManifestError as exc:
+            raise ManifestError(f"benchmark {benchmark.source} ({split}): {exc}") from None
 
 
 def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:

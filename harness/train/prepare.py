@@ -1,5 +1,6 @@
-"""A run's set-up before its first step: batch sizes and stores checked, the method on its device
-(the same weights on every rank), the dataset and its sampler, the schedule and the optimizer."""
+"""A run's set-up before its first step: every manifest it will read and the batch size checked,
+the stores checked for writing, the method on its device (the same weights on every rank), the
+dataset and its sampler, the schedule and the optimizer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from harness import distributed as dist_utils
 from harness.config import ConfigError, DataConfig, Experiment
-from harness.data import MultiClipDataset, read_manifest
+from harness.data import ManifestError, MultiClipDataset, read_manifest
 from harness.data.epoch_order import EpochSampler
 from harness.preflight import check_store, check_writable
 from harness.runtime import Runtime, seed_everything
@@ -48,11 +49,12 @@ def prepare_training(
     run_name: str | None,
     tracking_uri: str | None,
 ) -> Training:
-    """Seed; check the batch size against the data and the stores for writing; build the method,
-    the dataset, its sampler, the schedule and the optimizer."""
+    """Seed; check every manifest, the batch size against the data and the stores for writing;
+    build the method, the dataset, its sampler, the schedule and the optimizer."""
     seed_everything(experiment.runtime.seed)
     data = experiment.data
     entries = read_manifest(data.train, allow_outside_root=data.allow_outside_root)
+    check_other_manifests(experiment)
     local_batch = _local_batch(data, len(entries), runtime.world_size)
     experiment = with_num_classes(experiment, entries)
     output = Path(output) if output is not None else checkpoint_dir(experiment, run_name)
@@ -76,6 +78,31 @@ def prepare_training(
         schedule,
         optimizer,
     )
+
+
+def check_other_manifests(experiment: Experiment) -> None:
+    """Read every manifest the run will read besides ``data.train``, as it will read them: the kNN
+    monitor's ``data.val`` (under the data root rules) and each ``eval.benchmarks`` file with its
+    ``train`` and ``val`` manifests. A bad one is found here, before any compute and before the
+    MLflow run exists, not after the first epoch or at the end of training.
+
+    Raises:
+        ManifestError: naming the config key, the manifest, its line and the fix.
+        ConfigError: a bad benchmark file.
+    """
+    from harness.eval import check_manifests, load_benchmark
+
+    data = experiment.data
+    if data.val:
+        try:
+            read_manifest(data.val, allow_outside_root=data.allow_outside_root)
+        except ManifestError as exc:
+            raise ManifestError(f"data.val: {exc}") from None
+    for path in experiment.eval.benchmarks:
+        try:
+            check_manifests(load_benchmark(path))
+        except ManifestError as exc:
+            raise ManifestError(f"eval.benchmarks: {exc}") from None
 
 
 def _local_batch(data: DataConfig, videos: int, world_size: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness import backbones
-from harness.data import MultiClipDataset, train_transform, write_manifest
+from harness.data import ManifestError, MultiClipDataset, train_transform, write_manifest
 from harness.data.encode import write_video
 from harness.data.views import ViewDataset
 from harness.eval import (
@@ -211,8 +211,16 @@ def test_linear_and_knn_separate_bright_from_dark_videos(tmp_path, brightness_da
         cache_dir=cache,
         progress=False,
     )
-    assert linear == {"eval.bright.linear.top1": 100.0, "eval.bright.linear.top5": 100.0}
-    assert knn == {"eval.bright.knn.top1": 100.0, "eval.bright.knn.top5": 100.0}
+    assert linear == {
+        "eval.bright.linear.top1": 100.0,
+        "eval.bright.linear.top5": 100.0,
+        "eval.bright.linear.skipped": 0.0,
+    }
+    assert knn == {
+        "eval.bright.knn.top1": 100.0,
+        "eval.bright.knn.top5": 100.0,
+        "eval.bright.knn.skipped": 0.0,
+    }
 
 
 def test_extract_features_shapes_labels_and_mode(brightness_data, encoder):
@@ -286,14 +294,16 @@ def test_finetune_trains_a_copy_and_reports_accuracy(tmp_path, brightness_data, 
     trained = []  # the network fine-tuning trains, kept to score it independently below
     train = finetune_module.train_classifier
     monkeypatch.setattr(
-        finetune_module, "train_classifier", lambda model, *args: (trained.append(model), train(model, *args))
+        finetune_module,
+        "train_classifier",
+        lambda model, *args: (trained.append(model), train(model, *args))[1],
     )
     settings = (
         "{epochs: 2, lr: 0.05, batch_size: 4, warmup_epochs: 0, augment: {color_p: 0.0, grayscale_p: 0.0}}"
     )
     benchmark = _benchmark(tmp_path, brightness_data, "finetune", settings, test_spatial=1)
     metrics = evaluate(encoder, benchmark, encoder_key="e", cache_dir=tmp_path / "cache", progress=False)
-    assert set(metrics) == {"eval.bright.finetune.top1", "eval.bright.finetune.top5"}
+    assert set(metrics) == {f"eval.bright.finetune.{m}" for m in ("top1", "top5", "skipped")}
     test_views = ViewDataset(
         brightness_data["val"], frames=4, stride=2, crop=32, short_side=36, temporal_views=2, spatial_views=1
     )
@@ -322,3 +332,142 @@ def test_finetune_training_is_deterministic_given_the_seed(brightness_data, enco
         states.append(model.state_dict())
     for name, tensor in states[0].items():
         assert torch.equal(tensor, states[1][name]), name
+
+
+# --- unreadable videos ----------------------------------------------------------------------------
+
+
+def _unreadable_videos(folder: Path, good: Path) -> list[Path]:
+    """A truncated mp4 (the first half of ``good``'s bytes) and an empty file."""
+    data = good.read_bytes()
+    truncated, empty = folder / "truncated.mp4", folder / "empty.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    empty.write_bytes(b"")
+    return [truncated, empty]
+
+
+@pytest.fixture(scope="module")
+def data_with_unreadable(tmp_path_factory) -> dict[str, Path]:
+    """Bright/dark manifests, 20 train and 10 val videos, as ``good_train``/``good_val``, and the
+    same with a truncated mp4 and an empty file inserted in train (2 of 22) and the truncated one
+    in val (1 of 11): under evaluation's 10 % limit."""
+    root = tmp_path_factory.mktemp("unreadable")
+    rng = np.random.default_rng(1)
+    rows = {
+        split: [
+            {"path": str(_brightness_video(root / f"{split}{i}.mp4", i % 2, rng)), "label": i % 2}
+            for i in range(count)
+        ]
+        for split, count in (("train", 20), ("val", 10))
+    }
+    truncated, empty = _unreadable_videos(root, Path(rows["train"][0]["path"]))
+    with_bad = {
+        "train": rows["train"][:5]
+        + [{"path": str(truncated), "label": 1}]
+        + rows["train"][5:]
+        + [{"path": str(empty), "label": 0}],
+        "val": rows["val"][:3] + [{"path": str(truncated), "label": 0}] + rows["val"][3:],
+    }
+    manifests = {"truncated": truncated, "empty": empty}
+    for split in ("train", "val"):
+        manifests[f"good_{split}"] = write_manifest(root / f"good_{split}.csv", rows[split])
+        manifests[split] = write_manifest(root / f"{split}.csv", with_bad[split])
+    return manifests
+
+
+def _bad_and_good(data: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    return {"train": data["train"], "val": data["val"]}, {
+        "train": data["good_train"],
+        "val": data["good_val"],
+    }
+
+
+@pytest.mark.parametrize("protocol, settings", [("linear", LINEAR), ("knn", "{k: 3}")])
+def test_unreadable_videos_are_skipped_counted_and_leave_the_scores_of_the_others_unchanged(
+    tmp_path, data_with_unreadable, encoder, protocol, settings, capsys
+):
+    bad, good = _bad_and_good(data_with_unreadable)
+    run = lambda data, cache: evaluate(  # noqa: E731
+        encoder,
+        _benchmark(tmp_path, data, protocol, settings),
+        encoder_key="e",
+        cache_dir=tmp_path / cache,
+        progress=False,
+    )
+    reference = run(good, "good-cache")
+    capsys.readouterr()
+    metrics = run(bad, "cache")
+    printed = capsys.readouterr().out.splitlines()
+    skipped = f"eval.bright.{protocol}.skipped"
+    assert metrics[skipped] == 2.0 and reference[skipped] == 0.0, "two distinct files (truncated in both)"
+    assert {k: v for k, v in metrics.items() if k != skipped} == {
+        k: v for k, v in reference.items() if k != skipped
+    }, "the scores are those of the readable videos alone"
+    lines = {
+        line.split(" videos of ")[1].split(" ")[0]: line for line in printed if "skipped (unreadable)" in line
+    }
+    assert set(lines) == {str(bad["train"]), str(bad["val"])}, printed
+    assert "2 of 22 videos" in lines[str(bad["train"])] and "1 of 11 videos" in lines[str(bad["val"])]
+    for manifest, line in lines.items():
+        assert f"first: {data_with_unreadable['truncated']}" in line and f"rho data check {manifest}" in line
+    capsys.readouterr()
+    assert run(bad, "cache") == metrics, "a cache hit counts the same skips"
+    assert len([line for line in capsys.readouterr().out.splitlines() if "skipped" in line]) == 2
+
+
+def test_finetune_skips_and_counts_unreadable_videos(tmp_path, data_with_unreadable, encoder, capsys):
+    bad, _ = _bad_and_good(data_with_unreadable)
+    settings = "{epochs: 1, lr: 0.05, batch_size: 4, warmup_epochs: 0}"
+    benchmark = _benchmark(tmp_path, bad, "finetune", settings, test_spatial=1, test_temporal=1)
+    metrics = evaluate(encoder, benchmark, encoder_key="e", cache_dir=tmp_path / "cache", progress=False)
+    assert metrics["eval.bright.finetune.skipped"] == 2.0
+    out = capsys.readouterr().out
+    assert (
+        f"2 of 22 videos of {bad['train']} skipped" in out
+        and f"1 of 11 videos of {bad['val']} skipped" in out
+    )
+    assert 0.0 <= metrics["eval.bright.finetune.top1"] <= 100.0
+
+
+def test_more_unreadable_videos_than_the_limit_are_refused_naming_the_manifest(
+    tmp_path, data_with_unreadable, encoder
+):
+    truncated, empty = data_with_unreadable["truncated"], data_with_unreadable["empty"]
+    rows = [{"path": str(p), "label": 0} for p in (truncated, empty)]
+    rows.append(
+        {"path": str(_brightness_video(tmp_path / "one.mp4", 1, np.random.default_rng(0))), "label": 1}
+    )
+    val = write_manifest(tmp_path / "mostly_bad.csv", rows)
+    benchmark = _benchmark(
+        tmp_path, {"train": data_with_unreadable["good_train"], "val": val}, "knn", "{k: 3}"
+    )
+    with pytest.raises(ManifestError) as info:
+        evaluate(encoder, benchmark, encoder_key="e", cache_dir=tmp_path / "cache", progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{val}: 2 of 3 videos are unreadable") and f"rho data check {val}" in message
+    only_bad = write_manifest(tmp_path / "all_bad.csv", rows[:2])
+    benchmark = _benchmark(
+        tmp_path, {"train": data_with_unreadable["good_train"], "val": only_bad}, "knn", "{k: 3}"
+    )
+    with pytest.raises(ManifestError, match="none of the 2 videos could be read"):
+        evaluate(encoder, benchmark, encoder_key="e", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_knn_monitor_leaves_unreadable_videos_out_and_warns_once(data_with_unreadable, encoder, caplog):
+    views = dict(frames=4, stride=2, crop=32)
+    bad, good = _bad_and_good(data_with_unreadable)
+    reference = knn_monitor(
+        encoder, ViewDataset(good["train"], **views), ViewDataset(good["val"], **views), k=3
+    )
+    with caplog.at_level(logging.WARNING, logger="harness.eval.monitor"):
+        for _ in range(2):  # two epochs: each file warned about once
+            top1 = knn_monitor(
+                encoder, ViewDataset(bad["train"], **views), ViewDataset(bad["val"], **views), k=3
+            )
+            assert top1 == reference
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all("skipping unreadable video" in w for w in warned), warned
+    assert {data_with_unreadable["truncated"], data_with_unreadable["empty"]} == {
+        next(p for p in (data_with_unreadable["truncated"], data_with_unreadable["empty"]) if str(p) in w)
+        for w in warned
+    }

@@ -7,7 +7,7 @@ from videos import read_index
 from harness.data import write_manifest
 from harness.data.encode import write_video
 from harness.data.transforms import MEAN, STD
-from harness.data.views import ViewDataset, temporal_starts
+from harness.data.views import UNREADABLE, ViewDataset, collate_views, temporal_starts
 
 
 def test_temporal_starts_are_evenly_spaced_and_centred():
@@ -37,3 +37,21 @@ def test_three_spatial_crops_cover_the_long_side(tmp_path):
     assert red[0] < red[1] < red[2], "left, centre, right"
     centre = ViewDataset(manifest, frames=2, stride=1, crop=32, short_side=32)[0]["clips"]
     assert torch.allclose(centre[0], item["clips"][1])
+
+
+def test_an_unreadable_video_gives_an_item_that_says_why_and_the_batch_lists_it(index_videos, tmp_path):
+    truncated, empty = tmp_path / "truncated.mp4", tmp_path / "empty.mp4"
+    data = index_videos["short"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    empty.write_bytes(b"")
+    rows = [{"path": str(p), "label": i} for i, p in enumerate([index_videos["short"], truncated, empty])]
+    dataset = ViewDataset(
+        write_manifest(tmp_path / "m.csv", rows), frames=2, stride=1, crop=64, short_side=64
+    )
+    items = [dataset[i] for i in range(3)]
+    assert "clips" not in items[1] and str(truncated) in items[1][UNREADABLE] and items[1]["label"] == 1
+    assert "clips" not in items[2] and str(empty) in items[2][UNREADABLE]
+    batch = collate_views(items)
+    assert batch["clips"].shape == (1, 1, 3, 2, 64, 64) and batch["index"].tolist() == [0]
+    assert batch["label"].tolist() == [0] and set(batch[UNREADABLE]) == {1, 2}
+    assert "clips" not in collate_views(items[1:]), "a batch of unreadable videos only"

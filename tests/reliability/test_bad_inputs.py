@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +224,111 @@ def test_training_skips_and_counts_every_kind_of_broken_video(tiny_synth, tmp_pa
     run = client.search_runs([client.get_experiment_by_name("tests").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["epoch.bad_files"] == len(bad)
+
+
+def _pretrained_checkpoint(tiny_synth, tmp_path, mlflow_uri) -> Path:
+    """A one-epoch tiny checkpoint, made by `rho pretrain` (a few seconds)."""
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    tree["optim"]["epochs"] = 1
+    config = write_yaml(tmp_path / "exp.yaml", tree)
+    result = rho("pretrain", str(config), "--output", str(tmp_path / "run"), "--tracking-uri", mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "run" / "last.pt"
+
+
+def _knn_benchmark(path: Path, train: Path, val: Path) -> Path:
+    views = {"frames": 2, "stride": 2, "crop": 16, "test_temporal": 1, "test_spatial": 1}
+    return write_yaml(
+        path,
+        {
+            "name": "tiny-knn",
+            "protocol": "knn",
+            "train": str(train),
+            "val": str(val),
+            "views": views,
+            "knn": {"k": 5},
+        },
+    )
+
+
+def test_evaluate_skips_and_counts_a_truncated_and_an_empty_video(tiny_synth, tmp_path, mlflow_uri):
+    """`rho evaluate` on a test manifest with a truncated mp4 and an empty file among 20 videos:
+    exit 0, one line naming the count, the first file and `rho data check`, the skipped metric,
+    and the top-1 of the readable videos alone."""
+    checkpoint = _pretrained_checkpoint(tiny_synth, tmp_path, mlflow_uri)
+    good = sorted((tiny_synth["train"].parent / "videos").rglob("*.mp4"))
+    assert len(good) >= 20
+    bad = bad_videos(tmp_path / "bad", good[0])
+    rows = [{"path": str(p), "label": i % 2} for i, p in enumerate(good[:20])]
+    broken = [{"path": str(bad[name]), "label": 0} for name in ("truncated", "empty")]
+    manifests = {
+        "good": write_manifest(tmp_path / "good.csv", rows),
+        "bad": write_manifest(tmp_path / "bad.csv", rows[:7] + broken + rows[7:]),
+    }
+    outputs = {}
+    for name, manifest in manifests.items():
+        benchmark = _knn_benchmark(tmp_path / f"{name}.yaml", tiny_synth["train"], manifest)
+        result = rho("evaluate", str(checkpoint), "--benchmark", str(benchmark), "--workers", "1")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        outputs[name] = result.stdout
+    metric = lambda out, key: next(line.split()[-1] for line in out.splitlines() if key in line)  # noqa: E731
+    assert metric(outputs["bad"], "eval.tiny-knn.knn.top1") == metric(
+        outputs["good"], "eval.tiny-knn.knn.top1"
+    )
+    assert metric(outputs["bad"], "eval.tiny-knn.knn.skipped") == "2"
+    assert metric(outputs["good"], "eval.tiny-knn.knn.skipped") == "0"
+    [line] = [line for line in outputs["bad"].splitlines() if "skipped (unreadable)" in line]
+    assert f"2 of 22 videos of {manifests['bad']}" in line and f"first: {bad['truncated']}" in line
+    assert f"run `rho data check {manifests['bad']}`" in line
+    # a bad row in the second benchmark's manifest: refused before the first is computed
+    bad_label = tmp_path / "bad_label.csv"
+    bad_label.write_text(f"path,label\n{good[0]},0\n{good[1]},cat\n")
+    second = _knn_benchmark(tmp_path / "bad_label.yaml", tiny_synth["train"], bad_label)
+    result = rho(
+        "evaluate", str(checkpoint), "--benchmark", str(tmp_path / "good.yaml"), "--benchmark", str(second)
+    )
+    line = error_line(result, 2)
+    assert f"{bad_label}:3: label 'cat' is not an integer" in line and str(second) in line, line
+    assert "eval.tiny-knn" not in result.stdout, "nothing was computed"
+
+
+def test_a_bad_val_or_benchmark_manifest_is_refused_before_the_run_starts(
+    tiny_synth, tmp_path, mlflow_uri, capsys
+):
+    """A data.val or benchmark manifest with a missing file or a bad label: exit 2 with one line
+    naming the key and the manifest, before any compute: no MLflow run, no checkpoint (every
+    case in this process, the first also as a real `rho pretrain` process)."""
+    videos = sorted((tiny_synth["train"].parent / "videos").rglob("*.mp4"))[:3]
+    manifests = {
+        "missing": (f"path,label\n{videos[0]},0\n{tmp_path / 'gone.mp4'},1\n", "does not exist"),
+        "label": (f"path,label\n{videos[0]},0\n{videos[1]},cat\n", "is not an integer class index"),
+    }
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    cases = []
+    for name, (text, expected) in manifests.items():
+        manifest = tmp_path / f"{name}.csv"
+        manifest.write_text(text)
+        benchmark = _knn_benchmark(tmp_path / f"{name}.yaml", tiny_synth["train"], manifest)
+        monitored = {**tree, "data": {**tree["data"], "val": str(manifest)}, "eval": {"knn_monitor": True}}
+        evaluated = {**tree, "eval": {"benchmarks": [str(benchmark)]}}
+        cases += [
+            ("data.val", monitored, manifest, expected),
+            ("eval.benchmarks", evaluated, manifest, expected),
+        ]
+    for number, (key, case, manifest, expected) in enumerate(cases):
+        config = write_yaml(tmp_path / f"exp{number}.yaml", case)
+        argv = ["pretrain", str(config), "data.allow_outside_root=true", "--tracking-uri", mlflow_uri]
+        argv += ["--output", str(tmp_path / f"run{number}")]
+        code, _, err = run_main(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"rho: error: {key}") and str(manifest) in err and expected in err, err
+        if number == 0:
+            line = error_line(rho(*argv), 2)
+            assert line == err.strip(), "the same line from a real process"
+    assert not any((tmp_path / f"run{number}").exists() for number in range(len(cases))), "no checkpoint"
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("tests")
+    assert experiment is None or not client.search_runs([experiment.experiment_id]), "no MLflow run"
 
 
 def test_bad_videos_are_named_by_data_check_and_never_hang(index_videos, tmp_path):
