@@ -114,7 +114,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
         dataset, batch_size=min(args.batch, len(dataset)), shuffle=True, num_workers=data.workers
     )
     started = time.monotonic()
-    batch = next(iter(loader))
+    batch = dataset.note_skips(next(iter(loader)))  # the batch's bad videos, warned once each
     elapsed = time.monotonic() - started
     clips = batch["clips"]
     span = (data.frames - 1) * data.stride + 1
@@ -131,7 +131,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
         f"start gaps    {', '.join(f'{g:.2f}' for g in gaps)} s (max distance between a video's clip starts)"
     )
     print(
-        f"padded/skip   {int(batch['padded'].sum())} frames padded, {int(batch['skipped'].sum())} videos skipped"
+        f"padded/skip   {int(batch['padded'].sum())} frames padded, {len(dataset.bad_files)} unreadable videos skipped"
     )
     print(f"decode time   {elapsed:.2f} s for one batch with {data.workers} workers")
     return 0

@@ -73,7 +73,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the run's last checkpoint if there is one"
     )
     pretrain.add_argument(
-        "--run-name", help="MLflow run name and checkpoint folder (default: the config's hash)"
+        "--run-name",
+        help="MLflow run name, also the checkpoint folder's name under runtime.output_dir "
+        "(default: the run is named '<method> rho<data.clips> <backbone> <config hash, 8 characters> s<seed>', "
+        "e.g. 'simclr rho2 r3d_tiny 1a2b3c4d s0', and the folder is the full config hash)",
     )
     pretrain.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     pretrain.add_argument(

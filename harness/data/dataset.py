@@ -7,16 +7,22 @@ An item is a dict:
 - ``label`` int, ``index`` int (the manifest row actually used);
 - ``starts`` float [V], the clips' start times in seconds;
 - ``padded`` int, frames that repeat a video's last frame because it is shorter than a clip;
-- ``skipped`` int, unreadable videos passed over to produce this item.
+- ``skipped`` int, unreadable videos passed over to produce this item;
+- ``bad_videos`` str, those videos and why (JSON ``[[path, reason], ...]``: a string, so that
+  the default collate keeps it), for ``note_skips``.
 
 Randomness (clip starts and augmentation) comes from a generator seeded by
 (seed, epoch, index), so an item is the same whatever the worker count or order; pass
 ``(epoch, index)`` as the key to vary it by epoch. An unreadable, truncated or zero-frame
-video is skipped with a warning and counted, and the item is taken from the next row.
+video is skipped and the item is taken from the next row. Each bad file is warned about once
+per dataset and counted in ``bad_files``: directly when the item is read in this process, and
+from a batch's ``bad_videos`` through ``note_skips`` when DataLoader workers (each with its own
+copy of the dataset, new ones every epoch) read it; workers never warn themselves.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from harness.data.clip_starts import clip_starts
 from harness.data.decode import BadVideo, FrameCache, decode_clips
@@ -97,7 +103,7 @@ class MultiClipDataset(Dataset):
             try:
                 self.cache.get(entry.path)
             except BadVideo as exc:
-                self._skip(entry, exc)
+                self._skip(entry.path, str(exc))
 
     @property
     def views(self) -> int:
@@ -109,6 +115,7 @@ class MultiClipDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        bad: list[tuple[str, str]] = []
         for skipped in range(min(MAX_SKIPS, len(self.entries))):
             row = (index + skipped) % len(self.entries)
             entry = self.entries[row]
@@ -116,7 +123,9 @@ class MultiClipDataset(Dataset):
             try:
                 clips, starts, padded = self._load(entry, rng)
             except BadVideo as exc:
-                self._skip(entry, exc)
+                bad.append((str(entry.path), str(exc)))
+                if get_worker_info() is None:  # in a worker: the batch carries it to note_skips
+                    self._skip(entry.path, str(exc))
                 continue
             return {
                 "clips": clips,
@@ -125,16 +134,28 @@ class MultiClipDataset(Dataset):
                 "starts": torch.as_tensor(starts, dtype=torch.float32),
                 "padded": padded,
                 "skipped": skipped,
+                "bad_videos": json.dumps(bad),
             }
         raise RuntimeError(
             f"{MAX_SKIPS} videos in a row from row {index} could not be read "
             f"(last: {self.entries[row].path}); run `rho data check` on the manifest"
         )
 
-    def _skip(self, entry: VideoEntry, exc: BadVideo) -> None:
-        if entry.path not in self.bad_files:
-            self.bad_files.add(entry.path)
-            log.warning("skipping unreadable video (%s); `rho data check` lists all such files", exc)
+    def note_skips(self, batch: dict) -> dict:
+        """Warn about and count the bad videos that ``batch`` (or one item) passed over, each file
+        once: the process that reads a DataLoader's batches calls this for the workers' skips.
+        Returns ``batch``, so that ``map(dataset.note_skips, loader)`` notes each batch as it is read."""
+        records = batch.get("bad_videos", ())
+        for record in [records] if isinstance(records, str) else records:
+            for path, reason in json.loads(record):
+                self._skip(Path(path), reason)
+        return batch
+
+    def _skip(self, path: Path, reason: str) -> None:
+        """Count ``path`` as bad, with one warning the first time this dataset sees it."""
+        if path not in self.bad_files:
+            self.bad_files.add(path)
+            log.warning("skipping unreadable video %s; `rho data check` lists all such files", reason)
 
     def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, int]:
         """Decode one video once and build its V transformed clips."""

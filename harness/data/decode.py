@@ -157,7 +157,25 @@ def frame_length(frame: av.VideoFrame, time_base: Fraction, fps: float) -> float
 
 
 class BadVideo(RuntimeError):
-    """A file that cannot be used: unreadable, no video stream, no frames, or truncated."""
+    """A file that cannot be used; the message is ``<path>: <kind> (<detail>)`` with kind one of
+    "missing", "empty", "not a video" or "truncated", in words a user acts on (no FFmpeg errno)."""
+
+
+def unopenable(path: str | Path) -> BadVideo:
+    """Why FFmpeg could not open ``path``: missing, empty (0 bytes), truncated (it starts as an
+    MP4/MOV, whose index an interrupted write or copy leaves out) or not a video."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return BadVideo(f"{path}: missing (no such file, or it cannot be read)")
+    if not head:
+        return BadVideo(f"{path}: empty (0 bytes)")
+    if head[4:8] == b"ftyp":
+        return BadVideo(
+            f"{path}: truncated (an MP4/MOV without its index: cut short while written or copied)"
+        )
+    return BadVideo(f"{path}: not a video (no container FFmpeg can read)")
 
 
 @dataclass(frozen=True)
@@ -178,11 +196,11 @@ def open_video(path: str | Path) -> av.container.InputContainer:
     """Open a container; any FFmpeg or OS failure becomes ``BadVideo`` naming the file."""
     try:
         container = av.open(str(path), mode="r")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise BadVideo(f"{path}: cannot open ({exc.__class__.__name__}: {exc})") from None
+    except (av.FFmpegError, OSError, ValueError):
+        raise unopenable(path) from None
     if not container.streams.video:
         container.close()
-        raise BadVideo(f"{path}: no video stream (audio-only or empty container)")
+        raise BadVideo(f"{path}: not a video (no video stream: audio-only or empty container)")
     # One decoding thread: DataLoader workers give the parallelism, and a per-open thread pool
     # costs more than it saves on short reads (H.264 from x264 has one slice per frame anyway).
     container.streams.video[0].thread_type = "NONE"
@@ -195,7 +213,7 @@ def probe(container: av.container.InputContainer, path: str | Path = "") -> Vide
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
-        raise BadVideo(f"{path}: video stream has no frame rate")
+        raise BadVideo(f"{path}: not a video (its video stream has no frame rate)")
     fps = float(rate)
     num_frames = stream.frames
     if num_frames <= 0:
@@ -207,7 +225,7 @@ def probe(container: av.container.InputContainer, path: str | Path = "") -> Vide
             seconds = 0.0
         num_frames = int(round(seconds * fps))
     if num_frames <= 0:
-        raise BadVideo(f"{path}: no frames")
+        raise BadVideo(f"{path}: empty (its video stream has no frames)")
     return VideoInfo(
         fps=fps, num_frames=num_frames, width=stream.codec_context.width, height=stream.codec_context.height
     )
@@ -304,10 +322,10 @@ def decode_times(
                     break  # far gap: seek in the outer loop
             else:
                 break  # end of stream
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise BadVideo(f"{path}: decoding failed ({exc.__class__.__name__}: {exc})") from None
+    except (av.FFmpegError, OSError, ValueError):
+        raise BadVideo(f"{path}: truncated (the decoder failed part-way through the file)") from None
     if last_frame is None:
-        raise BadVideo(f"{path}: no decodable frames")
+        raise BadVideo(f"{path}: truncated (no frame could be decoded)")
     padded = 0
     if i < len(targets):  # the stream ended: its last frame is shown until its end, then repeated
         tail = turn(frame_rgb(last_frame))

@@ -19,6 +19,14 @@ from harness.study.backend import open_trial, pruner_settings, pruning_callback,
 from harness.study.spec import StudySpec
 
 TRIAL_ENV = "RHO_TRIAL"
+MAX_RUN_NAME = 200  # the UI shows a name's start; the point's values are in the swept.* tags too
+
+
+def trial_run_name(study: str, number: int, label: dict) -> str:
+    """A trial's MLflow run name, e.g. ``grid-t3 method.name=simclr data.clips=2 seed=0``: unique
+    in the study by its number, told apart in the UI by its point and seed."""
+    values = " ".join(f"{key}={value}" for key, value in label.items())
+    return f"{study}-t{number} {values}"[:MAX_RUN_NAME]
 
 
 def torchrun_pruning_callback() -> Callable[[int, dict[str, float]], None] | None:
@@ -58,6 +66,7 @@ def run_torchrun(
     storage_url: str,
     parent_run_id: str,
     tags: dict[str, str],
+    run_name: str,
     on_run_start: Callable[[str], None],
 ) -> dict[str, float]:
     """Run the trial as a ``torchrun --nproc_per_node=gpus`` job.
@@ -91,7 +100,7 @@ def run_torchrun(
         "--output",
         str(output),
         "--run-name",
-        f"{experiment.runtime.experiment}-t{trial.number}",
+        run_name,
         "--parent-run-id",
         parent_run_id,
         "--result-json",

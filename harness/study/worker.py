@@ -41,7 +41,7 @@ from harness.study.backend import (
     stored_trial,
     trial_id,
 )
-from harness.study.launch import run_torchrun
+from harness.study.launch import run_torchrun, trial_run_name
 from harness.study.lifecycle import ensure_parent_run
 from harness.study.queue import next_trial, trial_point, wait_for_stale
 from harness.study.spec import StudySpec, dump_point
@@ -162,6 +162,7 @@ def _run_trial(
     experiment.runtime.experiment = spec.name
     output = Path(experiment.runtime.output_dir) / spec.name / point.key
     label = ", ".join(f"{k}={v}" for k, v in point.label().items())
+    run_name = trial_run_name(spec.name, trial.number, point.label())
     tags = {"study": spec.name, "trial": str(trial.number), "seed": str(point.seed), "rho.key": point.key}
     tags.update({f"swept.{k}": str(v) for k, v in point.label().items()})
     if previous_number is not None:
@@ -193,6 +194,7 @@ def _run_trial(
                     storage_url=storage_url,
                     parent_run_id=parent_run_id,
                     tags=tags,
+                    run_name=run_name,
                     on_run_start=remember_run,
                 )
             else:
@@ -201,7 +203,7 @@ def _run_trial(
                     resume=True,
                     resume_run=False,
                     output=output,
-                    run_name=f"{spec.name}-t{trial.number}",
+                    run_name=run_name,
                     tracking_uri=tracking_uri,
                     parent_run_id=parent_run_id,
                     tags=tags,

@@ -144,5 +144,6 @@ def train_epoch(context: EpochContext, batches: Iterable[dict]) -> dict[str, flo
 
 
 def padding_counts(dataset: MultiClipDataset) -> dict[str, float]:
-    """Bad files seen by this process (workers keep their own counts; see ``rho data check``)."""
-    return {"bad_files": float(len(dataset.bad_files))} if dataset.bad_files else {}
+    """Distinct bad files found so far (all of them up front with ``data.cache``), 0 included so
+    that the metric is logged every epoch in every mode."""
+    return {"bad_files": float(len(dataset.bad_files))}

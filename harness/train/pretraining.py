@@ -60,7 +60,8 @@ def pretrain(
             by a different training config).
         resume_run: when resuming, continue the checkpoint's MLflow run (else start a new one,
             e.g. for a study's retried trial, which links the old run by a tag).
-        run_name: MLflow run name and checkpoint folder name (default: the training hash).
+        run_name: MLflow run name (default ``default_run_name``: method, ρ, backbone, hash, seed) and
+            checkpoint folder name (default: the training hash).
         output: checkpoint folder (default ``checkpoint_dir(experiment, run_name)``).
         tracking_uri: MLflow store (default: config, then $MLFLOW_TRACKING_URI, then ./mlruns).
         parent_run_id: nest the MLflow run under this run (study trials).
@@ -119,7 +120,8 @@ def _train_epochs(
         return history, start.step
     if training.dataset.cache is not None:
         fill_cache(training.dataset, experiment.data.train, runtime.is_main)
-    batches = iter(
+    batches = map(  # the workers' skipped videos, warned once each and counted here
+        training.dataset.note_skips,
         train_loader(
             training.dataset,
             training.sampler,
@@ -129,7 +131,7 @@ def _train_epochs(
             workers=experiment.data.workers,
             pin_memory=runtime.device.type == "cuda",
             seed=experiment.runtime.seed,
-        )
+        ),
     )
     steps_per_epoch = training.schedule.steps_per_epoch
     context = EpochContext(

@@ -7,11 +7,22 @@ import logging
 
 import torch
 
+from harness.config import Experiment
 from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
 from harness.train.prepare import Training
 from harness.train.resume import ResumePoint
 
 log = logging.getLogger(__name__)
+
+
+def default_run_name(experiment: Experiment) -> str:
+    """The MLflow run name when none is given, e.g. ``simclr rho2 r3d_tiny 1a2b3c4d s0``: method, ρ,
+    backbone, the training hash's start and the seed, so that runs differ in the UI (MLflow's own
+    random names repeat, as seeding Python's RNG for the run fixes them)."""
+    return (
+        f"{experiment.method.name} rho{experiment.data.clips} {experiment.backbone.name} "
+        f"{experiment.training_hash()[:8]} s{experiment.runtime.seed}"
+    )
 
 
 def open_run(
@@ -22,8 +33,9 @@ def open_run(
     tags: dict[str, str] | None,
     tracking_uri: str | None,
 ) -> RunLogger:
-    """Continue the run of ``start``, or start a new one with the run's tags, flat params and config;
-    a resumed training is tagged with the epoch it resumed after."""
+    """Continue the run of ``start``, or start a new one (named ``run_name``, else
+    ``default_run_name``) with the run's tags, flat params and config; a resumed training is
+    tagged with the epoch it resumed after."""
     experiment, runtime, output, run_id = training.experiment, training.runtime, training.output, start.run_id
     uri = resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri)
     data = experiment.data
@@ -41,7 +53,7 @@ def open_run(
     tracker = RunLogger(
         uri,
         experiment.runtime.experiment,
-        run_name=run_name,
+        run_name=run_name or default_run_name(experiment),
         run_id=run_id,
         parent_run_id=parent_run_id,
         tags=run_tags,

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bad_files import warnings_per_file, write_bad_videos
 from mlflow import MlflowClient
 from tiny_data import tiny_experiment_tree, write_tiny_knn_benchmark
 
 from harness.cli import build_parser, main
 from harness.cli.common import warn_passwords_in_argv
+from harness.data import write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -180,3 +182,57 @@ def test_ui_serves_the_store_on_localhost_and_stops_on_ctrl_c(mlflow_uri):
     rest = ui.communicate(timeout=60)[0]
     assert status == 200
     assert ui.returncode == 0 and "MLflow UI stopped" in rest
+
+
+def bad_video_config(tiny_synth, tmp_path, workers: int, cache: bool) -> tuple[Path, dict[str, Path]]:
+    """The tiny experiment on its 12 training videos plus a truncated, an empty and a text .mp4."""
+    good = sorted((tiny_synth["train"].parent / "videos").rglob("*.mp4"))[:12]
+    bad = write_bad_videos(tmp_path / "data" / "bad", good[0])
+    rows = [{"path": str(p), "label": i % 2} for i, p in enumerate(good)]
+    rows[3:3] = [{"path": str(p), "label": 0} for p in bad.values()]
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    manifest = write_manifest(tmp_path / "data" / "train.csv", rows)
+    tree["data"].update(train=str(manifest), val=None, workers=workers, cache=cache, allow_outside_root=True)
+    tree["data"]["batch_size"] = 5  # 3 steps of 5: every row is read each epoch
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    return config, bad
+
+
+@pytest.mark.parametrize(
+    ("workers", "cache"),
+    [
+        (0, False),
+        (2, False),
+        pytest.param(0, True, marks=pytest.mark.slow),
+        pytest.param(2, True, marks=pytest.mark.slow),
+    ],
+)
+def test_pretrain_warns_once_per_bad_file_and_logs_the_count_every_epoch(
+    tiny_synth, tmp_path, mlflow_uri, workers, cache
+):
+    """Two epochs: one warning per bad file in all (not per epoch or worker), in words, and
+    ``epoch.bad_files`` in MLflow for each epoch, with or without the cache and workers."""
+    config, bad = bad_video_config(tiny_synth, tmp_path, workers, cache)
+    result_json = tmp_path / "result.json"
+    out = rho(
+        "pretrain", str(config), "--tracking-uri", mlflow_uri, "--result-json", str(result_json), timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    by_kind = warnings_per_file(out.stderr.splitlines(), bad)
+    assert {kind: len(lines) for kind, lines in by_kind.items()} == dict.fromkeys(bad, 1), out.stderr
+    assert all(f"{bad[kind]}: {kind} (" in lines[0] for kind, lines in by_kind.items())
+    run_id = json.loads(result_json.read_text())["run_id"]
+    history = MlflowClient(mlflow_uri).get_metric_history(run_id, "epoch.bad_files")
+    assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 3.0)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_inspect_counts_exactly_the_bad_files_it_warns_about(tiny_synth, tmp_path, workers):
+    config, bad = bad_video_config(tiny_synth, tmp_path, workers, cache=False)
+    out = rho("data", "inspect", str(config), "--batch", "15", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    by_kind = warnings_per_file(out.stderr.splitlines(), bad)
+    assert {kind: len(lines) for kind, lines in by_kind.items()} == dict.fromkeys(bad, 1), out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("padded/skip"))
+    assert "3 unreadable videos skipped" in line, line

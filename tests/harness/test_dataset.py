@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from bad_files import warnings_per_file, write_bad_videos
 from videos import read_index, write_index_video
 
 from harness.data import MultiClipDataset, train_transform, write_manifest
@@ -121,10 +122,12 @@ def test_unreadable_videos_are_skipped_counted_and_logged(index_videos, tmp_path
         item = dataset[0]
     assert item["label"] == 4 and item["index"] == 3 and item["skipped"] == 3
     assert dataset.bad_files == {corrupt, truncated, empty}
-    assert sum("skipping unreadable video" in r.message for r in caplog.records) == 3
+    assert sum("skipping unreadable video" in r.getMessage() for r in caplog.records) == 3
     with caplog.at_level(logging.WARNING):
         dataset[1]
-    assert sum("skipping unreadable video" in r.message for r in caplog.records) == 3, "warn once per file"
+    assert sum("skipping unreadable video" in r.getMessage() for r in caplog.records) == 3, (
+        "warn once per file"
+    )
 
 
 def test_all_bad_raises_a_clear_error(tmp_path):
@@ -212,3 +215,38 @@ def test_frame_cache_refuses_past_its_limit_and_preload_skips_bad_videos(index_v
     with pytest.raises(CacheFull, match=r"short\.mp4.*past the cache's"):
         full.get(index_videos["short"])
     assert len(full) == 0 and full.nbytes == 0
+
+
+def test_bad_files_are_called_truncated_empty_or_not_a_video(index_videos, tmp_path, caplog):
+    """The message names the kind of damage in words, not FFmpeg's errno text."""
+    bad = write_bad_videos(tmp_path, index_videos["long"])
+    rows = [{"path": str(p), "label": 0} for p in bad.values()]
+    dataset = MultiClipDataset(
+        write_manifest(tmp_path / "m.csv", [*rows, {"path": str(index_videos["long"]), "label": 4}]), 2, 4, 2
+    )
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0]["skipped"] == 3
+    by_kind = warnings_per_file([r.getMessage() for r in caplog.records], bad)
+    for kind, lines in by_kind.items():
+        assert len(lines) == 1 and f"{bad[kind]}: {kind} (" in lines[0], (kind, lines)
+        assert "errno" not in lines[0].lower() and "Invalid data" not in lines[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_bad_file_is_warned_once_per_run_across_epochs_and_workers(
+    index_videos, tmp_path, caplog, workers
+):
+    """Two epochs through a DataLoader (fresh workers each epoch): the process reading the batches
+    warns once per bad file and counts each once; the items' ``skipped`` are per item."""
+    bad = write_bad_videos(tmp_path, index_videos["long"])
+    rows = [{"path": str(p), "label": 0} for p in bad.values()]
+    rows += [{"path": str(index_videos[name]), "label": 1} for name in ("long", "short", "one_gop")]
+    dataset = MultiClipDataset(write_manifest(tmp_path / "m.csv", rows), clips=2, frames=4, stride=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=workers)
+            skipped = sum(int(batch["skipped"].sum()) for batch in map(dataset.note_skips, loader))
+            assert skipped == 3 + 2 + 1  # rows 0, 1, 2 each pass over the bad rows up to row 3
+    assert dataset.bad_files == set(bad.values())
+    by_kind = warnings_per_file([r.getMessage() for r in caplog.records], bad)
+    assert {kind: len(lines) for kind, lines in by_kind.items()} == dict.fromkeys(bad, 1)

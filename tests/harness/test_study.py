@@ -83,6 +83,11 @@ def check_complete(storage: str, tracking_uri: str, name: str, expected: int):
     assert {r.info.run_id for r in finished} == {t.user_attrs["mlflow_run_id"] for t in complete}
     for run in finished:
         assert {"study", "trial", "seed", "swept.data.clips"} <= set(run.data.tags)
+        tags = run.data.tags  # the UI tells trials apart by name: number, swept values, seed
+        assert run.info.run_name.startswith(f"{name}-t{tags['trial']} "), run.info.run_name
+        assert f"data.clips={tags['swept.data.clips']}" in run.info.run_name
+        assert f"seed={tags['seed']}" in run.info.run_name
+    assert len({r.info.run_name for r in finished}) == expected
     return study, runs
 
 
