@@ -86,7 +86,7 @@ def train_classifier(
     step, unreadable = 0, set()
     for epoch in range(settings.epochs):
         sampler.set_epoch(epoch)
-        for batch in loader:
+        for batch in map(dataset.note_skips, loader):  # warns once per bad file, whatever the workers
             unreadable |= skipped_rows(batch["index"], batch["skipped"], len(dataset))
             lr = lr_at(step, total, warmup, settings.lr)
             set_lr(optimizer, lr)
