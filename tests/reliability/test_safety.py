@@ -18,6 +18,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 from reliability_helpers import REPO, free_port, rho, tiny_experiment_tree
+from tiny_data import write_tiny_knn_benchmark
 
 from harness.checkpoint import CheckpointError, load_checkpoint
 from harness.cli import main
@@ -39,13 +40,14 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_checkpoints_and_feature_caches_never_run_pickled_code(tmp_path, capsys):
+def test_checkpoints_and_feature_caches_never_run_pickled_code(tiny_synth, tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "last.pt"
     torch.save({"format": 1, "config_hash": "x", "method": Payload(marker)}, evil)
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(evil)
-    code = main(["evaluate", str(evil), "--benchmark", str(REPO / "benchmarks" / "synth_knn.yaml")])
+    benchmark = write_tiny_knn_benchmark(tiny_synth, tmp_path)  # valid, so the checkpoint is what is refused
+    code = main(["evaluate", str(evil), "--benchmark", str(benchmark)])
     assert code == 2 and "not a readable checkpoint" in capsys.readouterr().err
     cache = FeatureCache(tmp_path / "features")
     path = cache.path("enc", "k" * 16)
