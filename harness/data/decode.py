@@ -237,6 +237,8 @@ def probe(container: av.container.InputContainer, path: str | Path = "") -> Vide
     info = VideoInfo(
         fps=fps, num_frames=num_frames, width=stream.codec_context.width, height=stream.codec_context.height
     )
+    if stream.base_rate and stream.average_rate == stream.base_rate:
+        return info  # constant rate: the header is right, and the extra seek would cost every open
     end = stream_end(container)
     if end is None or info.duration - end <= ON_GRID / fps:
         return info
