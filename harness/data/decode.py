@@ -186,10 +186,12 @@ class VideoInfo:
     num_frames: int
     width: int
     height: int
+    end: float | None = None  # where the last frame ends (s), when the header's length overshoots it
 
     @property
     def duration(self) -> float:
-        return self.num_frames / self.fps
+        """Seconds of video: the last frame's end where the header says more, else the header's frames / fps."""
+        return self.end if self.end is not None else self.num_frames / self.fps
 
 
 def open_video(path: str | Path) -> av.container.InputContainer:
@@ -209,7 +211,13 @@ def open_video(path: str | Path) -> av.container.InputContainer:
 
 
 def probe(container: av.container.InputContainer, path: str | Path = "") -> VideoInfo:
-    """Frame rate and frame count of the first video stream, from the container's header."""
+    """Frame rate and frame count of the first video stream, from the container's header.
+
+    Where the header's length (frames / average rate) overshoots the end of the last frame
+    (a variable-rate mp4 whose first frame is long says 0.16 s more than its frames last),
+    the frame count is cut to what fits and ``end`` holds that end (``stream_end``), so clips
+    are not placed past the last frame. Constant-rate files keep the header's numbers.
+    """
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
@@ -226,9 +234,45 @@ def probe(container: av.container.InputContainer, path: str | Path = "") -> Vide
         num_frames = int(round(seconds * fps))
     if num_frames <= 0:
         raise BadVideo(f"{path}: empty (its video stream has no frames)")
-    return VideoInfo(
+    info = VideoInfo(
         fps=fps, num_frames=num_frames, width=stream.codec_context.width, height=stream.codec_context.height
     )
+    if stream.base_rate and stream.average_rate == stream.base_rate:
+        return info  # constant rate: the header is right, and the extra seek would cost every open
+    end = stream_end(container)
+    if end is None or info.duration - end <= ON_GRID / fps:
+        return info
+    return VideoInfo(fps, max(1, math.floor(end * fps + ON_GRID)), info.width, info.height, end)
+
+
+def stream_end(container: av.container.InputContainer) -> float | None:
+    """Where the first video stream's last frame ends (s from its start): the largest
+    presentation time + duration among the packets from the last keyframe on, demuxed
+    without decoding; the container is rewound to the start afterwards.
+
+    None unless the container has a full index (mp4/mov) and the packets read reach its last
+    entry: a file whose data stops early keeps its header's length, so checks still call it
+    truncated.
+    """
+    stream = container.streams.video[0]
+    origin, time_base = stream.start_time or 0, stream.time_base or Fraction(1, 1)
+    try:
+        entries = stream.index_entries
+        if len(entries) < max(1, stream.frames):
+            return None
+        last_dts = max(entries[i].timestamp for i in range(len(entries)))
+        container.seek(last_dts, stream=stream, backward=True, any_frame=False)
+        ends, reached = [], False
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                ends.append(packet.pts + (packet.duration or 0))
+            reached = reached or packet.dts == last_dts
+        container.seek(origin, stream=stream, backward=True, any_frame=False)
+    except (AttributeError, av.FFmpegError, OSError, ValueError):
+        return None
+    if not reached or not ends:
+        return None
+    return float((max(ends) - origin) * time_base)
 
 
 def _keyframe_indices(stream, fps: float, origin: int, time_base: Fraction) -> np.ndarray | None:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from videos import index_frame, read_index
 
-from harness.data.decode import decode_times, decode_video, open_video
+from harness.data.decode import VideoInfo, decode_clips, decode_times, decode_video, open_video, probe
+from harness.data.manifest import VideoEntry
 
 RED = (255, 0, 0)
 
@@ -73,15 +74,15 @@ def test_ninety_degree_phone_video_comes_out_portrait(tmp_path):
 GAPS_MS = [40, 40, 120, 40, 80, 40, 160, 40, 80, 40] * 3  # uneven gaps, none under 40 ms
 
 
-def write_vfr_video(path):
+def write_vfr_video(path, gaps_ms=GAPS_MS, options=None):
     """An mp4 whose frame i shows i and starts at an uneven, explicit timestamp (ms)."""
-    starts = np.concatenate([[0], np.cumsum(GAPS_MS)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(gaps_ms)[:-1]])
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width = stream.height = 64
         stream.pix_fmt = "yuv420p"
         stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
-        stream.options = {"crf": "0", "g": "8"}
+        stream.options = {"crf": "0", "g": "8"} if options is None else options
         for index, start in enumerate(starts):
             frame = av.VideoFrame.from_ndarray(index_frame(index), format="rgb24")
             frame.pts, frame.time_base = int(start), Fraction(1, 1000)
@@ -121,3 +122,34 @@ def test_variable_frame_rate_at_25_fps_shows_every_frame_that_lasts_a_grid_step(
     indices = [read_index(f) for f in frames]
     assert indices == sorted(indices)  # never back in time
     assert set(indices) == set(range(len(starts) - 1))  # every frame (all last >= 40 ms) is shown
+
+
+def test_vfr_header_that_overshoots_the_last_frame_gives_the_last_frames_end(tmp_path):
+    # a long first frame: the mp4 header's length (frames / average rate) says 1.52 s, the
+    # frames end at 1.36 s (1.32 s + 40 ms), the 0.16 s overshoot of the issue's file
+    path, starts = write_vfr_video(tmp_path / "long_first.mp4", [200] + [40] * 29, options={})
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        header = float(stream.frames / stream.average_rate)
+        info = probe(container, path)
+    last_end = starts[-1] + 0.04
+    assert header == pytest.approx(1.52) and last_end == pytest.approx(1.36)
+    assert info.duration == pytest.approx(last_end, abs=1e-9)
+    assert info.num_frames <= last_end * info.fps
+
+    def last_start(num_frames: int, span: int, fps: float) -> np.ndarray:
+        return np.array([num_frames - span])  # the latest clip the video's length allows
+
+    clips, clip_starts, padded = decode_clips(VideoEntry(path, 0), 4, 1, 25.0, last_start)
+    assert padded == 0
+    assert clip_starts[0] + 3 / 25 < last_end
+    assert read_index(clips[0, -1]) == len(starts) - 1  # the clip reaches the last frame
+
+
+def test_constant_rate_probe_with_b_frames_keeps_the_headers_numbers(tmp_path):
+    path, _ = write_vfr_video(tmp_path / "cfr.mp4", [40] * 100, options={})  # x264 defaults: B-frames
+    with open_video(path) as container:
+        assert container.streams.video[0].codec_context.has_b_frames
+        assert probe(container, path) == VideoInfo(fps=25.0, num_frames=100, width=64, height=64)
+        frames, padded = decode_times(container, np.array([0.0, 3.96]))
+    assert [read_index(f) for f in frames] == [0, 99] and padded == 0  # probe rewound the container
