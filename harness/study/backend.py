@@ -4,19 +4,23 @@ a trial's id, the system attributes Optuna keeps); the rest of the study code go
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
 
 from harness.preflight import check_store
+from harness.study.attrs import ATTR_REASON
 from harness.study.spec import StudySpec
-from harness.study.storage import ReconnectingRDBStorage
+from harness.study.storage import ReconnectingRDBStorage, trials_with_heartbeat
 
 # We drive heartbeats ourselves (ask/tell with a heartbeat thread), which Optuna warns about.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
@@ -141,3 +145,56 @@ def was_enqueued(frozen: FrozenTrial) -> bool:
 def retry_of(frozen: FrozenTrial) -> int | None:
     """The number of the stale trial this one retries (``RetryHeartbeatStaleTrialCallback``), if any."""
     return frozen.system_attrs.get("failed_trial")
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail the trials no live worker runs, and re-queue them (``limits.max_retries``).
+
+    Two kinds: a RUNNING trial whose heartbeat is older than the storage's grace period
+    (Optuna's ``fail_stale_trials``: its worker died), and a RUNNING trial that never recorded
+    a heartbeat and started more than the grace period ago. Optuna never calls the
+    second kind stale, yet it arises: a worker killed between taking a trial and its first
+    heartbeat, or a database connection cut after the commit of "WAITING → RUNNING" (the
+    retried call then sees RUNNING and reports that another worker took the trial) or of
+    "create trial" (the retried call creates a second one). Its start time is the clock of the
+    machine that took it, so clocks of workers must agree to well within the grace period.
+    Returns the numbers of the orphans failed here.
+    """
+    fail_stale_trials(study)
+    storage = study._storage  # Optuna's cache in front of the RDBStorage: writes go through it
+    database = getattr(storage, "_backend", storage)
+    if not isinstance(database, RDBStorage) or database.heartbeat_interval is None:
+        return []
+    grace_period = database.grace_period or 2 * database.heartbeat_interval
+    oldest = datetime.now() - timedelta(seconds=grace_period)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    candidates = [t for t in running if t.datetime_start is not None and t.datetime_start < oldest]
+    if not candidates:
+        return []
+    ids = [trial_id(t) for t in candidates]
+    beating = (
+        database.trials_with_heartbeat(ids)
+        if isinstance(database, ReconnectingRDBStorage)
+        else trials_with_heartbeat(database, ids)
+    )
+    failed = []
+    reason = (
+        "no worker ran it: it never recorded a heartbeat (its worker died or lost the database while "
+        "taking it); re-queued"
+    )
+    for trial in candidates:
+        if trial_id(trial) in beating:
+            continue
+        try:  # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(trial_id(trial), ATTR_REASON, reason)
+            if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            retry = copy.deepcopy(storage.get_trial(trial_id(trial)))
+            retry.user_attrs.pop(ATTR_REASON, None)  # the copy re-queued is not a failure
+            callback(study, retry)
+        failed.append(trial.number)
+    return failed

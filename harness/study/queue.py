@@ -14,11 +14,10 @@ import time
 from typing import Any
 
 import optuna
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from harness.study.attrs import ATTR_DUPLICATE, ATTR_KEY, ATTR_POINT, ATTR_SAMPLED, ATTR_SEED, ATTR_SURPLUS
-from harness.study.backend import set_trial_attr, stored_trial, trial_id, was_enqueued
+from harness.study.backend import fail_dead_trials, set_trial_attr, stored_trial, trial_id, was_enqueued
 from harness.study.spec import Point, SearchParam, StudySpec, dump_point
 
 TAKEN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -119,7 +118,7 @@ def wait_for_stale(study: optuna.Study, spec: StudySpec) -> bool:
     deadline = time.monotonic() + spec.limits["grace_period"] + spec.limits["heartbeat_interval"] + 1
     while time.monotonic() < deadline:
         time.sleep(min(2.0, spec.limits["heartbeat_interval"] or 1))
-        fail_stale_trials(study)
+        fail_dead_trials(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return True
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

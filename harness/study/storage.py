@@ -9,8 +9,12 @@ one, another worker may declare the trial stale and re-queue it (it resumes from
 checkpoint).
 
 A retried write whose first attempt did commit (the connection dropped after the commit)
-is recognised for ``set_trial_state_values``; the others are idempotent, except creating a
-trial, whose rare duplicate is an unused RUNNING trial that the heartbeat check fails.
+is recognised for ``set_trial_state_values`` when it finishes a trial; the others are
+idempotent, except two whose rare leftover is a RUNNING trial that no worker runs and that
+never records a heartbeat, so that Optuna never calls it stale: taking a waiting trial (the
+retry sees RUNNING and reports that another worker took it) and creating a trial (the retry
+creates a second one). ``harness.study.backend.fail_dead_trials`` fails and re-queues such
+trials once they are older than the grace period.
 """
 
 from __future__ import annotations
@@ -101,9 +105,28 @@ class ReconnectingRDBStorage(RDBStorage):
 
         return _retry(self._where, "set_trial_state_values", call)
 
+    def trials_with_heartbeat(self, trial_ids: Sequence[int]) -> set[int]:
+        """``trials_with_heartbeat``, retried while the database is unreachable."""
+        return _retry(self._where, "read heartbeats", lambda: trials_with_heartbeat(self, trial_ids))
+
     def _committed(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
         trial = RDBStorage.get_trial(self, trial_id)
         return trial.state == state and (values is None or list(trial.values or []) == list(values))
+
+
+def trials_with_heartbeat(storage: RDBStorage, trial_ids: Sequence[int]) -> set[int]:
+    """The ids among ``trial_ids`` that have a heartbeat record (Optuna has no call for it)."""
+    from optuna.storages._rdb import models
+
+    session = storage.scoped_session()  # the thread's session, as Optuna's own calls use it
+    try:
+        query = session.query(models.TrialHeartbeatModel.trial_id)
+        ids = {row[0] for row in query.filter(models.TrialHeartbeatModel.trial_id.in_(list(trial_ids)))}
+        session.commit()
+        return ids
+    except Exception:
+        session.rollback()
+        raise
 
 
 def _retry(where: str, what: str, call: Callable[[], Any]) -> Any:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from harness.errors import EnvironmentFailure
@@ -32,6 +31,7 @@ from harness.study.attrs import (
     ATTR_SEED,
 )
 from harness.study.backend import (
+    fail_dead_trials,
     make_storage,
     open_study,
     pruning_callback,
@@ -109,12 +109,13 @@ def run_worker(
                 f"study {spec.name}: {max_failures} failed trials; stopping (limits.max_failures)", flush=True
             )
             break
-        fail_stale_trials(study)
+        fail_dead_trials(study)
         trial = next_trial(study, spec)
         if trial is None:
             if wait_for_stale(study, spec):
                 continue
             break
+        record_heartbeat(trial)  # at once: a RUNNING trial without one is taken for an orphan
         state = _run_trial(
             study,
             spec,

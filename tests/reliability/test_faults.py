@@ -433,6 +433,41 @@ def test_unreachable_stores_are_retried_with_growing_waits_then_fail_in_one_line
     assert len(waits) >= 2 and waits == ["0.5 s", "1.0 s", "2.0 s"][: len(waits)], waits
 
 
+def test_a_trial_left_running_without_a_heartbeat_is_failed_requeued_and_run(
+    tiny_synth, tmp_path, mlflow_uri
+):
+    """A database connection cut just after a worker's "WAITING → RUNNING" commit leaves a RUNNING
+    trial that no worker runs and that never records a heartbeat, so Optuna never calls it stale
+    (CI saw it: 3 of 4 points finished and the study exited 0). Once older than the grace period
+    it is failed with a reason and re-queued; every point finishes once."""
+    from harness.study import load_study
+    from harness.study.backend import open_study
+    from harness.study.lifecycle import prepare_study
+
+    name = "orphan"
+    limits = {"heartbeat_interval": 1, "grace_period": 4, "max_retries": 2}
+    path = write_spec(tmp_path, tiny_synth, name, epochs=1, grid={"data.clips": [1, 2]}, limits=limits)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = load_study(path)
+    prepare_study(spec, url, mlflow_uri)
+    study = open_study(spec, ReconnectingRDBStorage(url, heartbeat_interval=1, grace_period=4))
+    orphan = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
+    # What the lost reply leaves: the pop committed, the worker moved on.
+    assert study._storage.set_trial_state_values(orphan._trial_id, optuna.trial.TrialState.RUNNING)
+
+    run = start_study(path, url, mlflow_uri, env_with())
+    stdout, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    study = check_each_point_finished_once(url, mlflow_uri, name, 2)
+    failed = study.trials[orphan.number]
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert "never recorded a heartbeat" in failed.user_attrs["failure_reason"]
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert [t.state for t in retries] == [optuna.trial.TrialState.COMPLETE]
+    assert retries[0].user_attrs["rho.key"] == orphan.user_attrs["rho.key"], "the same point was run"
+    assert "failure_reason" not in retries[0].user_attrs, "the retry does not carry the orphan's failure"
+
+
 # --- PostgreSQL restarts during a study -----------------------------------------------------------
 
 
