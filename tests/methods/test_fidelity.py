@@ -65,7 +65,7 @@ def _assert_same_grads(ours: dict, reference: dict, scale: float = 1.0) -> None:
 # --- ρMoCo --------------------------------------------------------------------------------------
 
 
-def _slowfast_moco(method: MoCo, clips: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+def _slowfast_moco(method: MoCo, clips: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, list]:
     """contrastive_forward (contrastive.py:1058-1096, SEQUENTIAL) with the moco branch (:424-483).
 
     Keys of all ρ clips from the momentum encoder; then for each query clip k one forward whose
@@ -90,7 +90,7 @@ def _slowfast_moco(method: MoCo, clips: torch.Tensor, queue: torch.Tensor) -> to
         loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
         loss.backward()
         total = total + loss.detach()
-    return total
+    return total, keys
 
 
 @pytest.mark.parametrize("rho", RHOS)
@@ -101,13 +101,32 @@ def test_moco_slowfast_reduction_equals_slowfast_loss_and_mean_is_rho_times_smal
     slowfast, mean = copy.deepcopy(reference), copy.deepcopy(reference)
     slowfast.loss_reduction = "slowfast"
     queue = reference.queue.keys.clone()
-    expected = _slowfast_moco(reference, batch["clips"], queue)
+    expected, keys = _slowfast_moco(reference, batch["clips"], queue)
     loss, grads = _ours(slowfast, batch)
     assert loss == pytest.approx(expected.item(), rel=1e-5)
     _assert_same_grads(grads, _grads(reference))
+    # MOCO_MULTI_VIEW_QUEUE (MoCo_SlowR50_8x8.yaml:21, contrastive.py:262-281): all ρ keys, clip by clip
+    torch.testing.assert_close(slowfast.queue.keys[: rho * len(keys[0])], torch.cat(keys), rtol=0, atol=1e-6)
     mean_loss, mean_grads = _ours(mean, batch)
     assert loss == pytest.approx(rho * mean_loss, rel=1e-5)
     _assert_same_grads(grads, mean_grads, scale=rho)  # under SGD: ρ times our default's step
+
+
+def test_momentum_encoder_update_is_slowfasts():
+    """momentum_anneal_cosine (contrastive.py:245-252) at epoch_exact = progress · MAX_EPOCH, and
+    _update_history (:152-166): p_hist = p · (1 - m) + p_hist · m."""
+    method = build_method("moco")
+    online = {name: p.detach().clone() for name, p in method.backbone.named_parameters()}
+    with torch.no_grad():
+        for p in method.target_backbone.parameters():
+            p.add_(torch.randn_like(p))
+    target = {name: p.detach().clone() for name, p in method.target_backbone.named_parameters()}
+    progress, max_epoch, base = 0.37, 200, 0.994
+    m = 1 - (1 - base) * (math.cos(math.pi * (progress * max_epoch) / max_epoch) + 1.0) * 0.5
+    method.on_step_end(progress)
+    assert method.momentum == pytest.approx(m)
+    for name, p in method.target_backbone.named_parameters():
+        torch.testing.assert_close(p, online[name] * (1.0 - m) + target[name] * m, msg=name)
 
 
 # --- ρBYOL --------------------------------------------------------------------------------------
