@@ -38,6 +38,7 @@ from harness.schema import (
 DATASETS = ("synthetic", "kinetics400", "kinetics600", "ucf101", "hmdb51", "ssv2", "custom")
 OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALING = ("linear", "sqrt", "none")
+SCHEDULES = ("cosine_after_warmup", "cosine_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -114,7 +115,7 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule: linear warmup then half-cosine."""
+    """Optimiser and schedule: linear warmup and a half-cosine (``harness.optim.lr_at``)."""
 
     name: str = field_spec("sgd", help="optimiser", choices=OPTIMIZERS)
     lr: float = field_spec(0.6, help="base learning rate at base_batch_size", gt=0.0)
@@ -124,11 +125,22 @@ class OptimConfig:
     )
     weight_decay: float = field_spec(1e-6, help="weight decay (not on biases and norms)", min=0.0)
     momentum: float = field_spec(0.9, help="SGD/LARS momentum", min=0.0, max=1.0)
-    nesterov: bool = field_spec(False, help="Nesterov momentum")
+    nesterov: bool = field_spec(False, help="Nesterov momentum (SGD and LARS; SlowFast: on)")
     trust: float = field_spec(0.001, help="LARS trust coefficient", gt=0.0)
     betas: list[float] = field_spec(factory=lambda: [0.9, 0.999], help="AdamW betas", pair01=True)
     epochs: int = field_spec(200, help="pretraining epochs", min=1)
     warmup_epochs: float = field_spec(35.0, help="linear warmup epochs (0 for none)", min=0.0)
+    schedule: str = field_spec(
+        "cosine_after_warmup",
+        help="cosine_after_warmup: warmup to the peak, then a half-cosine over the rest; "
+        "cosine_with_warmup: SlowFast's one half-cosine over all epochs, the warmup ramping to its value",
+        choices=SCHEDULES,
+    )
+    warmup_start_lr: float = field_spec(
+        0.0,
+        help="lr where the warmup starts, at base_batch_size (scaled like lr; SlowFast WARMUP_START_LR)",
+        min=0.0,
+    )
     min_lr_ratio: float = field_spec(0.0, help="final lr as a fraction of the peak", min=0.0, max=1.0)
     clip_grad: float | None = field_spec(None, help="clip the gradient norm to this (null: off)", gt=0.0)
 
@@ -393,6 +405,12 @@ def _check_cross_fields(experiment: Experiment) -> None:
             "optim.warmup_epochs",
             optim.warmup_epochs,
             f"fewer than optim.epochs ({optim.epochs}) so the cosine phase exists",
+        )
+    if optim.warmup_start_lr >= optim.lr and optim.warmup_epochs > 0:
+        raise ConfigError(
+            "optim.warmup_start_lr",
+            optim.warmup_start_lr,
+            f"less than optim.lr ({optim.lr}): the warmup ramps up to it",
         )
 
 

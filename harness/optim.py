@@ -4,8 +4,12 @@
   marked ``lars_exclude`` (biases, norm layers) get no weight decay and no LARS adaptation.
 - Learning-rate rule: ``lr = optim.lr × (global batch / optim.base_batch_size)^p`` with p = 1
   (``linear``, Goyal et al.), ½ (``sqrt``) or 0 (``none``).
-- Schedule per step: linear warmup from 0 to that lr over ``warmup_epochs``, then a half-cosine
-  down to ``min_lr_ratio × lr``. A group's ``lr_scale`` (e.g. a predictor at ×10) multiplies it.
+- Schedule per step, ``optim.schedule``: ``cosine_after_warmup`` (ours): linear warmup from
+  ``warmup_start_lr`` to that lr over ``warmup_epochs``, then a half-cosine over the remaining
+  steps down to ``min_lr_ratio × lr``; ``cosine_with_warmup`` (SlowFast's
+  ``slowfast/utils/lr_policy.py`` with COSINE_AFTER_WARMUP False): one half-cosine over all
+  epochs, the warmup a line from ``warmup_start_lr`` to the cosine's value at the warmup's end.
+  A group's ``lr_scale`` (e.g. a predictor at ×10) multiplies it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from harness.config import OptimConfig
 class LARS(torch.optim.Optimizer):
     """SGD with layer-wise adaptive rate scaling (You et al., 2017).
 
-    Each parameter's update (gradient plus weight decay) is scaled by
-    ``trust × ‖w‖ / ‖update‖`` before momentum, except in groups marked ``lars_exclude``.
+    Each parameter's update (gradient plus weight decay) is scaled by the local rate
+    ``trust × ‖w‖ / (‖g‖ + weight_decay × ‖w‖)`` before momentum, except in groups marked
+    ``lars_exclude``: the formula of You et al. and of SlowFast's LARS
+    (``slowfast/models/optimizer.py``, after apex's LARC with ``clip=False``). Nesterov
+    momentum as in ``torch.optim.SGD`` (SlowFast wraps SGD with SOLVER.NESTEROV, True).
     """
 
     def __init__(
@@ -50,17 +57,17 @@ class LARS(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                update = param.grad
-                if group["weight_decay"]:
-                    update = update.add(param, alpha=group["weight_decay"])
+                grad = param.grad
+                update = grad.add(param, alpha=group["weight_decay"]) if group["weight_decay"] else grad
                 if not group.get("lars_exclude", False):
-                    param_norm, update_norm = (
-                        torch.linalg.vector_norm(param),
-                        torch.linalg.vector_norm(update),
+                    param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
+                    trust = (
+                        group["trust"]
+                        * param_norm
+                        / (grad_norm + group["weight_decay"] * param_norm + group["eps"])
                     )
-                    trust = group["trust"] * param_norm / (update_norm + group["eps"])
                     update = update * torch.where(
-                        (param_norm > 0) & (update_norm > 0), trust, torch.ones_like(trust)
+                        (param_norm > 0) & (grad_norm > 0), trust, torch.ones_like(trust)
                     )
                 state = self.state[param]
                 if "momentum_buffer" not in state:
@@ -93,12 +100,35 @@ def build_optimizer(param_groups: list[dict], config: OptimConfig, peak_lr: floa
     return torch.optim.AdamW(param_groups, lr=peak_lr, betas=tuple(config.betas))
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr_ratio: float = 0.0) -> float:
-    """Linear warmup over ``warmup_steps`` (from peak/warmup to peak), then half-cosine to ``min_lr_ratio × peak``."""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+def lr_at(
+    step: int,
+    total_steps: int,
+    warmup_steps: float,
+    peak_lr: float,
+    min_lr_ratio: float = 0.0,
+    schedule: str = "cosine_after_warmup",
+    warmup_start_lr: float = 0.0,
+) -> float:
+    """The learning rate of step ``step`` (0-based) of ``total_steps``.
+
+    ``cosine_after_warmup``: linear warmup over ``warmup_steps`` from ``warmup_start_lr`` (step
+    −1) to ``peak_lr`` (its last step), then a half-cosine over the remaining steps to
+    ``min_lr_ratio × peak``. ``cosine_with_warmup`` (SlowFast's ``get_lr_at_epoch``, in steps
+    instead of epochs): ``cos(s) = floor + (peak − floor)·(1 + cos(π·s/total))/2`` over all
+    steps; for s < warmup the line ``warmup_start_lr + (cos(warmup) − warmup_start_lr)·s/warmup``.
+    """
     floor = peak_lr * min_lr_ratio
+    if schedule == "cosine_with_warmup":
+
+        def cosine(at: float) -> float:
+            return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, at / total_steps)))
+
+        if step < warmup_steps:
+            return warmup_start_lr + (cosine(warmup_steps) - warmup_start_lr) * step / warmup_steps
+        return cosine(step)
+    if step < warmup_steps:
+        return warmup_start_lr + (peak_lr - warmup_start_lr) * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 

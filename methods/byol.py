@@ -18,7 +18,7 @@ from methods._ema import ema_step, momentum_copy
 from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, clip_loss, embed_clips
 from methods._metrics import embedding_std
-from methods._pairs import other_clips
+from methods._pairs import LOSS_REDUCTIONS, other_clips, query_weight
 from methods.base import SSLMethod, StepOutput
 
 
@@ -46,6 +46,10 @@ class BYOL(SSLMethod):
         predictor_lr_scale: the predictor's learning rate as a multiple of the schedule's (1: the
             paper's). A predictor that adapts faster than the encoders it sits between is what
             keeps BYOL from collapsing (Tian et al. 2021, DirectPred; SimSiam keeps its lr fixed).
+        loss_reduction: ``"mean"`` over the ρ(ρ−1) (clip, other clip) pairs, or ``"slowfast"``:
+            each clip's mean over the other clips, summed over clips, ρ times the mean
+            (``methods._pairs``). SlowFast's ``sim_loss`` is −2·cos, ours 2 − 2·cos: the same
+            gradient, the loss shifted by a constant.
         memory: ``"standard"``, or ``"low"``: targets first without grad, then each online
             clip forwarded and back-propagated on its own inside ``training_step``.
     """
@@ -60,12 +64,14 @@ class BYOL(SSLMethod):
         predictor_hidden_dims: Sequence[int] = (4096,),
         momentum: float = 0.996,
         predictor_lr_scale: float = 1.0,
+        loss_reduction: str = "mean",
         memory: str = "standard",
     ) -> None:
         super().__init__(backbone, feature_dim)
         self.predictor_lr_scale = check_positive("predictor_lr_scale", predictor_lr_scale)
         self.base_momentum = momentum
         self.momentum = momentum
+        self.loss_reduction = check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS)
         self.memory = check_choice("memory", memory, MEMORY_MODES)
         self.projector = MLPHead(feature_dim, projector_hidden_dims, out_dim, batch_norm=True)
         self.predictor = MLPHead(out_dim, predictor_hidden_dims, out_dim, batch_norm=True)
@@ -93,13 +99,13 @@ class BYOL(SSLMethod):
         clips = batch["clips"]
         num_clips = clips.shape[1]
         targets = embed_clips(self._target, clips)
-        num_pairs = num_clips * (num_clips - 1)
+        weight = query_weight(num_clips, self.loss_reduction)
         total, projections = 0.0, []
         for clip in range(num_clips):
             projection = self.projector(self.backbone(clips[:, clip]))
             prediction = self.predictor(projection)
             loss = sum(regression_loss(prediction, targets[:, t]) for t in other_clips(clip, num_clips))
-            total = total + clip_loss(loss / num_pairs, self.memory)
+            total = total + clip_loss(loss * weight, self.memory)
             projections.append(projection.detach())
         metrics = {
             "loss": total.item(),

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.distributed import all_gather_no_grad, shuffle_batch, unshuffle_batch
+from harness.distributed import all_gather_no_grad, broadcast_state, shuffle_batch, unshuffle_batch
 from methods._checks import check_choice, check_positive
 from methods._ema import ema_step, momentum_copy
 from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, clip_loss, embed_clips
 from methods._metrics import embedding_std
-from methods._pairs import ordered_pairs, other_clips
+from methods._pairs import LOSS_REDUCTIONS, ordered_pairs, other_clips, query_weight
 from methods._queue import KeyQueue
 from methods.base import SSLMethod, StepOutput
 
@@ -57,17 +57,26 @@ class MoCo(SSLMethod):
     Args:
         backbone, feature_dim: see ``SSLMethod``.
         temperature: InfoNCE τ (paper: 0.1).
-        hidden_dims, out_dim: projector widths (paper: 2048 hidden, 128 out).
+        hidden_dims, out_dim: projector widths (SlowFast's MoCo_SlowR50_8x8: 2048-2048 hidden,
+            NUM_MLP_LAYERS 3, 128 out).
         head_batch_norm: BatchNorm in the projector (MoCo v2: none).
         queue_size: number of negatives K (paper: 65536). All ρ keys of each video go in.
         exclude_same_video: a query's own video's keys in the queue (its clips from earlier
-            epochs) are not its negatives. They are what ρ ≥ 2 teaches it to match: kept as
+            epochs) are not its negatives (SlowFast keeps them: False). They are what ρ ≥ 2 teaches it to match: kept as
             negatives, they contradict the objective whenever the queue spans more than a small
             part of an epoch (2048 keys over 320 videos: about 6 per video).
-        queue_per_rank: each rank queues only its own keys; by default every rank queues the
-            keys of all ranks, so all hold the same global queue.
+        queue_per_rank: SlowFast's queue: each rank enqueues only its own keys, and at the
+            start of every step rank 0's queue is copied to all ranks (what DDP's
+            ``broadcast_buffers`` does to SlowFast's ``queue_x`` buffer each forward), so every
+            rank's negatives are rank 0's last K keys: K / (ρ·per-rank batch) steps of one
+            rank's videos. By default (False) every rank enqueues the keys of all ranks
+            (all-gathered), so all hold the same global queue of the last K keys of the
+            global batch (MoCo's own design). One process: the two are the same.
         momentum: base EMA momentum, annealed to 1 by a cosine over training.
         shuffle_bn: shuffle the key encoder's batch across ranks (no-op in one process).
+        loss_reduction: ``"mean"`` over the ρ(ρ−1) (query, key) pairs, or ``"slowfast"``: each
+            query clip's InfoNCE averaged over the other clips' keys, summed over the ρ query
+            clips, ρ times the mean (``methods._pairs``).
         memory: ``"standard"``, or ``"low"``: keys first without grad, then each query clip
             forwarded and back-propagated on its own inside ``training_step``.
     """
@@ -86,6 +95,7 @@ class MoCo(SSLMethod):
         exclude_same_video: bool = True,
         momentum: float = 0.994,
         shuffle_bn: bool = True,
+        loss_reduction: str = "mean",
         memory: str = "standard",
     ) -> None:
         super().__init__(backbone, feature_dim)
@@ -95,6 +105,7 @@ class MoCo(SSLMethod):
         self.base_momentum = momentum
         self.momentum = momentum
         self.shuffle_bn = shuffle_bn
+        self.loss_reduction = check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS)
         self.memory = check_choice("memory", memory, MEMORY_MODES)
         self.head = MLPHead(feature_dim, hidden_dims, out_dim, batch_norm=head_batch_norm)
         self.target_backbone = momentum_copy(backbone)
@@ -127,6 +138,8 @@ class MoCo(SSLMethod):
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         clips = batch["clips"]
         num_clips = clips.shape[1]
+        if self.queue_per_rank:
+            broadcast_state(self.queue)  # rank 0's queue everywhere, as DDP broadcasts buffers
         keys = embed_clips(self._key, clips)
         negatives = self.queue.keys.clone()
         videos = batch.get("index")
@@ -135,7 +148,7 @@ class MoCo(SSLMethod):
             videos = torch.as_tensor(videos, device=self.queue.videos.device).long()
             if self.exclude_same_video:
                 excluded = videos[:, None] == self.queue.videos[None, :]
-        num_pairs = num_clips * (num_clips - 1)
+        weight = query_weight(num_clips, self.loss_reduction)
         total, queries = 0.0, []
         for clip in range(num_clips):
             q = self._query(clips[:, clip])
@@ -143,7 +156,7 @@ class MoCo(SSLMethod):
                 info_nce_loss(q, keys[:, t], negatives, self.temperature, excluded)
                 for t in other_clips(clip, num_clips)
             )
-            total = total + clip_loss(loss / num_pairs, self.memory)
+            total = total + clip_loss(loss * weight, self.memory)
             queries.append(q.detach())
         self.enqueue_keys(keys, videos)
         queries = torch.stack(queries, dim=1)

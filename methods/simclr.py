@@ -2,7 +2,8 @@
 
 Each clip's embedding has the other clip of its pair as positive and every other embedding of
 the pair's two clips in the global batch as negatives (Chen et al. 2020; Feichtenhofer et al.
-2021 use ρ clips: the ρ-clip loss is the mean of the two-clip loss over clip pairs).
+2021 use ρ clips: the ρ-clip loss combines the two-clip loss over clip pairs, by their mean or,
+as SlowFast does, their sum; see ``methods._pairs``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from methods._checks import check_choice, check_positive
 from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, coupled_loss
 from methods._metrics import embedding_std
-from methods._pairs import PAIR_MODES, clip_pairs
+from methods._pairs import LOSS_REDUCTIONS, PAIR_MODES, clip_pairs, pair_weight
 from methods.base import SSLMethod, StepOutput
 
 
@@ -48,9 +49,13 @@ def _pair_logits(z: Tensor, z_all: Tensor, a: int, b: int, offset: int) -> tuple
 
 
 def nt_xent_loss(
-    z: Tensor, temperature: float = 0.1, pairs: str = "all", gather_distributed: bool = True
+    z: Tensor,
+    temperature: float = 0.1,
+    pairs: str = "all",
+    gather_distributed: bool = True,
+    reduction: str = "mean",
 ) -> Tensor:
-    """NT-Xent over ρ clips: the mean over clip pairs of the two-clip SimCLR loss.
+    """NT-Xent over ρ clips: the mean (or sum) over clip pairs of the two-clip SimCLR loss.
 
     For a pair of clips, each of the 2N embeddings i is scored against its positive p (the
     same video's other clip) among all 2N−1 other embeddings of the two clips:
@@ -66,18 +71,21 @@ def nt_xent_loss(
             (gathered with gradient, ``harness.distributed.gather_with_grad``) and the anchors
             this rank's N videos, so 2N becomes 2·world_size·N in the formula above;
             otherwise each rank contrasts within its own batch.
+        reduction: ``"mean"`` over the pairs, or ``"slowfast"``: their sum (SlowFast's
+            sequential SimCLR back-propagates each pair's loss on its own).
 
     Returns:
-        Scalar loss, averaged over this rank's anchors and the pairs.
+        Scalar loss, averaged over this rank's anchors and averaged (or summed) over the pairs.
     """
     z = F.normalize(z, dim=-1)
     z_all = gather_with_grad(z) if gather_distributed else z
     offset = rank() * z.shape[0] if gather_distributed else 0
     losses = []
-    for a, b in clip_pairs(z.shape[1], pairs):
+    selected = clip_pairs(z.shape[1], pairs)
+    for a, b in selected:
         similarity, positive = _pair_logits(z, z_all, a, b, offset)
         losses.append(F.cross_entropy(similarity / temperature, positive))
-    return torch.stack(losses).mean()
+    return torch.stack(losses).sum() * pair_weight(len(selected), reduction)
 
 
 @torch.no_grad()
@@ -103,8 +111,11 @@ class SimCLR(SSLMethod):
         temperature: NT-Xent τ (paper: 0.1).
         hidden_dims: projector hidden widths (paper: 2048-2048, output 128).
         out_dim: projection width.
-        head_batch_norm: BatchNorm1d in the projector's hidden layers.
-        pairs: clip pairs for ρ > 2: ``"all"`` or ``"adjacent"`` (see ``nt_xent_loss``).
+        head_batch_norm: BatchNorm1d in the projector's hidden layers (SlowFast's
+            SimCLR_SlowR50_8x8 has none: BN_MLP unset, False).
+        pairs: clip pairs for ρ > 2: ``"all"`` or ``"adjacent"`` (see ``nt_xent_loss``;
+            SlowFast: adjacent).
+        loss_reduction: ``"mean"`` over the pairs or ``"slowfast"``: their sum (``methods._pairs``).
         gather_distributed: negatives from all ranks (see ``nt_xent_loss``).
         memory: ``"standard"``, or ``"low"``: gradient caching (``methods._memory``), the
             backward pass done inside ``training_step`` one clip at a time.
@@ -120,12 +131,14 @@ class SimCLR(SSLMethod):
         out_dim: int = 128,
         head_batch_norm: bool = True,
         pairs: str = "all",
+        loss_reduction: str = "mean",
         gather_distributed: bool = True,
         memory: str = "standard",
     ) -> None:
         super().__init__(backbone, feature_dim)
         self.temperature = check_positive("temperature", temperature)
         self.pairs = check_choice("pairs", pairs, PAIR_MODES)
+        self.loss_reduction = check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS)
         self.gather_distributed = gather_distributed
         self.memory = check_choice("memory", memory, MEMORY_MODES)
         self.head = MLPHead(feature_dim, hidden_dims, out_dim, batch_norm=head_batch_norm)
@@ -134,7 +147,7 @@ class SimCLR(SSLMethod):
         return self.head(self.backbone(clip))
 
     def _loss(self, z: Tensor) -> tuple[Tensor, dict[str, float]]:
-        loss = nt_xent_loss(z, self.temperature, self.pairs, self.gather_distributed)
+        loss = nt_xent_loss(z, self.temperature, self.pairs, self.gather_distributed, self.loss_reduction)
         metrics = {
             "loss": loss.item(),
             "positive_accuracy": positive_accuracy(z, self.pairs, self.gather_distributed),

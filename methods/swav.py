@@ -19,7 +19,7 @@ from methods._checks import check_choice, check_positive
 from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, coupled_loss
 from methods._metrics import embedding_std
-from methods._pairs import other_clips
+from methods._pairs import LOSS_REDUCTIONS, other_clips
 from methods._queue import KeyQueue
 from methods.base import SSLMethod, StepOutput
 
@@ -84,13 +84,17 @@ class SwAV(SSLMethod):
     Args:
         backbone, feature_dim: see ``SSLMethod``.
         temperature: τ of the prediction softmax (paper: 0.1).
-        hidden_dims: projector hidden widths (BatchNorm, ReLU); paper: 2048, output 128.
+        hidden_dims: projector hidden widths (BatchNorm, ReLU); SlowFast's SwAV_Slow_R50_8x8:
+            2048-2048 (NUM_MLP_LAYERS 3, BN_MLP), output 128.
         out_dim: embedding width.
         num_prototypes: K (paper: 1000; CPU studies use fewer).
         epsilon, sinkhorn_iterations: Sinkhorn parameters (0.05, 3).
         freeze_prototypes_epochs: the prototypes get no gradient during the first this many
             epochs (SwAV's stabiliser; their ``.grad`` stays None, so no optimizer moves them).
         codes_from: ``"first_two"`` clips give the codes (paper) or ``"all"`` of them.
+        loss_reduction: ``"mean"`` or ``"slowfast"``; both are the mean over (code clip, other
+            clip) pairs, which is what SlowFast's (non-sequential) SwAV computes
+            (``methods._pairs``): the key exists so that every method takes it.
         queue_size: per rank, this many past embeddings (0: none) are added to the batch
             for Sinkhorn once the queue is full, for small batches; one queue shared by the
             code clips. It fills from epoch ``queue_start_epoch`` on.
@@ -110,6 +114,7 @@ class SwAV(SSLMethod):
         sinkhorn_iterations: int = 3,
         freeze_prototypes_epochs: int = 1,
         codes_from: str = "first_two",
+        loss_reduction: str = "mean",
         queue_size: int = 0,
         queue_start_epoch: int = 15,
         memory: str = "standard",
@@ -120,6 +125,7 @@ class SwAV(SSLMethod):
         self.sinkhorn_iterations = sinkhorn_iterations
         self.freeze_prototypes_epochs = freeze_prototypes_epochs
         self.codes_from = check_choice("codes_from", codes_from, CODE_SOURCES)
+        self.loss_reduction = check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS)
         self.queue_start_epoch = queue_start_epoch
         self.memory = check_choice("memory", memory, MEMORY_MODES)
         self.head = MLPHead(feature_dim, hidden_dims, out_dim, batch_norm=True)

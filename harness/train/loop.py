@@ -26,28 +26,47 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """A run's step counts and learning rate: linear warm-up to ``peak_lr``, then cosine decay."""
+    """A run's step counts and learning rate: linear warm-up and cosine decay (``optim.schedule``).
+
+    ``warmup_steps`` is whole steps for ``cosine_after_warmup`` (ours) and the exact
+    ``warmup_epochs × steps_per_epoch`` for ``cosine_with_warmup``, which, like SlowFast's
+    ``get_lr_at_epoch`` at epoch ``step / steps_per_epoch``, need not end on a step.
+    """
 
     steps_per_epoch: int
     total_steps: int
-    warmup_steps: int
+    warmup_steps: float
     peak_lr: float
     min_lr_ratio: float = 0.0
+    schedule: str = "cosine_after_warmup"
+    warmup_start_lr: float = 0.0
 
     @classmethod
     def of(cls, optim: OptimConfig, steps_per_epoch: int, global_batch: int) -> Schedule:
         """The schedule of ``optim`` for ``steps_per_epoch`` steps of ``global_batch`` videos."""
+        peak_lr = scaled_lr(optim, global_batch)
+        warmup = optim.warmup_epochs * steps_per_epoch
         return cls(
             steps_per_epoch=steps_per_epoch,
             total_steps=steps_per_epoch * optim.epochs,
-            warmup_steps=round(optim.warmup_epochs * steps_per_epoch),
-            peak_lr=scaled_lr(optim, global_batch),
+            warmup_steps=warmup if optim.schedule == "cosine_with_warmup" else round(warmup),
+            peak_lr=peak_lr,
             min_lr_ratio=optim.min_lr_ratio,
+            schedule=optim.schedule,
+            warmup_start_lr=optim.warmup_start_lr * peak_lr / optim.lr,
         )
 
     def lr(self, step: int) -> float:
         """The learning rate of global step ``step``."""
-        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr_ratio)
+        return lr_at(
+            step,
+            self.total_steps,
+            self.warmup_steps,
+            self.peak_lr,
+            self.min_lr_ratio,
+            self.schedule,
+            self.warmup_start_lr,
+        )
 
 
 @dataclass

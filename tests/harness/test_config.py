@@ -54,6 +54,8 @@ def test_ints_are_accepted_for_floats_and_lists_are_typed():
         ("method.temperatur=0.2", "method.temperatur", "did you mean temperature?"),
         ("method.temperature=cold", "method.temperature", "a float"),
         ("optim.warmup_epochs=50", "optim.warmup_epochs", "fewer than optim.epochs"),
+        ("optim.schedule=step", "optim.schedule", "one of cosine_after_warmup, cosine_with_warmup"),
+        ("optim.warmup_start_lr=5", "optim.warmup_start_lr", "less than optim.lr"),
         ("dat.clips=2", "dat", "did you mean data?"),
     ],
 )

@@ -8,12 +8,14 @@ import pytest
 import torch
 from method_helpers import build_method, low_memory_methods, make_batch
 
+import methods
+
 LOW_MEMORY_METHODS = low_memory_methods()
 
 
-def _step(name: str, memory: str, rho: int, epoch: int = 1):
+def _step(name: str, memory: str, rho: int, epoch: int = 1, **params):
     """One training step (and backward) of a freshly built method; returns the method and the output."""
-    method = build_method(name, memory=memory)
+    method = build_method(name, memory=memory, **params)
     method.on_epoch_start(epoch)
     out = method.training_step(make_batch(rho))
     assert out.backward_done is (memory == "low")
@@ -22,11 +24,15 @@ def _step(name: str, memory: str, rho: int, epoch: int = 1):
     return method, out
 
 
+@pytest.mark.parametrize("loss_reduction", ["mean", "slowfast"])
 @pytest.mark.parametrize("rho", [2, 3])
 @pytest.mark.parametrize("name", LOW_MEMORY_METHODS)
-def test_low_memory_matches_standard(name, rho):
-    standard, standard_out = _step(name, "standard", rho)
-    low, low_out = _step(name, "low", rho)
+def test_low_memory_matches_standard(name, rho, loss_reduction):
+    reduction = {"loss_reduction": loss_reduction} if "loss_reduction" in methods.params_of(name) else {}
+    if not reduction and loss_reduction != "mean":
+        pytest.skip(f"{name} has no loss_reduction")
+    standard, standard_out = _step(name, "standard", rho, **reduction)
+    low, low_out = _step(name, "low", rho, **reduction)
     assert not low_out.loss.requires_grad
     torch.testing.assert_close(low_out.loss, standard_out.loss.detach(), rtol=0, atol=1e-6)
     for (param_name, p), q in zip(standard.named_parameters(), low.parameters(), strict=True):
