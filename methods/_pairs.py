@@ -28,8 +28,9 @@ def clip_pairs(num_clips: int, mode: str = "all") -> list[tuple[int, int]]:
 
     Args:
         num_clips: ρ (V), at least 2.
-        mode: ``"all"``: every pair, ρ(ρ−1)/2 of them; ``"adjacent"``: (k, k+1) only, as the
-            SlowFast reference does for ρ > 2 (clips come ordered in time).
+        mode: ``"all"``: every pair, ρ(ρ−1)/2 of them; ``"adjacent"``: (k, k+1) only, in the
+            item's clip order: neighbours in time with ``data.clip_order: time``, a random chain
+            with ``shuffled`` (SlowFast shuffles its clips, ``temporally_rnd_clips``).
     """
     if mode == "all":
         return list(combinations(range(num_clips), 2))
