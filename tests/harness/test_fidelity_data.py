@@ -282,3 +282,25 @@ def test_normalisation_is_slowfasts():
     augment = AugmentConfig(crop_scale=[1.0, 1.0], aspect=[1.0, 1.0], flip=0.0, color_p=0.0, grayscale_p=0.0)
     out = TrainClipTransform(8, augment)(frames)  # full-frame crop at the same size: only normalisation
     torch.testing.assert_close(out, ref.permute(3, 0, 1, 2), atol=1e-5, rtol=0)
+
+
+def test_flip_after_the_crop_is_slowfasts():
+    """utils.py:175-176 / transform.py:152-173: after the crop, ``images.flip(-1)`` with p 0.5."""
+    frames = torch.randint(0, 256, (2, 12, 12, 3), dtype=torch.uint8)
+    base = dict(crop_scale=[1.0, 1.0], aspect=[1.0, 1.0], color_p=0.0, grayscale_p=0.0)
+    kept = TrainClipTransform(12, AugmentConfig(flip=0.0, **base))(frames)
+    flipped = TrainClipTransform(12, AugmentConfig(flip=1.0, **base))(frames)
+    torch.testing.assert_close(flipped, kept.flip(-1), rtol=0, atol=0)
+    half = TrainClipTransform(12, AugmentConfig(flip=0.5, **base))
+    torch.manual_seed(0)
+    share = sum(bool(torch.equal(half(frames), flipped)) for _ in range(400)) / 400
+    assert 0.42 < share < 0.58
+
+
+def test_a_clip_past_the_end_repeats_the_last_frame_as_slowfasts_clamp(index_videos, tmp_path):
+    """decoder.py:31-32 clamps sampled indices to the last frame; ours repeats the last frame: on
+    the 12-frame index video an 8 x 2 clip (15 frames) is frames 0, 2, …, 10, 11, 11 in both."""
+    manifest = write_manifest(tmp_path / "m.csv", [{"path": str(index_videos["short"]), "label": 0}])
+    item = MultiClipDataset(manifest, 2, 8, 2)[0]
+    ref = torch.clamp(torch.linspace(0, 14, 8), 0, 11).long().tolist()
+    assert _clip_indices(item) == [ref, ref] and item["padded"] == 4
