@@ -41,6 +41,8 @@ LR_SCALING = ("linear", "sqrt", "none")
 SCHEDULES = ("cosine_after_warmup", "cosine_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+CLIP_ORDERS = ("time", "shuffled")  # data.clip_order
+T_MAX_MODES = ("start_to_start", "gap")  # data.t_max_mode: what t_max bounds (harness.data.clip_starts)
 
 
 @dataclass
@@ -73,7 +75,28 @@ class DataConfig:
     frames: int = field_spec(8, help="T, frames per clip", min=1)
     stride: int = field_spec(8, help="τ, frames between sampled frames (at fps)", min=1)
     fps: float | None = field_spec(None, help="resample to this frame rate (null: the video's own)", gt=0.0)
-    t_max: float | None = field_spec(None, help="max seconds between clip starts (null: global)", min=0.0)
+    t_max: float | None = field_spec(
+        None,
+        help="max seconds between clip starts, or between clips with t_max_mode gap (null: global)",
+        min=0.0,
+    )
+    t_max_mode: str = field_spec(
+        "start_to_start",
+        help="what t_max bounds: start_to_start (any two clip starts; ours) or gap (from a clip's last "
+        "frame to the next clip's first, clip by clip: SlowFast's CONTRASTIVE.DELTA_CLIPS_MAX, in s)",
+        choices=T_MAX_MODES,
+    )
+    t_min: float | None = field_spec(
+        None,
+        help="t_max_mode gap only: the smallest gap in seconds, < 0 lets clips overlap "
+        "(SlowFast's DELTA_CLIPS_MIN; null: none)",
+    )
+    clip_order: str = field_spec(
+        "time",
+        help="order of an item's clips: time (earliest first) or shuffled (a random order per item, "
+        "SlowFast's temporally_rnd_clips); decides the methods' adjacent pairs and first two clips",
+        choices=CLIP_ORDERS,
+    )
     crop: int = field_spec(224, help="output crop side in pixels", gt=0)
     short_side: int | None = field_spec(
         None, help="evaluation resize of the short side (null: crop*256/224)", gt=0
@@ -399,6 +422,13 @@ def _same_kind(value: Any, default: Any) -> bool:
 
 def _check_cross_fields(experiment: Experiment) -> None:
     """Rules that involve more than one key."""
+    data = experiment.data
+    if data.t_min is not None and data.t_max_mode != "gap":
+        raise ConfigError(
+            "data.t_min", data.t_min, "null unless data.t_max_mode is gap (it bounds the gap between clips)"
+        )
+    if data.t_min is not None and data.t_max is not None and data.t_min > data.t_max:
+        raise ConfigError("data.t_min", data.t_min, f"at most data.t_max ({data.t_max})")
     optim = experiment.optim
     if optim.warmup_epochs >= optim.epochs and optim.warmup_epochs > 0:
         raise ConfigError(

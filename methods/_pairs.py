@@ -36,9 +36,9 @@ def clip_pairs(num_clips: int, mode: str = "all") -> list[tuple[int, int]]:
 
     Args:
         num_clips: ρ (V), at least 2.
-        mode: ``"all"``: every pair, ρ(ρ−1)/2 of them; ``"adjacent"``: (k, k+1) only, the ρ−1
-            pairs of consecutive clips in the order the clips come in (SlowFast's sequential
-            SimCLR pairs inputs k and k+1 of its clip list).
+        mode: ``"all"``: every pair, ρ(ρ−1)/2 of them; ``"adjacent"``: (k, k+1) only, in the
+            item's clip order: neighbours in time with ``data.clip_order: time``, a random chain
+            with ``shuffled`` (SlowFast shuffles its clips, ``temporally_rnd_clips``).
     """
     if mode == "all":
         return list(combinations(range(num_clips), 2))

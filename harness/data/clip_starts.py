@@ -1,16 +1,22 @@
-"""Where the ρ clips of one video start.
+"""Where the ρ clips of one video start, and in which order an item holds them.
 
 Clips live on a time grid of ``fps`` frames per second (the video's own rate, or a target
 rate). A clip of T frames at stride τ covers grid indices ``s, s+τ, …, s+(T−1)τ``, a span of
 ``(T−1)τ + 1`` grid frames. Starts are drawn uniformly:
 
 - global sampling (``t_max=None``): each start independently over the whole video;
-- with ``t_max`` (seconds): a window of ``t_max`` seconds is placed uniformly in the video and
-  every start is drawn uniformly inside it, so no two starts lie more than ``t_max`` apart;
-  ``t_max=0`` gives one start for every clip.
+- ``clip_starts`` with ``t_max`` (``data.t_max_mode: start_to_start``, ours): a window of
+  ``t_max`` seconds is placed uniformly in the video and every start is drawn uniformly inside
+  it, so no two starts lie more than ``t_max`` apart; ``t_max=0`` gives one start for every clip;
+- ``gap_clip_starts`` (``data.t_max_mode: gap``, SlowFast's ``CONTRASTIVE.DELTA_CLIPS_MIN/MAX``,
+  ``get_multiple_start_end_idx`` in ``slowfast/datasets/decoder.py``): the gap from the last
+  frame of one clip to the first frame of the next one in time is bounded instead, clip by
+  clip: each new start is redrawn (up to 100 times) until every gap lies in the bounds.
 
-Starts come back sorted in time (earliest clip first): the clips of an item are in temporal
-order, which is what "adjacent pairs" in the methods refer to.
+Both return the starts sorted in time; ``clip_order`` then says in which order the item holds
+the clips: ``time`` (earliest first) or ``shuffled`` (a random permutation drawn from the
+item's generator, as SlowFast's ``temporally_rnd_clips``), which decides what the methods'
+"adjacent pairs" and "the first two clips" are.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from harness.config import CLIP_ORDERS
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,73 @@ def clip_starts(
         window_start = rng.integers(0, max_start - window + 1)
         starts = window_start + rng.integers(0, window + 1, size=clips)
     return np.sort(starts).astype(np.int64)
+
+
+GAP_TRIES = 100  # SlowFast's num_retries, for each clip and for the whole draw
+
+
+def clip_gaps(starts: np.ndarray, span: int) -> np.ndarray:
+    """Gaps (grid frames) from the last frame of each clip to the first of the next one in time.
+
+    SlowFast's ``dt = t_start[1:] - t_end[:-1]`` over the time-sorted clips; negative when
+    clips overlap. ``starts`` [..., ρ] gives [..., ρ − 1].
+    """
+    ordered = np.sort(starts, axis=-1)
+    return ordered[..., 1:] - (ordered[..., :-1] + span - 1)
+
+
+def gap_clip_starts(
+    num_frames: int,
+    clips: int,
+    span: int,
+    min_gap: int | None,
+    max_gap: int | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Draw ``clips`` starts whose consecutive gaps (``clip_gaps``) lie in [min_gap, max_gap].
+
+    SlowFast's sampler on our grid: the first start is uniform over the video; each next one
+    is the first of up to ``GAP_TRIES`` uniform draws that keeps every gap in bounds (the last
+    draw is kept if none does); the whole draw is repeated up to ``GAP_TRIES`` times until it
+    meets the bounds, else the one that misses them by the fewest frames is returned (SlowFast
+    ranks misses by a slightly different score; either only matters when the bounds cannot be
+    met, e.g. a video too short for ``min_gap``).
+
+    Args:
+        num_frames, clips, span, rng: as ``clip_starts``.
+        min_gap, max_gap: bounds in grid frames (None: unbounded on that side).
+
+    Returns:
+        int64 array [clips], sorted ascending.
+    """
+    low = -math.inf if min_gap is None else min_gap
+    high = math.inf if max_gap is None else max_gap
+    max_start = max(0, num_frames - span)
+    best, best_miss = None, math.inf
+    for _ in range(GAP_TRIES):
+        starts = rng.integers(0, max_start + 1, size=1)
+        for _ in range(clips - 1):
+            candidates = rng.integers(0, max_start + 1, size=GAP_TRIES)
+            trial = np.concatenate(
+                [np.broadcast_to(starts, (GAP_TRIES, len(starts))), candidates[:, None]], 1
+            )
+            gaps = clip_gaps(trial, span)
+            fits = np.flatnonzero(((gaps >= low) & (gaps <= high)).all(1))
+            starts = trial[fits[0] if len(fits) else -1]
+        gaps = clip_gaps(starts, span)
+        miss = float(np.clip(low - gaps, 0, None).sum() + np.clip(gaps - high, 0, None).sum())
+        if miss == 0:
+            return np.sort(starts).astype(np.int64)
+        if miss < best_miss:
+            best, best_miss = starts, miss
+    return np.sort(best).astype(np.int64)
+
+
+def clip_order(clips: int, order: str, rng: np.random.Generator) -> np.ndarray:
+    """The positions at which an item holds its time-sorted clips: ``time`` keeps them, ``shuffled``
+    permutes them (one draw from ``rng``; none for a single clip, as SlowFast shuffles only ρ > 1)."""
+    if order == "time" or clips < 2:
+        return np.arange(clips)
+    if order == "shuffled":
+        return rng.permutation(clips)
+    raise ValueError(f"clip order {order!r}: choose one of {', '.join(CLIP_ORDERS)}")

@@ -3,15 +3,16 @@
 An item is a dict:
 
 - ``clips`` float [V, C, T, H, W] with V = max(ρ, 2): ρ clips in temporal order (earliest
-  start first); ρ = 1 gives two independently augmented views of one clip;
+  start first; ``clip_order="shuffled"``: in a random order per item, as SlowFast); ρ = 1
+  gives two independently augmented views of one clip;
 - ``label`` int, ``index`` int (the manifest row actually used);
-- ``starts`` float [V], the clips' start times in seconds;
+- ``starts`` float [V], the clips' start times in seconds (in the clips' order);
 - ``padded`` int, frames that repeat a video's last frame because it is shorter than a clip;
 - ``skipped`` int, unreadable videos passed over to produce this item;
 - ``bad_videos`` str, those videos and why (JSON ``[[path, reason], ...]``: a string, so that
   the default collate keeps it), for ``note_skips``.
 
-Randomness (clip starts and augmentation) comes from a generator seeded by
+Randomness (clip starts, augmentation and the clip order) comes from a generator seeded by
 (seed, epoch, index), so an item is the same whatever the worker count or order; pass
 ``(epoch, index)`` as the key to vary it by epoch. An unreadable, truncated or zero-frame
 video is skipped and the item is taken from the next row. Each bad file is warned about once
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from harness.data.clip_starts import clip_starts
+from harness.config import CLIP_ORDERS, T_MAX_MODES
+from harness.data.clip_starts import clip_order, clip_starts, gap_clip_starts
 from harness.data.decode import BadVideo, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
 from harness.data.transforms import ClipTransform
@@ -50,7 +52,9 @@ class MultiClipDataset(Dataset):
         clips: ρ ≥ 1.
         frames: T ≥ 1.
         stride: τ ≥ 1, in frames of ``fps``.
-        t_max: the largest distance in seconds between two clip starts (None: global).
+        t_max: the largest distance in seconds between two clip starts (None: global); with
+            ``t_max_mode="gap"``, the largest gap from one clip's last frame to the next
+            clip's first frame in time (SlowFast's ``DELTA_CLIPS_MAX``, here in seconds).
         transform: per-clip transform, uint8 [T, H, W, 3] → float [C, T, H, W]; None gives
             float [3, T, H, W] in [0, 1] without augmentation.
         seed: base seed of the per-item generators.
@@ -61,6 +65,11 @@ class MultiClipDataset(Dataset):
         min_views: V is max(ρ, min_views). 2 (the default) makes ρ = 1 items two augmentations
             of one clip, the SSL positive pair; 1 gives supervised training one clip per video.
         autorotate: turn frames as the video's display matrix says (``data.autorotate``).
+        clip_order: ``"time"`` (earliest clip first) or ``"shuffled"`` (a random order per
+            item from its generator, SlowFast's ``temporally_rnd_clips``).
+        t_max_mode: what ``t_max`` bounds: ``"start_to_start"`` or ``"gap"`` (see ``t_max``).
+        t_min: ``t_max_mode="gap"`` only: the smallest such gap in seconds, negative for an
+            overlap (SlowFast's ``DELTA_CLIPS_MIN``; None: unbounded).
     """
 
     def __init__(
@@ -77,11 +86,23 @@ class MultiClipDataset(Dataset):
         cache: FrameCache | None = None,
         min_views: int = 2,
         autorotate: bool = True,
+        clip_order: str = "time",
+        t_max_mode: str = "start_to_start",
+        t_min: float | None = None,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
         if t_max is not None and t_max < 0:
             raise ValueError(f"t_max must be >= 0 or None, got {t_max}")
+        if clip_order not in CLIP_ORDERS:
+            raise ValueError(f"clip_order must be one of {', '.join(CLIP_ORDERS)}, got {clip_order!r}")
+        if t_max_mode not in T_MAX_MODES:
+            raise ValueError(f"t_max_mode must be one of {', '.join(T_MAX_MODES)}, got {t_max_mode!r}")
+        if t_min is not None and t_max_mode != "gap":
+            raise ValueError("t_min bounds the gap between clips: it needs t_max_mode='gap'")
+        if t_min is not None and t_max is not None and t_min > t_max:
+            raise ValueError(f"t_min ({t_min}) must be <= t_max ({t_max})")
+        self.clip_order, self.t_max_mode, self.t_min = clip_order, t_max_mode, t_min
         self.entries = list(read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest)
         self.clips, self.frames, self.stride = clips, frames, stride
         self.t_max, self.transform, self.seed = t_max, transform, seed
@@ -162,6 +183,9 @@ class MultiClipDataset(Dataset):
 
         def pick_starts(num_frames: int, span: int, fps: float) -> np.ndarray:
             t_max_frames = None if self.t_max is None else math.floor(self.t_max * fps + 1e-6)
+            if self.t_max_mode == "gap":
+                t_min_frames = None if self.t_min is None else math.ceil(self.t_min * fps - 1e-6)
+                return gap_clip_starts(num_frames, self.clips, span, t_min_frames, t_max_frames, rng)
             return clip_starts(num_frames, self.clips, span, t_max_frames, rng)
 
         frames, seconds, padded = decode_clips(
@@ -183,6 +207,11 @@ class MultiClipDataset(Dataset):
                 int(rng.integers(2**63 - 1))
             )  # CPU only: no lazy CUDA seeding
             clips = torch.stack([self._transform(clip) for clip in frames_per_clip])
+        if (
+            self.clip_order != "time" and self.clips > 1
+        ):  # decoded and augmented in time order, then reordered
+            order = clip_order(self.clips, self.clip_order, rng)
+            clips, seconds = clips[torch.from_numpy(order)], seconds[order]
         return clips, seconds, padded
 
     def _transform(self, clip: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,9 @@ def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiC
         seek_threshold=data.seek_threshold,
         cache=FrameCache(autorotate=data.autorotate) if data.cache else None,
         autorotate=data.autorotate,
+        clip_order=data.clip_order,
+        t_max_mode=data.t_max_mode,
+        t_min=data.t_min,
     )
 
 

@@ -1,9 +1,17 @@
-"""Clip-start sampling: t_max is respected, global sampling covers the video, order is temporal."""
+"""Clip-start sampling: t_max is respected (start to start, or SlowFast's gap), global sampling covers the
+video, starts come back in time order and ``clip_order`` permutes them."""
 
 import numpy as np
 import pytest
 
-from harness.data.clip_starts import ClipTiming, clip_starts, grid_length
+from harness.data.clip_starts import (
+    ClipTiming,
+    clip_gaps,
+    clip_order,
+    clip_starts,
+    gap_clip_starts,
+    grid_length,
+)
 
 
 def draws(n, **kwargs):
@@ -49,3 +57,26 @@ def test_clip_timing():
     assert timing.span == 10
     np.testing.assert_allclose(timing.frame_times(5), [0.5, 0.8, 1.1, 1.4])
     assert grid_length(4.0, 16) == 64 and grid_length(0.01, 10) == 1
+
+
+def test_clip_gaps_run_from_a_clip_s_last_frame_to_the_next_clip_s_first():
+    # clips of span 10 starting at 30, 0, 12: in time 0..9, 12..21, 30..39 -> gaps 3 and 9
+    assert clip_gaps(np.array([30, 0, 12]), 10).tolist() == [3, 9]
+    assert clip_gaps(np.array([5, 5]), 10).tolist() == [-9]  # the same start: full overlap
+
+
+def test_gap_starts_are_sorted_deterministic_and_short_videos_start_at_zero():
+    one = gap_clip_starts(300, 4, 16, 0, 20, np.random.default_rng(3))
+    assert (np.diff(one) >= 0).all() and (clip_gaps(one, 16) >= 0).all() and (clip_gaps(one, 16) <= 20).all()
+    assert (gap_clip_starts(300, 4, 16, 0, 20, np.random.default_rng(3)) == one).all()
+    # a video shorter than a clip cannot meet a gap of >= 0: the fallback still gives valid starts
+    assert (gap_clip_starts(5, 3, 16, 0, 20, np.random.default_rng(0)) == 0).all()
+
+
+def test_clip_order_time_keeps_and_shuffled_permutes():
+    rng = np.random.default_rng(0)
+    assert clip_order(3, "time", rng).tolist() == [0, 1, 2]
+    orders = {tuple(clip_order(3, "shuffled", rng)) for _ in range(200)}
+    assert len(orders) == 6 and all(sorted(o) == [0, 1, 2] for o in orders)
+    with pytest.raises(ValueError, match="time, shuffled"):
+        clip_order(3, "random", rng)
