@@ -89,6 +89,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.train",
     },
     "harness.speed": {"harness.data", "harness.errors"},
+    "harness.slowfast_import": {"harness.checkpoint", "harness.config", "harness.train"},
     "harness.demo": {"harness.data", "harness.report", "harness.study", "harness.tracking"},
     "harness.cli": {
         "harness.config",
@@ -100,6 +101,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.progress",
         "harness.redact",
         "harness.report",
+        "harness.slowfast_import",
         "harness.speed",
         "harness.study",
         "harness.tracking",

@@ -11,7 +11,19 @@ import argparse
 import logging
 import sys
 
-from harness.cli import bench, config, dashboard, data, demo, evaluate, pretrain, report, study, ui
+from harness.cli import (
+    bench,
+    config,
+    dashboard,
+    data,
+    demo,
+    evaluate,
+    import_checkpoint,
+    pretrain,
+    report,
+    study,
+    ui,
+)
 from harness.cli.common import warn_passwords_in_argv
 from harness.errors import RhoError
 
@@ -24,6 +36,7 @@ EPILOG = """examples:
   rho config show studies/experiments/demo.yaml data.clips=3
   rho pretrain studies/experiments/demo.yaml method.name=moco
   rho evaluate mlruns/checkpoints/RUN/last.pt --benchmark benchmarks/synth_linear.yaml
+  rho import-checkpoint MoCo_SlowR50_8x8_T2_epoch_00200.pyth zoo/moco_r2.pt   a SlowFast model
   rho study run studies/cpu/clips.yaml --workers 2
   rho study status clips
   rho ui                                          the MLflow UI on 127.0.0.1
@@ -34,7 +47,7 @@ EPILOG = """examples:
 """
 
 
-COMMANDS = (config, data, pretrain, study, evaluate, demo, ui, report, dashboard, bench)
+COMMANDS = (config, data, pretrain, study, evaluate, import_checkpoint, demo, ui, report, dashboard, bench)
 """The command modules, each with ``add_parser(commands)``, in the order ``rho --help`` lists them."""
 
 

@@ -35,7 +35,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """``rho evaluate``."""
     evaluate = commands.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on benchmarks (linear, kNN, fine-tune)",
+        help="evaluate a checkpoint on benchmarks (linear, knn, finetune protocols)",
         description="Evaluate the encoder of CHECKPOINT on each --benchmark YAML; prints top-1/top-5.",
     )
     evaluate.add_argument("checkpoint", help="a checkpoint written by rho pretrain (last.pt)")

@@ -1,7 +1,8 @@
 """Evaluation of an encoder on a benchmark (``benchmarks/*.yaml``: a dataset and a protocol).
 
 ``spec`` reads and validates the benchmark files; ``protocols`` holds the registry of the
-linear (``linear``), kNN (``knn``) and fine-tuning (``finetune``) protocols and ``evaluate``,
+linear probe on cached features (``linear``), SlowFast's linear protocol on augmented clips
+(``linear_slowfast``), kNN (``knn``) and fine-tuning (``finetune``) protocols and ``evaluate``,
 which dispatches through it; ``features`` extracts and caches frozen features; ``monitor`` is
 the kNN monitor of pretraining; ``metrics`` scores class predictions.
 """
@@ -14,9 +15,22 @@ from harness.eval.features import (
     extract_features,
     weights_fingerprint,
 )
-from harness.eval.finetune import classifier_network, run_finetune, train_classifier
+from harness.eval.finetune import (
+    classifier_network,
+    run_finetune,
+    score_on_views,
+    train_classifier,
+    train_on_clips,
+)
 from harness.eval.knn import knn_probe, knn_scores, run_knn, video_embeddings
 from harness.eval.linear import fit_linear, linear_probe, run_linear, standardize
+from harness.eval.linear_slowfast import (
+    FrozenEncoderProbe,
+    fit_linear_on_clips,
+    probe_network,
+    run_linear_slowfast,
+    slowfast_lr,
+)
 from harness.eval.metrics import accuracy, topk_accuracy, view_probabilities
 from harness.eval.monitor import knn_monitor
 from harness.eval.protocols import PROTOCOLS, Protocol, evaluate
@@ -24,6 +38,7 @@ from harness.eval.spec import (
     Benchmark,
     FinetuneSpec,
     KnnSpec,
+    LinearSlowFastSpec,
     LinearSpec,
     ViewsSpec,
     check_manifests,
@@ -36,7 +51,9 @@ __all__ = [
     "EvalContext",
     "FeatureCache",
     "FinetuneSpec",
+    "FrozenEncoderProbe",
     "KnnSpec",
+    "LinearSlowFastSpec",
     "LinearSpec",
     "Protocol",
     "ViewsSpec",
@@ -48,17 +65,23 @@ __all__ = [
     "evaluate",
     "extract_features",
     "fit_linear",
+    "fit_linear_on_clips",
     "knn_monitor",
     "knn_probe",
     "knn_scores",
     "linear_probe",
     "load_benchmark",
+    "probe_network",
     "run_finetune",
     "run_knn",
     "run_linear",
+    "run_linear_slowfast",
+    "score_on_views",
+    "slowfast_lr",
     "standardize",
     "topk_accuracy",
     "train_classifier",
+    "train_on_clips",
     "video_embeddings",
     "view_probabilities",
     "weights_fingerprint",

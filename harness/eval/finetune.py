@@ -1,5 +1,8 @@
 """The fine-tuning protocol: a copy of the encoder plus dropout and a linear head, trained end to end.
 
+``train_on_clips`` and ``score_on_views`` are shared with the ``linear_slowfast`` protocol, which
+trains only the head.
+
 Trained on augmented training clips (SGD momentum, warmup, half-cosine; no weight decay on
 biases and norm layers), then tested like the linear protocol: softmax averaged over the test
 views. The benchmark files give the paper's settings (``benchmarks/ucf101_split1_finetune.yaml``)
@@ -9,6 +12,7 @@ or CPU-sized ones (``synth_finetune.yaml``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +25,7 @@ from harness.data.manifest import read_manifest
 from harness.eval.context import EvalContext
 from harness.eval.features import benchmark_views, eval_mode, extract_features
 from harness.eval.metrics import accuracy, class_count, view_probabilities
-from harness.eval.spec import Benchmark, FinetuneSpec
+from harness.eval.spec import Benchmark, FinetuneSpec, LinearSlowFastSpec
 from harness.optim import lr_at, set_lr
 from harness.progress import ProgressBar
 from harness.runtime import Device, Runtime
@@ -49,20 +53,27 @@ def classifier_network(
     return runtime.prepare_model(nn.Sequential(body, nn.Dropout(dropout), head))
 
 
+Schedule = Callable[[int, int], float]
+"""The lr of a training step: (step, steps per epoch) → lr."""
+
+
 def train_classifier(
     model: nn.Module,
     dataset: MultiClipDataset,
-    settings: FinetuneSpec,
+    settings: FinetuneSpec | LinearSlowFastSpec,
     device: Device = "cpu",
     workers: int = 0,
     seed: int = 0,
     progress: bool = True,
+    schedule: Schedule | None = None,
 ) -> set[int]:
     """Train ``model`` (clips [B, C, T, H, W] → logits) on view 0 of ``dataset``'s items with cross-entropy.
 
-    ``dataset`` should hold one view per item (``min_views=1`` at ρ = 1); any others are decoded
-    and augmented for nothing. An unreadable video is skipped as in pretraining (its item comes
-    from the next row).
+    SGD with ``settings``' lr, momentum and weight decay (not on biases and norm layers) over the
+    parameters that require a gradient; the lr follows ``schedule`` (default: linear warmup over
+    ``settings.warmup_epochs``, then a half-cosine). ``dataset`` should hold one view per item
+    (``min_views=1`` at ρ = 1); any others are decoded and augmented for nothing. An unreadable
+    video is skipped as in pretraining (its item comes from the next row).
 
     Returns:
         The rows of ``dataset`` that could not be read, found from the items (so whatever the
@@ -81,21 +92,21 @@ def train_classifier(
         weight_decay_groups(model, settings.weight_decay), lr=settings.lr, momentum=settings.momentum
     )
     total, warmup = settings.epochs * len(loader), round(settings.warmup_epochs * len(loader))
-    bar = ProgressBar("finetune", settings.epochs) if progress else None
+    bar = ProgressBar("classifier", settings.epochs) if progress else None
     model.train()
     step, unreadable = 0, set()
     for epoch in range(settings.epochs):
         sampler.set_epoch(epoch)
         for batch in map(dataset.note_skips, loader):  # warns once per bad file, whatever the workers
             unreadable |= skipped_rows(batch["index"], batch["skipped"], len(dataset))
-            lr = lr_at(step, total, warmup, settings.lr)
+            lr = schedule(step, len(loader)) if schedule else lr_at(step, total, warmup, settings.lr)
             set_lr(optimizer, lr)
             with runtime.autocast():
                 logits = model(runtime.clips_to_device(batch["clips"][:, 0]))
             loss = F.cross_entropy(logits.float(), batch["label"].to(runtime.device))
             if not torch.isfinite(loss):
                 raise RuntimeError(
-                    f"fine-tuning loss became {loss.item()} at step {step}; lower the benchmark's lr"
+                    f"classifier loss became {loss.item()} at step {step}; lower the benchmark's lr"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -116,46 +127,75 @@ def skipped_rows(rows: torch.Tensor, skipped: torch.Tensor, videos: int) -> set[
     }
 
 
-def run_finetune(encoder: nn.Module, benchmark: Benchmark, context: EvalContext) -> dict[str, float]:
-    """Fine-tune a copy of ``encoder`` with a linear head on the training videos; test with view averaging.
+def train_on_clips(
+    benchmark: Benchmark,
+    context: EvalContext,
+    build: Callable[[int], nn.Module],
+    crop: int,
+    schedule: Schedule | None = None,
+) -> nn.Module:
+    """The network ``build(classes)`` makes, trained by ``train_classifier`` on one augmented random
+    clip per training video and step (``MultiClipDataset`` ρ = 1, one view, ``crop`` pixels, the
+    benchmark settings' ``augment``).
 
-    Training items are one clip per video (``MultiClipDataset`` ρ = 1, one view) with the
-    benchmark's augmentation; ``encoder`` itself is left untouched. Randomness (head init,
-    dropout, data) derives from ``context.seed`` without disturbing the caller's RNG.
-
-    Unreadable videos are skipped (training as in pretraining, testing without them) and noted in
+    Randomness (the network's init, dropout, data) derives from ``context.seed`` without disturbing
+    the caller's RNG. Unreadable training videos are skipped as in pretraining and noted in
     ``context``, which refuses too many.
-
-    Returns:
-        ``{"top1": %, "top5": %}`` on the readable test videos, softmax averaged over the test views.
     """
     settings, views = benchmark.settings, benchmark.views
     device, seed = context.runtime.device, context.seed
-    train_entries, test_set = read_manifest(benchmark.train), benchmark_views(benchmark, "test")
-    labels = [torch.tensor([e.label for e in entries]) for entries in (train_entries, test_set.entries)]
-    augment = train_transform(views.crop, settings.augment)
+    train_entries, test_entries = read_manifest(benchmark.train), benchmark_views(benchmark, "test").entries
+    labels = [torch.tensor([e.label for e in entries]) for entries in (train_entries, test_entries)]
     train_set = MultiClipDataset(
         train_entries,
         clips=1,
         frames=views.frames,
         stride=views.stride,
-        transform=augment,
+        transform=train_transform(crop, settings.augment),
         seed=seed,
         fps=views.fps,
         min_views=1,  # one augmented clip per video and step: no second view decoded and thrown away
     )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        classes = class_count(*labels)
-        model = classifier_network(encoder, classes, settings.dropout, views.frames, views.crop, device)
+        model = build(class_count(*labels))
         unreadable = train_classifier(
-            model, train_set, settings, device, context.workers, seed, context.progress
+            model, train_set, settings, device, context.workers, seed, context.progress, schedule
         )
     context.note_skipped(
         benchmark.train, len(train_entries), {train_entries[row].path: "" for row in sorted(unreadable)}
     )
-    logits, test_labels = extract_features(
-        model, test_set, context.batch_size, context.workers, device, context.progress
+    return model
+
+
+def score_on_views(
+    model: nn.Module, benchmark: Benchmark, context: EvalContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities [M, C] of the readable test videos, each the mean of the softmax of
+    ``model`` (eval mode) over its test views, and their labels [M]; unreadable ones noted in ``context``."""
+    test_set = benchmark_views(benchmark, "test")
+    logits, labels = extract_features(
+        model, test_set, context.batch_size, context.workers, context.runtime.device, context.progress
     )
     context.note_skipped(benchmark.val, len(test_set), test_set.bad_files)
-    return accuracy(view_probabilities(logits), test_labels)
+    return view_probabilities(logits), labels
+
+
+def run_finetune(encoder: nn.Module, benchmark: Benchmark, context: EvalContext) -> dict[str, float]:
+    """Fine-tune a copy of ``encoder`` with a linear head on the training videos; test with view averaging.
+
+    Training items are one clip per video with the benchmark's augmentation (``train_on_clips``);
+    ``encoder`` itself is left untouched. Unreadable videos are skipped (training as in
+    pretraining, testing without them) and noted in ``context``, which refuses too many.
+
+    Returns:
+        ``{"top1": %, "top5": %}`` on the readable test videos, softmax averaged over the test views.
+    """
+    settings, views = benchmark.settings, benchmark.views
+    device = context.runtime.device
+
+    def build(classes: int) -> nn.Module:
+        return classifier_network(encoder, classes, settings.dropout, views.frames, views.crop, device)
+
+    model = train_on_clips(benchmark, context, build, views.crop)
+    return accuracy(*score_on_views(model, benchmark, context))

@@ -17,7 +17,8 @@ from harness.eval.context import EvalContext
 from harness.eval.finetune import run_finetune
 from harness.eval.knn import run_knn
 from harness.eval.linear import run_linear
-from harness.eval.spec import Benchmark, FinetuneSpec, KnnSpec, LinearSpec
+from harness.eval.linear_slowfast import run_linear_slowfast
+from harness.eval.spec import Benchmark, FinetuneSpec, KnnSpec, LinearSlowFastSpec, LinearSpec
 from harness.runtime import Device, Runtime
 
 ProtocolRunner = Callable[[nn.Module, Benchmark, EvalContext], dict[str, float]]
@@ -31,8 +32,11 @@ class Protocol:
     run: ProtocolRunner
 
 
+#: Every protocol by the name benchmark files give (``protocol:``) and metric names carry
+#: (``eval.<benchmark>.<protocol>.top1``); must list the same names as ``spec.PROTOCOL_SPECS``.
 PROTOCOLS: dict[str, Protocol] = {
     "linear": Protocol(LinearSpec, run_linear),
+    "linear_slowfast": Protocol(LinearSlowFastSpec, run_linear_slowfast),
     "knn": Protocol(KnnSpec, run_knn),
     "finetune": Protocol(FinetuneSpec, run_finetune),
 }

@@ -7,7 +7,7 @@ in brackets; the protocol defaults are the paper's Slow 8×8 R-50 settings)::
 
     name: ucf101-split1            # [file stem] metric names: eval.<name>.<protocol>.top1 / .top5
     dataset: ucf101                # [custom] tag: synthetic, kinetics400, ucf101, hmdb51, ...
-    protocol: finetune             # linear | knn | finetune (required)
+    protocol: finetune             # linear | linear_slowfast | knn | finetune (required)
     train: ${RHO_DATA}/ucf101/split1/train.csv   # training manifest (required)
     val: ${RHO_DATA}/ucf101/split1/val.csv       # test manifest (required)
     views:                         # clips, and the fixed views ViewDataset takes of each video
@@ -22,6 +22,8 @@ in brackets; the protocol defaults are the paper's Slow 8×8 R-50 settings)::
       test_spatial: 3              # [3] 1 or 3
     finetune: {...}                # the section of the protocol, and only that one:
     linear:   {epochs, lr, batch_size, weight_decay, momentum, warmup_epochs}
+    linear_slowfast: {epochs, lr, batch_size, weight_decay, momentum, warmup_epochs, train_crop,
+               backbone_bn, augment: {...}}
     knn:      {k, temperature}
     finetune: {epochs, lr, batch_size, weight_decay, momentum, warmup_epochs, dropout,
                augment: {crop_scale, aspect, flip, color_p, color_strength, grayscale_p, blur_p}}
@@ -112,8 +114,57 @@ class FinetuneSpec:
     augment: AugmentConfig = field_spec(factory=finetune_augment, help="per-clip training augmentation")
 
 
-ProtocolSpec = LinearSpec | KnnSpec | FinetuneSpec
-PROTOCOL_SPECS: dict[str, type] = {"linear": LinearSpec, "knn": KnnSpec, "finetune": FinetuneSpec}
+def linear_clip_augment() -> AugmentConfig:
+    """The training views of SlowFast's linear_k400 config, as a random resized crop: no colour.
+
+    SlowFast jitters the short side in [256, 320] (TRAIN_JITTER_SCALES) and takes a random 224
+    crop and a flip: a square of area (224/320)² … (224/256)² of a square frame.
+    """
+    return AugmentConfig(
+        crop_scale=[0.49, 0.766], aspect=[1.0, 1.0], color_p=0.0, grayscale_p=0.0, blur_p=0.0
+    )
+
+
+BACKBONE_BN_MODES = ("train", "eval")
+
+
+@dataclass
+class LinearSlowFastSpec:
+    """SlowFast's linear protocol: a linear classifier on the frozen encoder's outputs for augmented
+    random training clips, the encoder's BatchNorm in train mode (its running statistics follow
+    the training clips; its weights stay), tested on the views with those statistics.
+
+    Defaults: configs/contrastive_ssl/linear_k400_Slow_8x8_R50_syn0.yaml (batch 64, lr 0.5,
+    60 epochs, 8 warmup epochs from 0, one cosine over all epochs, momentum 0.9, weight decay 0,
+    MODEL.DETACH_FINAL_FC: only the classifier learns).
+    """
+
+    epochs: int = field_spec(60, help="passes over the training videos (one random clip each)", min=1)
+    lr: float = field_spec(0.5, help="peak learning rate (SGD) at batch_size", gt=0.0)
+    batch_size: int = field_spec(64, help="clips per step", min=1)
+    weight_decay: float = field_spec(0.0, help="weight decay of the classifier", min=0.0)
+    momentum: float = field_spec(0.9, help="SGD momentum", min=0.0, max=1.0)
+    warmup_epochs: float = field_spec(
+        8.0, help="linear warmup from 0 to the cosine's value at its end (SlowFast's schedule)", min=0.0
+    )
+    train_crop: int | None = field_spec(
+        224, help="training crop side (null: views.crop; SlowFast trains at 224, tests at 256)", gt=0
+    )
+    backbone_bn: str = field_spec(
+        "train",
+        help="the encoder's BatchNorm while the classifier trains: train (statistics updated) or eval",
+        choices=BACKBONE_BN_MODES,
+    )
+    augment: AugmentConfig = field_spec(factory=linear_clip_augment, help="per-clip training augmentation")
+
+
+ProtocolSpec = LinearSpec | LinearSlowFastSpec | KnnSpec | FinetuneSpec
+PROTOCOL_SPECS: dict[str, type] = {
+    "linear": LinearSpec,
+    "linear_slowfast": LinearSlowFastSpec,
+    "knn": KnnSpec,
+    "finetune": FinetuneSpec,
+}
 PROTOCOL_NAMES = tuple(PROTOCOL_SPECS)
 
 
@@ -131,7 +182,11 @@ class Benchmark:
     source: Path
 
     def metric(self, what: str) -> str:
-        """The metric name of ``what`` (top1, top5): ``eval.<name>.<protocol>.<what>``."""
+        """The metric name of ``what`` (top1, top5): ``eval.<name>.<protocol>.<what>``.
+
+        The protocol is always in the name, so the two linear protocols (``linear``,
+        ``linear_slowfast``) of one benchmark name log different metrics.
+        """
         return f"eval.{self.name}.{self.protocol}.{what}"
 
 

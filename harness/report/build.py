@@ -4,6 +4,7 @@ study's parent run (artifacts under ``report/``)."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,11 @@ from harness.report.compare import (
     reference_table,
 )
 from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot, training_curves
+from harness.report.references import SOURCES
 from harness.report.render import Block, Heading, Image, Table, Text, comparison_block, to_html, to_markdown
 from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
+
+SOURCE_TITLES = {"paper": "paper", "model zoo": "SlowFast model zoo"}
 
 CURVE_METRICS = ("loss", "knn_top1")
 
@@ -101,7 +105,10 @@ def write_report(
         files.append(_write_csv(comp.stats.assign(metric=metric), out / f"{_slug(metric)}.csv"))
         references, citations = reference_table(finished[~finished["baseline"]], metric)
         if not references.empty:
-            blocks += [Heading(f"{metric}: published figures beside ours", 3), _reference_block(references)]
+            blocks += [
+                Heading(f"{metric}: published figures beside ours, one column per source", 3),
+                _reference_block(references, citations),
+            ]
             blocks += [Text(f"[{i + 1}] {c}") for i, c in enumerate(citations)]
             files.append(_write_csv(references, out / f"{_slug(metric)}.references.csv"))
 
@@ -167,16 +174,20 @@ def _summary(runs: StudyRuns, tracking_uri: str, rows: str, columns: str) -> str
     )
 
 
-def _reference_block(table: pd.DataFrame) -> Table:
-    header = ["method", "ρ", "ours", "published", "source", "ours − published"]
+def _reference_block(table: pd.DataFrame, citations: list[str]) -> Table:
+    """Ours, then one column per source of published figures (its citation's number), then ours
+    minus each; '-' where a source has no figure."""
+    sources = [s for s, citation in SOURCES.items() if citation in citations]
+    numbers = {s: citations.index(SOURCES[s]) + 1 for s in sources}
+    header = ["method", "ρ", "ours", *(f"{SOURCE_TITLES[s]} [{numbers[s]}]" for s in sources)]
+    header += [f"ours − {s}" for s in sources]
     rows = [
         [
             (row["method"], ""),
             (str(row["rho"]), ""),
             (format_value(row["ours"]), f"n={row['n']}"),
-            (format_value(row["published"]), ""),
-            (row["source"], ""),
-            (f"{row['difference']:+.1f}", ""),
+            *((format_value(row[s]), "") for s in sources),
+            *(("-" if math.isnan(row[f"ours - {s}"]) else f"{row[f'ours - {s}']:+.1f}", "") for s in sources),
         ]
         for _, row in table.iterrows()
     ]

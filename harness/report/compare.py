@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.references import references_for
+from harness.report.references import SOURCES, references_for
 from harness.report.stats import cell_stats
 
 BASELINE_COLUMN = "baseline"
@@ -96,34 +96,34 @@ def comparison(frame: pd.DataFrame, rows: str, columns: str, metric: str, direct
 
 
 def reference_table(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
-    """Our mean beside each published figure for the same method and ρ (runs of the same backbone
-    and epochs only); returns the table and the citations its ``source`` column refers to."""
-    columns = ["method", "rho", "ours", "n", "published", "source", "difference"]
+    """Our mean beside the published figures for the same method and ρ (runs of the same backbone
+    and epochs only), one column per source (``SOURCES``: the paper, SlowFast's model zoo), never
+    mixed; NaN where a source has no figure. Returns the table and the citations of the sources
+    it shows, numbered in column order."""
+    sources = list(SOURCES)
+    columns = ["method", "rho", "ours", "n", *sources, *(f"ours - {source}" for source in sources)]
     if frame.empty or metric not in frame or not {"method.name", "data.clips"} <= set(frame):
         return pd.DataFrame(columns=columns), []
-    rows, citations = [], []
+    rows, shown = [], set()
     groups = frame[frame[metric].notna()].groupby(
         ["backbone.name", "optim.epochs", "method.name", "data.clips"]
     )
     for (backbone, epochs, method, rho), runs in groups:
-        for ref in references_for(metric, str(backbone), int(epochs)):
-            if (ref.method, ref.rho) != (method, int(rho)):
-                continue
-            if ref.citation not in citations:
-                citations.append(ref.citation)
-            ours = float(runs[metric].mean())
-            rows.append(
-                {
-                    "method": method,
-                    "rho": int(rho),
-                    "ours": ours,
-                    "n": len(runs),
-                    "published": ref.value,
-                    "source": f"{ref.source} [{citations.index(ref.citation) + 1}]",
-                    "difference": ours - ref.value,
-                }
-            )
-    return pd.DataFrame(rows, columns=columns), citations
+        published = {
+            ref.source: ref.value
+            for ref in references_for(metric, str(backbone), int(epochs))
+            if (ref.method, ref.rho) == (method, int(rho))
+        }
+        if not published:
+            continue
+        shown |= set(published)
+        ours = float(runs[metric].mean())
+        row = {"method": method, "rho": int(rho), "ours": ours, "n": len(runs)}
+        for source in sources:
+            row[source] = published.get(source, math.nan)
+            row[f"ours - {source}"] = ours - row[source]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns), [SOURCES[s] for s in sources if s in shown]
 
 
 def format_value(value: float, like: float | None = None) -> str:

@@ -22,8 +22,11 @@ from report_study import METRIC, NAME, build_small_study
 from scipy import stats as scipy_stats
 
 from harness.report import write_report
+from harness.report.build import _reference_block
 from harness.report.compare import reference_table
 from harness.report.plots import pareto_front
+from harness.report.references import REFERENCES
+from harness.report.render import to_html, to_markdown
 from harness.report.stats import cell_stats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,25 +167,84 @@ def test_cell_stats_orders_numbers_naturally_and_gives_t_intervals():
     assert math.isnan(stats.iloc[1]["ci_low"])
 
 
-def test_published_figures_sit_beside_full_scale_runs_only():
-    frame = pd.DataFrame(
+def _full_scale_frame(metric: str = "eval.k400.linear_slowfast.top1") -> pd.DataFrame:
+    return pd.DataFrame(
         {
-            "backbone.name": ["slow_r50", "slow_r50", "slow_r50", "r3d_tiny"],
-            "optim.epochs": [200, 200, 200, 200],
-            "method.name": ["moco", "moco", "byol", "moco"],
-            "data.clips": [2, 2, 3, 2],
-            "eval.k400.linear.top1": [66.0, 64.0, 60.0, 10.0],
+            "backbone.name": ["slow_r50", "slow_r50", "slow_r50", "slow_r50", "r3d_tiny"],
+            "optim.epochs": [200, 200, 200, 200, 200],
+            "method.name": ["moco", "moco", "moco", "byol", "moco"],
+            "data.clips": [2, 2, 3, 3, 2],
+            metric: [66.0, 64.0, 68.0, 60.0, 10.0],
         }
     )
-    table, citations = reference_table(frame, "eval.k400.linear.top1")
-    assert set(zip(table["published"], table["ours"], table["n"], strict=True)) == {
-        (65.8, 65.0, 2),
-        (66.6, 65.0, 2),
-    }
-    assert table["difference"].to_list() == pytest.approx([65.0 - v for v in table["published"]])
-    assert any("arXiv:2104.14558" in c for c in citations) and any("SlowFast" in c for c in citations)
-    assert reference_table(frame.assign(**{"optim.epochs": 100}), "eval.k400.linear.top1")[0].empty
-    assert reference_table(frame, "eval.synth-linear.linear.top1")[0].empty
+
+
+def test_published_figures_sit_beside_full_scale_runs_in_one_column_per_source():
+    metric = "eval.k400.linear_slowfast.top1"
+    table, citations = reference_table(_full_scale_frame(), metric)
+    rows = {(r["method"], r["rho"]): r for _, r in table.iterrows()}
+    assert set(rows) == {("moco", 2), ("moco", 3)}, "byol ρ=3 has no published figure; r3d_tiny none at all"
+    moco2, moco3 = rows["moco", 2], rows["moco", 3]
+    assert (moco2["ours"], moco2["n"], moco2["paper"], moco2["model zoo"]) == (65.0, 2, 65.8, 66.6)
+    assert moco2["ours - paper"] == pytest.approx(-0.8) and moco2["ours - model zoo"] == pytest.approx(-1.6)
+    assert moco3["paper"] == 67.3 and math.isnan(moco3["model zoo"]), "the zoo has no ρ = 3 model"
+    assert citations[0].startswith("Feichtenhofer") and "contrastive_ssl/README.md" in citations[1]
+    # the cached-feature probe is compared too (its metric names the protocol); other setups are not
+    assert not reference_table(_full_scale_frame("eval.k400.linear.top1"), "eval.k400.linear.top1")[0].empty
+    assert reference_table(_full_scale_frame().assign(**{"optim.epochs": 100}), metric)[0].empty
+    assert reference_table(_full_scale_frame(), "eval.synth-linear.linear.top1")[0].empty
+
+
+def test_ucf101_figures_are_those_of_fine_tuning():
+    metric = "eval.ucf101-split1.finetune.top1"
+    frame = _full_scale_frame(metric).assign(**{"data.clips": [4, 4, 2, 4, 2], "method.name": ["byol"] * 5})
+    table, _ = reference_table(frame, metric)
+    rows = {r["rho"]: r for _, r in table.iterrows()}
+    assert (rows[4]["paper"], rows[4]["model zoo"]) == (93.8, 94.7)
+    assert math.isnan(rows[2]["paper"]) and rows[2]["model zoo"] == 94.0
+
+
+def test_every_reference_is_the_figure_of_its_source():
+    """The table as checked against SlowFast's projects/contrastive_ssl/README.md (model zoo) and
+    the paper's numbers as issue 16 quotes them."""
+    figures = {(r.source, r.task, r.method, r.rho): r.value for r in REFERENCES}
+    assert len(figures) == len(REFERENCES), "one figure per source, task, method and ρ"
+    assert {k[2:]: v for k, v in figures.items() if k[:2] == ("paper", "k400-linear")} == {
+        ("moco", 2): 65.8, ("moco", 3): 67.3, ("byol", 4): 68.9, ("simclr", 2): 60.5, ("swav", 2): 61.6,
+    }  # fmt: skip
+    assert {k[2:]: v for k, v in figures.items() if k[:2] == ("model zoo", "k400-linear")} == {
+        ("moco", 2): 66.6, ("byol", 2): 67.4, ("simclr", 2): 61.5, ("swav", 2): 62.6,
+        ("moco", 4): 71.0, ("byol", 4): 70.1,
+    }  # fmt: skip
+    assert {k[2:]: v for k, v in figures.items() if k[:2] == ("model zoo", "ucf101-finetune")} == {
+        ("moco", 2): 91.3, ("byol", 2): 94.0, ("simclr", 2): 88.3, ("swav", 2): 90.2,
+        ("moco", 4): 94.5, ("byol", 4): 94.7,
+    }  # fmt: skip
+    assert figures["paper", "ucf101-finetune", "byol", 4] == 93.8
+
+
+def test_a_report_renders_each_source_in_its_own_column():
+    table, citations = reference_table(_full_scale_frame(), "eval.k400.linear_slowfast.top1")
+    block = _reference_block(table, citations)
+    assert block.header == [
+        "method",
+        "ρ",
+        "ours",
+        "paper [1]",
+        "SlowFast model zoo [2]",
+        "ours − paper",
+        "ours − model zoo",
+    ]
+    markdown = to_markdown([block])
+    lines = [line for line in markdown.splitlines() if line.startswith("| moco")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [c[:5] for c in cells] == [
+        ["moco", "2", "65.0 (n=2)", "65.8", "66.6"],
+        ["moco", "3", "68.0 (n=1)", "67.3", "-"],
+    ]
+    assert cells[1][5:] == ["+0.7", "-"]
+    html = to_html([block], "t")
+    assert "<th>paper [1]</th>" in html and "<th>SlowFast model zoo [2]</th>" in html
 
 
 def test_report_and_leaderboard_from_the_command_line(small_study, tmp_path):
