@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from harness.data.clip_starts import clip_starts
-from harness.data.decode import BadVideo, FrameCache, decode_clips
+from harness.data.decode import BadVideo, Decoder, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
 from harness.data.transforms import ClipTransform
 
@@ -61,6 +61,9 @@ class MultiClipDataset(Dataset):
         min_views: V is max(ρ, min_views). 2 (the default) makes ρ = 1 items two augmentations
             of one clip, the SSL positive pair; 1 gives supervised training one clip per video.
         autorotate: turn frames as the video's display matrix says (``data.autorotate``).
+        decoder: the decoding backend (``harness.data.decode.decoder``, ``data.decoder``; None: PyAV).
+        decode_short_side: scale frames in the decoder to at most this short side
+            (``data.decode_short_side``; None: full size).
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class MultiClipDataset(Dataset):
         cache: FrameCache | None = None,
         min_views: int = 2,
         autorotate: bool = True,
+        decoder: Decoder | None = None,
+        decode_short_side: int | None = None,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
@@ -89,6 +94,7 @@ class MultiClipDataset(Dataset):
         if min_views not in (1, 2):
             raise ValueError(f"min_views must be 1 or 2, got {min_views}")
         self.min_views, self.autorotate = min_views, autorotate
+        self.decoder, self.decode_short_side = decoder, decode_short_side
         self.bad_files: set[Path] = set()
 
     def preload(self) -> None:
@@ -173,8 +179,10 @@ class MultiClipDataset(Dataset):
             self.seek_threshold,
             self.cache,
             self.autorotate,
+            self.decoder,
+            self.decode_short_side,
         )
-        frames_per_clip = torch.from_numpy(frames)
+        frames_per_clip = torch.as_tensor(frames)  # NumPy, or CUDA tensors from NVDEC
         if self.views > self.clips:  # ρ = 1 with two views: two augmentations of the one clip
             frames_per_clip = frames_per_clip.expand(self.views, *frames_per_clip.shape[1:])
             seconds = np.repeat(seconds, self.views)
