@@ -189,3 +189,16 @@ def test_missing_torchcodec_is_a_config_error_naming_the_extra(tmp_path):
     except OSError as exc:
         message = torchcodec_problem(exc)
     assert "cannot load FFmpeg's shared libraries" in message and "apt-get install libavdevice59" in message
+
+
+@needs_torchcodec
+def test_torchcodec_in_dataloader_workers(tmp_path):
+    """Forked DataLoader workers decode with torchcodec (imported in the parent by the config
+    check) and give the items the training process gives."""
+    from torch.utils.data import DataLoader
+
+    entries = [VideoEntry(textured(tmp_path / f"v{i}.mp4", 30, 10), i) for i in range(2)]
+    dataset = MultiClipDataset(entries, 2, 2, 3, seed=5, decoder=decoder("torchcodec"))
+    (batch,) = DataLoader(dataset, batch_size=2, num_workers=1)
+    for i in range(2):
+        assert torch.equal(batch["clips"][i], dataset[i]["clips"])
