@@ -21,6 +21,7 @@ Files are Kinetics-like: 10 s at 30 fps, 340×256 and 640×360, x264 defaults (G
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import av
 import numpy as np
@@ -31,6 +32,7 @@ from harness.config import torchcodec_unavailable
 from harness.data import MultiClipDataset
 from harness.data.decode import decoder, frame_rgb
 from harness.speed import Check, SpeedContext, SpeedResult
+from harness.speed.environment import load_average
 from harness.speed.media import Stopwatch, textured_videos
 
 TITLE = "clips/s decoding ρ clips: PyAV vs torchcodec vs decord vs pytorchvideo get_clip vs one pass"
@@ -123,6 +125,7 @@ def run(ctx: SpeedContext) -> SpeedResult:
     seconds, fps = (2.0, 30) if quick else (10.0, 30)
     sizes = ((96, 64),) if quick else SIZES
     torch.set_num_threads(1)  # one decoding process, as in a DataLoader worker
+    load = load_average()
     missing = torchcodec_unavailable()
     has_decord = importlib.util.find_spec("decord") is not None
     labels = ["pyav", "torchcodec", "decord", "pytorchvideo", "pyav one pass", "torchcodec one pass"]
@@ -214,7 +217,17 @@ def run(ctx: SpeedContext) -> SpeedResult:
         Check(f"pyav / pytorchvideo at ρ=4 ({first})", at4["pyav / pytorchvideo"], ">=", 3.0),
         Check(f"limit / best ours at ρ=4 ({first})", at4["limit / best ours"], "<=", 1.3),
     ]
+    cores = os.cpu_count() or 1
     result.notes = [
+        *(
+            [
+                f"Ran under load: load average {load} on {cores} cores as it started (other jobs "
+                "shared the machine), so absolute clips/s are low and noisy; the decoders are interleaved "
+                "item by item, so the ratios are what count."
+            ]
+            if load != "?" and float(load) > cores
+            else []
+        ),
         f"{videos} videos per size of {seconds:g} s at {fps} fps, H.264 (x264 defaults: GOP 250, B-frames, "
         f"crf 23); T x τ = {frames} x {stride}; {items} items per ρ; global sampling; one process, one "
         "thread (clips/s per core); no augmentation (`rho bench augment` measures that).",
