@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from harness.errors import RhoError
 from harness.schema import (
     ConfigError,
     build_section,
@@ -40,6 +41,8 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALING = ("linear", "sqrt", "none")
 SCHEDULES = ("cosine_after_warmup", "cosine_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
+DECODERS = ("pyav", "torchcodec")  # harness.data.decode.DECODERS
+DECODE_DEVICES = ("cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 CLIP_ORDERS = ("time", "shuffled")  # data.clip_order
 T_MAX_MODES = ("start_to_start", "gap")  # data.t_max_mode: what t_max bounds (harness.data.clip_starts)
@@ -112,6 +115,21 @@ class DataConfig:
     )
     autorotate: bool = field_spec(
         True, help="turn frames as the video's display matrix says (phone videos), as players and ffmpeg do"
+    )
+    decoder: str = field_spec(
+        "pyav",
+        help="decoding backend: pyav, or torchcodec (pip install 'rho-harness[torchcodec]'; same frames)",
+        choices=DECODERS,
+    )
+    decode_device: str = field_spec(
+        "cpu",
+        help="where torchcodec decodes: cpu, or cuda (NVDEC; needs data.workers 0 and no data.cache)",
+        choices=DECODE_DEVICES,
+    )
+    decode_short_side: int | None = field_spec(
+        None,
+        help="scale training frames in the decoder to this short side (never up; null: full size)",
+        gt=0,
     )
     allow_outside_root: bool = field_spec(
         False, help="allow manifest rows outside the manifest's folder (../, absolute paths, symlinks out)"
@@ -231,7 +249,8 @@ class Experiment:
         return flatten(self.to_dict())
 
     # data keys that change how a run executes, never what it trains (kept out of training hashes)
-    EXECUTION_DATA_KEYS = ("workers", "val", "allow_outside_root", "cache")
+    # (the decoders give the same frames: which one and where it runs is execution too)
+    EXECUTION_DATA_KEYS = ("workers", "val", "allow_outside_root", "cache", "decoder", "decode_device")
 
     def training_hash(self) -> str:
         """Hash of everything that shapes the trained weights (not eval, logging or paths)."""
@@ -241,6 +260,8 @@ class Experiment:
         d["seed"] = runtime["seed"]
         for key in self.EXECUTION_DATA_KEYS:
             d["data"].pop(key)
+        if d["data"]["decode_short_side"] is None:
+            d["data"].pop("decode_short_side")  # full-size frames: the hash configs had before the key
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -349,6 +370,8 @@ def build_experiment(tree: dict[str, Any], check_files: bool = True) -> Experime
             sections[name] = build_section(name, cls, value, check_files, suggest=all_keys())
     experiment = Experiment(**sections)
     _check_cross_fields(experiment)
+    if check_files:
+        _check_decoder(experiment.data)
     return experiment
 
 
@@ -429,6 +452,15 @@ def _check_cross_fields(experiment: Experiment) -> None:
         )
     if data.t_min is not None and data.t_max is not None and data.t_min > data.t_max:
         raise ConfigError("data.t_min", data.t_min, f"at most data.t_max ({data.t_max})")
+    if data.decode_device == "cuda" and data.decoder != "torchcodec":
+        raise ConfigError("data.decode_device", "cuda", "cpu unless data.decoder is torchcodec (NVDEC)")
+    if data.decode_device == "cuda" and (data.workers or data.cache):
+        raise ConfigError(
+            "data.decode_device",
+            "cuda",
+            "cpu with DataLoader workers or data.cache: NVDEC decodes in the training process "
+            "(set data.workers=0 data.cache=false)",
+        )
     optim = experiment.optim
     if optim.warmup_epochs >= optim.epochs and optim.warmup_epochs > 0:
         raise ConfigError(
@@ -442,6 +474,49 @@ def _check_cross_fields(experiment: Experiment) -> None:
             optim.warmup_start_lr,
             f"less than optim.lr ({optim.lr}): the warmup ramps up to it",
         )
+
+
+class DecoderUnavailable(RhoError, RuntimeError):
+    """``data.decoder: torchcodec`` without torchcodec or the FFmpeg libraries it loads."""
+
+
+TORCHCODEC_PIP = "pip install 'rho-harness[torchcodec]' (or: pip install torchcodec)"
+TORCHCODEC_APT = (
+    "apt-get install libavdevice59 libavfilter8 libavformat59 libavcodec59 libavutil57 libswscale6 "
+    "libswresample4 (Debian 12; or any FFmpeg 4-8 shared libraries, e.g. the ffmpeg package)"
+)
+
+
+def torchcodec_problem(error: BaseException) -> str:
+    """What to install, given the error that importing ``torchcodec.decoders`` raised."""
+    if isinstance(error, ImportError) and (getattr(error, "name", None) or "").split(".")[0] == "torchcodec":
+        return f"torchcodec is not installed: {TORCHCODEC_PIP}"
+    return (
+        f"torchcodec is installed but cannot load FFmpeg's shared libraries "
+        f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}): {TORCHCODEC_APT}"
+    )
+
+
+def torchcodec_unavailable() -> str | None:
+    """None when torchcodec decodes here, else what to install (``torchcodec_problem``)."""
+    try:
+        import torchcodec.decoders  # noqa: F401  (loads libtorchcodec and FFmpeg)
+    except Exception as exc:  # ImportError, RuntimeError/OSError from the shared libraries
+        return torchcodec_problem(exc)
+    return None
+
+
+def _check_decoder(data: DataConfig) -> None:
+    """``data.decoder`` can decode on this machine (checked before a run starts)."""
+    if data.decoder == "torchcodec":
+        problem = torchcodec_unavailable()
+        if problem:
+            raise ConfigError("data.decoder", "torchcodec", f"pyav, or install torchcodec: {problem}")
+    if data.decode_device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("data.decode_device", "cuda", "cpu: no CUDA device is visible")
 
 
 def describe() -> str:

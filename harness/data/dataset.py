@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from harness.config import CLIP_ORDERS, T_MAX_MODES
 from harness.data.clip_starts import clip_order, clip_starts, gap_clip_starts
-from harness.data.decode import BadVideo, FrameCache, decode_clips
+from harness.data.decode import BadVideo, Decoder, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
 from harness.data.transforms import ClipTransform
 
@@ -70,6 +70,9 @@ class MultiClipDataset(Dataset):
         t_max_mode: what ``t_max`` bounds: ``"start_to_start"`` or ``"gap"`` (see ``t_max``).
         t_min: ``t_max_mode="gap"`` only: the smallest such gap in seconds, negative for an
             overlap (SlowFast's ``DELTA_CLIPS_MIN``; None: unbounded).
+        decoder: the decoding backend (``harness.data.decode.decoder``, ``data.decoder``; None: PyAV).
+        decode_short_side: scale frames in the decoder to at most this short side
+            (``data.decode_short_side``; None: full size).
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class MultiClipDataset(Dataset):
         clip_order: str = "time",
         t_max_mode: str = "start_to_start",
         t_min: float | None = None,
+        decoder: Decoder | None = None,
+        decode_short_side: int | None = None,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
@@ -110,6 +115,7 @@ class MultiClipDataset(Dataset):
         if min_views not in (1, 2):
             raise ValueError(f"min_views must be 1 or 2, got {min_views}")
         self.min_views, self.autorotate = min_views, autorotate
+        self.decoder, self.decode_short_side = decoder, decode_short_side
         self.bad_files: set[Path] = set()
 
     def preload(self) -> None:
@@ -197,8 +203,10 @@ class MultiClipDataset(Dataset):
             self.seek_threshold,
             self.cache,
             self.autorotate,
+            self.decoder,
+            self.decode_short_side,
         )
-        frames_per_clip = torch.from_numpy(frames)
+        frames_per_clip = torch.as_tensor(frames)  # NumPy, or CUDA tensors from NVDEC
         if self.views > self.clips:  # ρ = 1 with two views: two augmentations of the one clip
             frames_per_clip = frames_per_clip.expand(self.views, *frames_per_clip.shape[1:])
             seconds = np.repeat(seconds, self.views)

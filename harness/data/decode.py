@@ -16,7 +16,13 @@ frame's timestamp plus its duration) get the last frame (the "repeat last" polic
 shorter than a clip); the number of such times is reported.
 
 Frames are turned as players show them: a display matrix (phone videos: 90/180/270° and
-flips) is applied as ffmpeg's ``autorotate`` does, unless ``autorotate=False``.
+flips) is applied as ffmpeg's ``autorotate`` does, unless ``autorotate=False``. With
+``short_side``, frames are scaled in the RGB conversion (one swscale pass, bilinear) so that
+their short side is at most that many pixels, rather than converted at full size and resized.
+
+Backends (``data.decoder``): this module is the PyAV one (``PyAVDecoder``) and defines the
+interface, ``Decoder.open(path) -> OpenVideo`` whose ``at(times)`` is ``decode_times``'
+contract; ``harness.data.decode_torchcodec`` is the torchcodec one. ``decoder(name)`` picks one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -50,8 +57,22 @@ def _forget_reformatters() -> None:
 os.register_at_fork(after_in_child=_forget_reformatters)
 
 
-def frame_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """uint8 [H, W, 3]; one reformatter per thread keeps its swscale context (≈10× faster than a fresh one per frame).
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side brought down to ``short_side`` (never up; None: unchanged).
+
+    The long side as torchvision's ``resize(video, [short_side])`` computes it (truncated), so
+    a frame scaled in the decoder has the shape a decode-then-resize pipeline gives.
+    """
+    short, long = min(width, height), max(width, height)
+    if short_side is None or short <= short_side:
+        return width, height
+    scaled_long = int(short_side * long / short)
+    return (short_side, scaled_long) if width <= height else (scaled_long, short_side)
+
+
+def frame_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] (scaled to ``size`` = (width, height) in the same swscale pass, bilinear);
+    one reformatter per thread keeps its swscale context (≈10× faster than a fresh one per frame).
 
     One swscale thread: parallelism comes from DataLoader workers, and swscale's own thread
     pool costs far more than it saves on small frames (64×64: 6 µs a frame with one thread,
@@ -60,7 +81,12 @@ def frame_rgb(frame: av.VideoFrame) -> np.ndarray:
     reformatter = getattr(_local, "reformatter", None)
     if reformatter is None:
         reformatter = _local.reformatter = VideoReformatter()
-    return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+    if size is None or size == (frame.width, frame.height):
+        return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+    width, height = size
+    return reformatter.reformat(
+        frame, width, height, format="rgb24", interpolation="BILINEAR", threads=1
+    ).to_ndarray()
 
 
 Orient = Callable[[np.ndarray], np.ndarray]
@@ -298,6 +324,7 @@ def decode_times(
     seek_threshold: float = 1.0,
     path: str | Path = "",
     autorotate: bool = True,
+    short_side: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the frames shown at ``times``.
 
@@ -308,6 +335,8 @@ def decode_times(
             decoding forward.
         path: for error messages.
         autorotate: turn frames as the stream's display matrix says (``display_turn``).
+        short_side: scale frames in the RGB conversion so their short side is at most this
+            (``scaled_size``); None keeps the stored size.
 
     Returns:
         (frames uint8 [len(times), H, W, 3] in the order of ``times``, number of times past
@@ -328,6 +357,8 @@ def decode_times(
     gap = max(1, seek_threshold * fps)  # frames worth crossing by a seek
     seeking_helps = True  # False once a seek lands behind what was decoded (long GOPs)
     keyframes = _keyframe_indices(stream, fps, origin, time_base)
+    context = stream.codec_context
+    size = scaled_size(context.width, context.height, short_side) if short_side else None
 
     def worth_seeking(target: float) -> bool:
         """A long gap, and (where the container has an index) a keyframe after what was decoded."""
@@ -356,7 +387,7 @@ def decode_times(
                 if last_frame is None and autorotate:
                     turn = _TURNS[display_turn(frame)]
                 while i < len(targets) and not shown_by(start, targets[i]):
-                    found[i] = turn(frame_rgb(last_frame if last_frame is not None else frame))
+                    found[i] = turn(frame_rgb(last_frame if last_frame is not None else frame, size))
                     i += 1  # the time falls before this frame: the previous one is shown
                 position, last_frame = start, frame
                 last_length = frame_length(frame, time_base, fps)
@@ -372,11 +403,94 @@ def decode_times(
         raise BadVideo(f"{path}: truncated (no frame could be decoded)")
     padded = 0
     if i < len(targets):  # the stream ended: its last frame is shown until its end, then repeated
-        tail = turn(frame_rgb(last_frame))
+        tail = turn(frame_rgb(last_frame, size))
         past_end = shown_by(position + last_length, targets[i:])
         found[i:] = [tail] * (len(targets) - i)
         padded = int(np.isin(order, np.flatnonzero(past_end) + i).sum())
     return np.stack([found[k] for k in order]), padded
+
+
+class OpenVideo(Protocol):
+    """One video opened by a ``Decoder``: what sampling needs to know, and the frames at given times."""
+
+    info: VideoInfo
+
+    def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
+        """``decode_times``' contract: (uint8 [len(times), H, W, 3], times past the end)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Decoder(Protocol):
+    """A decoding backend (``data.decoder``): opens a file as an ``OpenVideo``.
+
+    Every backend gives the same frames for the same times (the frame shown then, turned by
+    the display matrix, the last one repeated past the end) and raises ``BadVideo`` with the
+    same kinds for the same bad files.
+    """
+
+    name: str
+
+    def open(
+        self, path: str | Path, *, seek_threshold: float, autorotate: bool, short_side: int | None
+    ) -> OpenVideo: ...
+
+
+@dataclass
+class _PyAVVideo:
+    container: av.container.InputContainer
+    info: VideoInfo
+    path: str | Path
+    seek_threshold: float
+    autorotate: bool
+    short_side: int | None
+
+    def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
+        return decode_times(
+            self.container, times, self.seek_threshold, self.path, self.autorotate, self.short_side
+        )
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class PyAVDecoder:
+    """The default backend: one PyAV container per video, ``decode_times`` on it."""
+
+    name = "pyav"
+
+    def open(
+        self, path: str | Path, *, seek_threshold: float = 1.0, autorotate: bool = True, short_side=None
+    ) -> OpenVideo:
+        container = open_video(path)
+        try:
+            info = probe(container, path)
+        except BaseException:
+            container.close()
+            raise
+        return _PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
+
+
+DECODERS = ("pyav", "torchcodec")
+
+
+def decoder(name: str = "pyav", device: str = "cpu") -> Decoder:
+    """The backend called ``name`` (``data.decoder``); ``device`` = "cuda" is torchcodec's NVDEC.
+
+    Raises:
+        DecoderUnavailable: torchcodec or its FFmpeg libraries are missing (the message says
+            what to install).
+    """
+    if name == "pyav":
+        if device != "cpu":
+            raise ValueError(f"decoder pyav decodes on the CPU only, got device {device!r}")
+        return PyAVDecoder()
+    if name == "torchcodec":
+        from harness.data.decode_torchcodec import TorchcodecDecoder
+
+        return TorchcodecDecoder(device)
+    raise ValueError(f"unknown decoder {name!r}; one of {', '.join(DECODERS)}")
 
 
 def decode_clips(
@@ -388,6 +502,8 @@ def decode_clips(
     seek_threshold: float = 1.0,
     cache: FrameCache | None = None,
     autorotate: bool = True,
+    backend: Decoder | None = None,
+    short_side: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Open a manifest entry once and decode the clips whose starts ``pick_starts`` chooses.
 
@@ -400,6 +516,9 @@ def decode_clips(
         cache: take the frames from this cache (decoding the whole video into it on a miss)
             instead of decoding them from the file; the frames are the same.
         autorotate: see ``decode_times`` (a cache turns frames as it was built to).
+        backend: the decoder (``decoder(name)``; None: PyAV).
+        short_side: scale frames in the decoder to at most this short side (``scaled_size``;
+            not with a cache, which keeps full frames).
 
     Returns:
         (uint8 [n, T, H, W, 3], start times in seconds [n], frames padded past the end).
@@ -407,20 +526,13 @@ def decode_clips(
     if cache is not None:
         video = cache.get(entry.path)
         return _clips(entry, video.info, frames, stride, fps, pick_starts, video.at)
-    container = open_video(entry.path)
+    opened = (backend or PyAVDecoder()).open(
+        entry.path, seek_threshold=seek_threshold, autorotate=autorotate, short_side=short_side
+    )
     try:
-        info = probe(container, entry.path)
-        return _clips(
-            entry,
-            info,
-            frames,
-            stride,
-            fps,
-            pick_starts,
-            lambda times: decode_times(container, times, seek_threshold, entry.path, autorotate),
-        )
+        return _clips(entry, opened.info, frames, stride, fps, pick_starts, opened.at)
     finally:
-        container.close()
+        opened.close()
 
 
 def _clips(

@@ -19,7 +19,7 @@ from harness import backbones
 from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError, Experiment, OptimConfig, load_experiment_text
 from harness.data import MultiClipDataset, read_manifest, train_transform
-from harness.data.decode import CacheFull, FrameCache
+from harness.data.decode import CacheFull, FrameCache, decoder
 from harness.data.epoch_order import EpochBatchSampler, EpochSampler
 from harness.data.manifest import num_classes
 from harness.optim import build_optimizer
@@ -72,6 +72,8 @@ def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiC
         clip_order=data.clip_order,
         t_max_mode=data.t_max_mode,
         t_min=data.t_min,
+        decoder=decoder(data.decoder, data.decode_device),
+        decode_short_side=data.decode_short_side,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from harness.cli import main
+from harness.config import torchcodec_unavailable
 from harness.data import MultiClipDataset
 from harness.speed import Check, SpeedResult, discover
 from harness.speed.media import QUICK_SYNTH
@@ -110,16 +111,25 @@ def test_cli_decode_quick_writes_results(tmp_path, workdir, capsys):
     output = tmp_path / "RESULTS.md"
     assert main(["bench", "decode", "--quick", "--output", str(output), "--workdir", str(workdir)]) == 0
     stored = SpeedResult.from_dict(json.loads(output.with_suffix(".json").read_text())["decode"])
-    assert stored.column("ρ") == [1, 2, 4]
+    assert stored.column("ρ") == [1, 2, 4] and stored.column("size") == ["96x64"] * 3
+    torchcodec = torchcodec_unavailable() is None
     for row in stored.rows:
         record = dict(zip(stored.columns, row, strict=True))
-        assert record["frames = limit"] is True  # ours decodes exactly the forward decode's frames
-        ratio = record["ours clips/s"] / record["pytorchvideo clips/s"]
-        assert record["ours / pytorchvideo"] == pytest.approx(ratio)
-        assert record["limit / ours"] == pytest.approx(record["limit clips/s"] / record["ours clips/s"])
+        assert record["frames identical"] is True  # every backend and one pass: our PyAV path's frames
+        assert record["pyav / pytorchvideo"] == pytest.approx(
+            record["pyav clips/s"] / record["pytorchvideo clips/s"]
+        )
+        best = max(record["pyav clips/s"], record["torchcodec clips/s"] if torchcodec else 0.0)
+        assert record["limit / best ours"] == pytest.approx(record["limit clips/s"] / best)
+        assert record["limit by"] in ("pyav one pass", "torchcodec one pass")
+        if torchcodec:
+            assert record["torchcodec / pyav"] == pytest.approx(
+                record["torchcodec clips/s"] / record["pyav clips/s"]
+            )
     # one open for four clips beats four opens and four seeks, whatever the machine
-    assert stored.row(**{"ρ": 4})["ours / pytorchvideo"] > 1.0
-    assert stored.check("ours / pytorchvideo at ρ=4").value == stored.row(**{"ρ": 4})["ours / pytorchvideo"]
+    at4 = stored.row(size="96x64", **{"ρ": 4})
+    assert at4["pyav / pytorchvideo"] > 1.0
+    assert stored.check("pyav / pytorchvideo at ρ=4 (96x64)").value == at4["pyav / pytorchvideo"]
     text = output.read_text()
     assert "rho bench --quick decode" in text and "## decode" in text and "load average" in text
     assert "| decode | quick |" in capsys.readouterr().out
