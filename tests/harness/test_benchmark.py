@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.eval import PROTOCOLS, FinetuneSpec, KnnSpec, LinearSlowFastSpec, LinearSpec, load_benchmark
 from harness.eval.spec import PROTOCOL_SPECS
@@ -77,10 +78,24 @@ def test_every_shipped_benchmark_loads(path, data_root):
 def test_paper_benchmarks_use_the_papers_views(data_root):
     k400 = load_benchmark(REPO / "benchmarks" / "k400_linear.yaml")
     views = k400.views
-    assert (views.frames, views.stride, views.crop, views.short_side) == (8, 8, 224, 256)
+    assert (views.frames, views.fps, views.stride, views.crop, views.short_side) == (8, 30, 9, 224, 256)
     assert (views.test_temporal, views.test_spatial) == (10, 3)
     ucf = load_benchmark(REPO / "benchmarks" / "ucf101_split1_finetune.yaml").settings
     assert (ucf.epochs, ucf.lr, ucf.batch_size, ucf.weight_decay, ucf.dropout) == (200, 0.005, 64, 1e-4, 0.5)
+    # Every full-scale benchmark samples its clips as the full-scale pretraining does (SlowFast's
+    # 8x8: NUM_FRAMES 8, SAMPLING_RATE 8 at TARGET_FPS 30, every 9th frame of a 30 fps grid).
+    pretraining = yaml.safe_load((REPO / "studies/experiments/k400_slow_r50.yaml").read_text())["data"]
+    assert (pretraining["frames"], pretraining["fps"], pretraining["stride"]) == (8, 30, 9)
+    for name in (
+        "k400_linear",
+        "k400_knn",
+        "k400_linear_slowfast",
+        "ucf101_split1_linear",
+        "ucf101_split1_finetune",
+        "hmdb51_split1_finetune",
+    ):
+        v = load_benchmark(REPO / "benchmarks" / f"{name}.yaml").views
+        assert (v.frames, v.fps, v.stride) == (8, 30, 9), name
 
 
 def test_unknown_keys_get_a_suggestion_and_the_file_name(tmp_path, data_root):

@@ -184,9 +184,11 @@ def test_the_shipped_benchmark_is_slowfasts_linear_k400(monkeypatch):
         8,
     )
     assert (s.train_crop, s.backbone_bn, s.augment.color_p, s.augment.grayscale_p) == (224, "train", 0.0, 0.0)
-    assert (v.frames, v.stride, v.crop, v.short_side, v.test_temporal, v.test_spatial) == (
+    # NUM_FRAMES 8, SAMPLING_RATE 8 at TARGET_FPS 30: every 9th frame of a 30 fps grid
+    assert (v.frames, v.fps, v.stride, v.crop, v.short_side, v.test_temporal, v.test_spatial) == (
         8,
-        8,
+        30,
+        9,
         256,
         256,
         10,
