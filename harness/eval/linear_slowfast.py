@@ -16,7 +16,6 @@ training video), which stays the fast default for CPU studies.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from harness.eval.context import EvalContext
 from harness.eval.finetune import _feature_dim, score_on_views, train_on_clips
 from harness.eval.metrics import accuracy
 from harness.eval.spec import Benchmark, LinearSlowFastSpec
+from harness.optim import lr_at
 from harness.runtime import Device, Runtime
 
 
@@ -75,12 +75,7 @@ def slowfast_lr(epoch: float, settings: LinearSlowFastSpec) -> float:
     ``lr`` to 0 over all epochs (``COSINE_AFTER_WARMUP: False``); before ``warmup_epochs`` a
     line from 0 (``WARMUP_START_LR``) to the cosine's value at the warmup's end."""
 
-    def cosine(at: float) -> float:
-        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * at / settings.epochs))
-
-    if epoch < settings.warmup_epochs:
-        return epoch * cosine(settings.warmup_epochs) / settings.warmup_epochs
-    return cosine(epoch)
+    return lr_at(epoch, settings.epochs, settings.warmup_epochs, settings.lr, schedule="cosine_with_warmup")
 
 
 def fit_linear_on_clips(encoder: nn.Module, benchmark: Benchmark, context: EvalContext) -> FrozenEncoderProbe:
