@@ -438,7 +438,9 @@ class Decoder(Protocol):
 
 
 @dataclass
-class _PyAVVideo:
+class PyAVVideo:
+    """One open video decoded by PyAV (``decode_times``)."""
+
     container: av.container.InputContainer
     info: VideoInfo
     path: str | Path
@@ -469,7 +471,7 @@ class PyAVDecoder:
         except BaseException:
             container.close()
             raise
-        return _PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
+        return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
 
 
 DECODERS = ("pyav", "torchcodec")

@@ -29,10 +29,11 @@ import numpy as np
 from harness.config import DecoderUnavailable, torchcodec_unavailable
 from harness.data.decode import (
     _TURNS,
+    ON_GRID,
     BadVideo,
     OpenVideo,
+    PyAVVideo,
     VideoInfo,
-    decode_times,
     open_video,
     probe,
     read_turn,
@@ -40,13 +41,11 @@ from harness.data.decode import (
     shown_by,
 )
 
-_ON_GRID = 0.1  # frames: as ``harness.data.decode.ON_GRID``
-
 
 def _snap(positions: np.ndarray) -> np.ndarray:
-    """Positions within ``_ON_GRID`` of the grid put on it (``frame_position``'s rule)."""
+    """Positions within ``ON_GRID`` of the grid put on it (``frame_position``'s rule)."""
     nearest = np.round(positions)
-    return np.where(np.abs(positions - nearest) <= _ON_GRID, nearest, positions)
+    return np.where(np.abs(positions - nearest) <= ON_GRID, nearest, positions)
 
 
 def _quarter_turns(degrees: float | None) -> int:
@@ -120,7 +119,7 @@ class _TorchcodecVideo:
         time_base, origin = stream.time_base or Fraction(1, 1), stream.start_time or 0
         self.starts = _snap((index.pts - origin).astype(np.float64) * float(time_base) * info.fps)
         last = float(index.durations[-1] * time_base) * info.fps if index.durations[-1] else 1.0
-        self.end = self.starts[-1] + (float(round(last)) if abs(last - round(last)) <= _ON_GRID else last)
+        self.end = self.starts[-1] + (float(round(last)) if abs(last - round(last)) <= ON_GRID else last)
         mappings = index.mappings()
         width, height = scaled_size(info.width, info.height, short_side)  # stored orientation
         try:
@@ -209,7 +208,8 @@ class TorchcodecDecoder:
             info = probe(container, path)
             index = _frame_index(container, path)
             if index is None:  # no timestamps to index by: decode this file the PyAV way
-                return _Fallback(container, info, path, seek_threshold, autorotate, short_side)
+                # without packet timestamps: PyAV decodes it (the same frames)
+                return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
             video = _TorchcodecVideo(container, info, index, path, self.device, autorotate, short_side)
         except BaseException:
             container.close()
@@ -220,26 +220,6 @@ class TorchcodecDecoder:
                 f"{path}: not a video NVDEC decodes here (a display matrix: use decode_device cpu)"
             )
         return video
-
-
-@dataclass
-class _Fallback:
-    """A stream without packet timestamps, decoded by PyAV (``decode_times``): the same frames."""
-
-    container: av.container.InputContainer
-    info: VideoInfo
-    path: str | Path
-    seek_threshold: float
-    autorotate: bool
-    short_side: int | None
-
-    def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
-        return decode_times(
-            self.container, times, self.seek_threshold, self.path, self.autorotate, self.short_side
-        )
-
-    def close(self) -> None:
-        self.container.close()
 
 
 __all__ = ["TorchcodecDecoder"]
