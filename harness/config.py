@@ -40,6 +40,7 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALING = ("linear", "sqrt", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+AUGMENT_PLACEMENTS = ("worker", "device")
 
 
 @dataclass
@@ -59,6 +60,13 @@ class AugmentConfig:
     )
     grayscale_p: float = field_spec(0.2, help="grayscale probability", min=0.0, max=1.0)
     blur_p: float = field_spec(0.0, help="Gaussian blur probability", min=0.0, max=1.0)
+    placement: str = field_spec(
+        "worker",
+        help="where clips are augmented: worker (each clip in the DataLoader workers) or device (the "
+        "workers only decode and draw the parameters; the training process augments each batch on its "
+        "device, the GPU where there is one); the same draws and results either way",
+        choices=AUGMENT_PLACEMENTS,
+    )
 
 
 @dataclass
@@ -206,6 +214,7 @@ class Experiment:
         d["seed"] = runtime["seed"]
         for key in self.EXECUTION_DATA_KEYS:
             d["data"].pop(key)
+        d["data"]["augment"].pop("placement")  # where the same draws are applied, not what they are
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -11,6 +11,11 @@ An item is a dict:
 - ``bad_videos`` str, those videos and why (JSON ``[[path, reason], ...]``: a string, so that
   the default collate keeps it), for ``note_skips``.
 
+With a ``DeferredAugment`` transform (``data.augment.placement: device``) ``clips`` is replaced
+by ``frames``, uint8 [V, T, H, W, 3] as decoded, and ``draws`` [V, P], each clip's augmentation
+parameters drawn as the per-clip transform draws them; ``collate_frames`` batches such items and
+``DeviceAugment`` turns the batch into ``clips`` in the training process.
+
 Randomness (clip starts and augmentation) comes from a generator seeded by
 (seed, epoch, index), so an item is the same whatever the worker count or order; pass
 ``(epoch, index)`` as the key to vary it by epoch. An unreadable, truncated or zero-frame
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from harness.data.batched import DRAWS, FRAMES, DeferredAugment
 from harness.data.clip_starts import clip_starts
 from harness.data.decode import BadVideo, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
@@ -52,7 +58,7 @@ class MultiClipDataset(Dataset):
         stride: τ ≥ 1, in frames of ``fps``.
         t_max: the largest distance in seconds between two clip starts (None: global).
         transform: per-clip transform, uint8 [T, H, W, 3] → float [C, T, H, W]; None gives
-            float [3, T, H, W] in [0, 1] without augmentation.
+            float [3, T, H, W] in [0, 1] without augmentation; a ``DeferredAugment`` only draws.
         seed: base seed of the per-item generators.
         fps: resample to this rate (None: each video's own rate).
         seek_threshold: decoder gap (s) above which it seeks rather than decodes forward.
@@ -70,7 +76,7 @@ class MultiClipDataset(Dataset):
         frames: int,
         stride: int,
         t_max: float | None = None,
-        transform: ClipTransform | None = None,
+        transform: ClipTransform | DeferredAugment | None = None,
         seed: int = 0,
         fps: float | None = None,
         seek_threshold: float = 1.0,
@@ -121,14 +127,14 @@ class MultiClipDataset(Dataset):
             entry = self.entries[row]
             rng = np.random.default_rng([self.seed, epoch, row])
             try:
-                clips, starts, padded = self._load(entry, rng)
+                views, starts, padded = self._load(entry, rng)
             except BadVideo as exc:
                 bad.append((str(entry.path), str(exc)))
                 if get_worker_info() is None:  # in a worker: the batch carries it to note_skips
                     self._skip(entry.path, str(exc))
                 continue
             return {
-                "clips": clips,
+                **views,
                 "label": entry.label,
                 "index": row,
                 "starts": torch.as_tensor(starts, dtype=torch.float32),
@@ -157,8 +163,9 @@ class MultiClipDataset(Dataset):
             self.bad_files.add(path)
             log.warning("skipping unreadable video %s; `rho data check` lists all such files", reason)
 
-    def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, int]:
-        """Decode one video once and build its V transformed clips."""
+    def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[dict, np.ndarray, int]:
+        """Decode one video once and build its V transformed clips (``clips``), or, for a
+        ``DeferredAugment`` transform, their uint8 frames and drawn parameters (``frames``, ``draws``)."""
 
         def pick_starts(num_frames: int, span: int, fps: float) -> np.ndarray:
             t_max_frames = None if self.t_max is None else math.floor(self.t_max * fps + 1e-6)
@@ -182,8 +189,11 @@ class MultiClipDataset(Dataset):
             torch.default_generator.manual_seed(
                 int(rng.integers(2**63 - 1))
             )  # CPU only: no lazy CUDA seeding
+            if isinstance(self.transform, DeferredAugment):  # data.augment.placement: device
+                draws = torch.stack([self.transform.draw(clip) for clip in frames_per_clip])
+                return {FRAMES: frames_per_clip, DRAWS: draws}, seconds, padded
             clips = torch.stack([self._transform(clip) for clip in frames_per_clip])
-        return clips, seconds, padded
+        return {"clips": clips}, seconds, padded
 
     def _transform(self, clip: torch.Tensor) -> torch.Tensor:
         if self.transform is None:
