@@ -101,12 +101,11 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, window: int, size:
     return torch.floor(0.5 + weights * 2 ** bits.view(-1, 1, 1)), bits
 
 
-def _fixed_point_pass(weights: torch.Tensor, bits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """``weights`` [N, out, in] @ ``pixels`` [N, in, M] rounded back to uint8 levels as the kernel
-    rounds: (sum + half) >> bits. The sums of integer weights times uint8 levels are integers below
-    2^24, exact in float32 on the CPU; CUDA runs them in float64 (its float32 products may be TF32)."""
-    half = 2 ** (bits.to(pixels.dtype).view(-1, 1, 1) - 1)
-    total = torch.bmm(weights.to(pixels.dtype), pixels)
+def _fixed_point_round(total: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Sums of integer weights times uint8 levels back to uint8 levels as the kernel rounds them:
+    (sum + half) >> bits, with ``bits`` [N] per clip. The sums are integers below 2^24, exact in
+    float32 on the CPU; CUDA runs them in float64 (its float32 products may be TF32)."""
+    half = 2 ** (bits.to(total.dtype).view(-1, *[1] * (total.dim() - 1)) - 1)
     return total.add_(half).div_(2 * half).floor_().clamp_(0, 255)  # dividing by 2^bits is exact
 
 
@@ -119,8 +118,7 @@ def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 def _grey(video: torch.Tensor) -> torch.Tensor:
     """torchvision's luma of float RGB [..., H, W, 3] → [..., H, W, 1]."""
-    r, g, b = video.unbind(dim=-1)
-    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-1)
+    return video @ torch.tensor([[0.2989], [0.587], [0.114]], device=video.device)
 
 
 def _factor(values: torch.Tensor) -> torch.Tensor:
@@ -128,7 +126,8 @@ def _factor(values: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(video: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (video * factor + other * (1.0 - factor)).clamp_(0.0, 1.0)
+    """torchvision's blend ``factor * video + (1 - factor) * other``, clamped, as one lerp (exact at factor 1)."""
+    return torch.lerp(other, video, factor).clamp_(0.0, 1.0)
 
 
 def _hue(video: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -173,11 +172,14 @@ class BatchedAugment:
         col_weights, col_bits = resize_weights((left - first_col).to(**on), box_w.to(**on), cols, self.crop)
         flip = (draws[:, Draw.flip] > 0).view(-1, 1, 1).to(**on)
         col_weights = torch.where(flip, col_weights.flip(1), col_weights)
-        window = window.permute(0, 3, 1, 2, 4).to(dtype)  # [N, cols, T, rows, 3], one copy
-        wide = _fixed_point_pass(col_weights, col_bits, window.reshape(n, cols, -1))
-        wide = wide.view(n, self.crop, frames_n, rows, 3).permute(0, 3, 1, 2, 4).reshape(n, rows, -1)
-        out = _fixed_point_pass(row_weights, row_bits, wide).view(n, self.crop, self.crop, frames_n, 3)
-        return out.permute(0, 3, 1, 2, 4).float().contiguous()  # [N, T, crop, crop, 3]
+        # columns: [N, T, rows, 3, cols] @ [N, cols, crop] (the channel/column swap is the one copy)
+        window = window.transpose(-1, -2).contiguous().to(dtype).view(n, -1, cols)
+        wide = torch.bmm(window, col_weights.to(dtype).transpose(1, 2))
+        wide = _fixed_point_round(wide, col_bits).view(n, frames_n, rows, 3 * self.crop)
+        # rows: [N, 1, crop, rows] @ [N, T, rows, 3 * crop]
+        out = _fixed_point_round(torch.matmul(row_weights.to(dtype)[:, None], wide), row_bits)
+        out = out.view(n, frames_n, self.crop, 3, self.crop).transpose(-1, -2)
+        return out.to(torch.float32, memory_format=torch.contiguous_format)  # [N, T, crop, crop, 3]
 
     def colour(self, video: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """Colour jitter (each clip's steps in its drawn order), grayscale and blur on float [N, T, H, W, 3] in [0, 1].

@@ -133,6 +133,9 @@ def test_augment_is_bit_identical_to_the_v2_pipeline(benches, workdir):
         assert record["v2 clips/s"] > 0 and record["ours / v2"] == pytest.approx(
             record["ours clips/s"] / record["v2 clips/s"]
         )
+        assert record["batched clips/s"] > 0 and record["batched - per-clip, max"] < 1e-4
+    assert result.check("largest batched - per-clip difference").met
+    assert result.check("batched / per-clip on the demo's clips").value == result.rows[0][6]
 
 
 def test_step_overhead_same_weights_as_hand_written_loop(benches, workdir):
