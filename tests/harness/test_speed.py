@@ -192,7 +192,7 @@ def test_loading_reports_the_engine_data_wait(benches, workdir, tmp_path, monkey
     monkeypatch.setattr(MultiClipDataset, "__getitem__", slow_item)
     threads = torch.get_num_threads()
     other = 1 if threads > 1 else 2
-    result = quick(benches, workdir, "loading", epochs=2, threads=other, config=demo_in_process)
+    result = quick(benches, workdir, "loading", epochs=2, threads=other, config=demo_in_process, matrix=0)
     assert [tuple(r[:2]) for r in result.rows] == [(threads, 1), (threads, 2), (other, 1), (other, 2)]
     quick_batch = benches["loading"].module.QUICK["data.batch_size"]
     items = QUICK_SYNTH.train_videos // quick_batch * quick_batch  # per epoch: 4 steps of 4 videos
@@ -204,6 +204,21 @@ def test_loading_reports_the_engine_data_wait(benches, workdir, tmp_path, monkey
     default = result.row(epoch=2, **{"torch threads": threads})
     assert result.check("data wait, epochs 2+").value == default["data wait"]
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+def test_loading_matrix_per_decoder_and_placement_at_rho_4(benches, workdir):
+    """ρ = 4 on Kinetics-like files and the demo data, each decoder x placement; a decoder that
+    cannot run is skipped with a note, the others still run."""
+    result = quick(benches, workdir, "loading", epochs=2, videos=4, decoders="pyav,nodecoder")
+    names = [check.name for check in result.checks]
+    for files in ("Kinetics-like", "demo"):
+        for placement in ("worker", "device"):
+            check = result.check(f"data wait, {files} ρ=4 pyav {placement}")
+            assert 0 <= check.value <= 1 and check.bound == 0.10
+    assert not any("nodecoder" in name for name in names)
+    assert any("nodecoder" in note and "skipped" in note for note in result.notes)
+    assert any("| Kinetics-like | 4 | pyav | device |" in note for note in result.notes)
 
 
 @pytest.mark.slow
