@@ -247,3 +247,22 @@ def test_gpu_benchmark_config_and_skip(benches, workdir, tiny_synth):
     result = quick(benches, workdir, "gpu")
     assert result.skipped == "no CUDA device" and result.met is None
     assert "**Skipped:** no CUDA device" in result.markdown()
+
+
+def test_gpu_script_dry_run_runs_every_configuration_on_the_cpu(benches, workdir, capsys):
+    """The prepared GPU script's CPU dry mode: ρ = 2 and 4 x each decoder x both placements, each
+    recorded with clips/s, data wait and peak memory; an unknown decoder fails alone, as a note."""
+    gpu = benches["gpu"].module
+    result = quick(benches, workdir, "gpu", dry_run=1, decoders="pyav,nodecoder", max_seconds=600)
+    assert [tuple(r[:3]) for r in result.rows] == [
+        (rho, "pyav", placement) for rho in (2, 4) for placement in ("worker", "device")
+    ]
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
+        assert record["clips/s"] > 0 and 0 <= record["data wait"] <= 1 and record["peak memory GiB"] > 0
+    assert sum("nodecoder" in note for note in result.notes) == 4 and "CPU dry run" in result.notes[0]
+    budgeted = quick(benches, workdir, "gpu", dry_run=1, clips="2", max_seconds=0.001)
+    assert budgeted.rows[:1] and len(budgeted.rows) == 1, "the first always runs; none after the budget"
+    assert any("budget would be passed" in note for note in budgeted.notes)
+    assert gpu.main(["--dry-run", "--max-seconds", "0.001", "--workdir", str(workdir)]) == 0
+    assert "gpu" in capsys.readouterr().out
