@@ -51,10 +51,11 @@ def same_draws(augment: AugmentConfig, crop: int, clips: int = 24):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("crop", [32, 48])  # shrinking (antialiased) and, for small boxes, enlarging
-def test_with_the_same_draws_the_batch_equals_the_per_clip_path(case, crop):
+@pytest.mark.parametrize("resize", BatchedAugment.RESIZES)  # the GPU's matrices, the CPU's kernel
+def test_with_the_same_draws_the_batch_equals_the_per_clip_path(case, crop, resize):
     frames, draws, expected = same_draws(CASES[case], crop)
     assert frames.shape == (24, 4, 64, 60, 3), "padded to the batch's largest frame"
-    out = BatchedAugment(crop, CASES[case])(frames, draws)
+    out = BatchedAugment(crop, CASES[case], resize=resize)(frames, draws)
     assert out.shape == expected.shape == (24, 3, 4, crop, crop)
     # the crop is the uint8 kernel's exactly; the float colour steps agree to rounding
     assert (out - expected).abs().max() < 1e-5, case
