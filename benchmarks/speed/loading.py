@@ -164,6 +164,13 @@ def matrix(ctx: SpeedContext, config: Path, root: Path, tmp: str, epochs: int) -
         "config's (r3d_tiny on the CPU); the device placement augments on the CPU here, in the training "
         "process, counted as data wait."
     )
+    if not torch.cuda.is_available() and any(r[3] == "device" for r in rows):
+        notes.append(
+            "Without a GPU the device placement augments on the CPU in the training process, one batch "
+            "after another between steps: that time is data wait by construction (the workers' share "
+            "shrinks, the training process's grows). It is meant for a GPU, where the batch's augmentation "
+            "is a few kernels beside the step (benchmarks/speed/gpu.py)."
+        )
     return rows, checks, notes
 
 

@@ -21,8 +21,9 @@ exactly the uint8 kernel's; tested), so both placements train on the same distri
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as nnf
@@ -110,6 +111,18 @@ def _fixed_point_round(total: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     float32 on the CPU; CUDA runs them in float64 (its float32 products may be TF32)."""
     half = 2 ** (bits.to(total.dtype).view(-1, *[1] * (total.dim() - 1)) - 1)
     return total.add_(half).div_(2 * half).floor_().clamp_(0, 255)  # dividing by 2^bits is exact
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """No TF32 inside (CUDA's float32 products and convolutions; the runtime allows it for
+    training): the luma, hue and blur products stay float32 as on the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
@@ -250,17 +263,25 @@ class BatchedAugment:
         padded = nnf.pad(planes, [half] * 4, mode="reflect")
         return nnf.conv2d(padded, weight, groups=s * t * c).view(s, t, c, h, w).permute(0, 1, 3, 4, 2)
 
+    CPU_CHUNK = 2**20  # float elements per chunk on the CPU (4 MiB): the chunk's passes stay in cache
+
     def __call__(self, frames: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         draws = draws.to("cpu", torch.float32)
-        resize = self.resize or ("kernel" if frames.device.type == "cpu" else "matrix")
+        on_cpu = frames.device.type == "cpu"
+        resize = self.resize or ("kernel" if on_cpu else "matrix")
         crop = self.crop_kernel if resize == "kernel" else self.crop_resize_flip
-        video = crop(frames, draws).div_(255.0)
-        video = self.colour(video, draws)
-        mean = torch.tensor(MEAN, device=video.device)
-        std = torch.tensor(STD, device=video.device)
-        return (
-            video.sub_(mean).div_(std).permute(0, 4, 1, 2, 3)
-        )  # [N, 3, T, crop, crop], channels last in memory
+        out = torch.empty(len(frames), frames.shape[1], self.crop, self.crop, 3, device=frames.device)
+        # on the CPU a few clips at a time: each step is a pass over memory, and a whole batch of
+        # large clips does not stay in cache between passes (the per-clip path's one clip does)
+        chunk = max(1, self.CPU_CHUNK // out[0].numel()) if on_cpu else len(frames)
+        mean = torch.tensor(MEAN, device=frames.device)
+        std = torch.tensor(STD, device=frames.device)
+        with full_float32():
+            for start in range(0, len(frames), chunk):
+                part = slice(start, start + chunk)
+                video = self.colour(crop(frames[part], draws[part]).div_(255.0), draws[part])
+                out[part] = video.sub_(mean).div_(std)
+        return out.permute(0, 4, 1, 2, 3)  # [N, 3, T, crop, crop], channels last in memory
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(crop={self.crop})"
