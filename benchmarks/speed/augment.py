@@ -115,9 +115,10 @@ def run(ctx: SpeedContext) -> SpeedResult:
         f"Batched: {batch} clips per batch ({min(batch, max(4, clips // 20))} at 224 px), the same thread; its "
         "time includes drawing each clip's parameters (the workers' share with data.augment.placement: "
         "device). `batched / per-clip` is the ratio of the two columns measured in the same batches; the "
-        "per-clip column there is the `ours` path again, timed batch by batch. Its resize is the uint8 "
-        "kernel's fixed-point arithmetic as two matrix products per clip over a window the size of the "
-        "batch's largest crop box, so on the CPU it does more arithmetic than the per-clip kernel (zeros "
-        "of the matrices); on a GPU the batch is one set of kernels (benchmarks/speed/gpu.py).",
+        "per-clip column there is the `ours` path again, timed batch by batch. On the CPU the batched path "
+        "crops with the same uint8 kernel, clip by clip, and runs the colour steps on a few clips at a time "
+        "(4 MiB of floats: a whole batch of large clips falls out of cache between passes); its colour steps "
+        "make more passes over memory than the per-clip kernels, so it is not faster here. On a GPU the "
+        "batch is a few kernels (benchmarks/speed/gpu.py).",
     ]
     return result
