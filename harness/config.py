@@ -46,6 +46,7 @@ DECODE_DEVICES = ("cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 CLIP_ORDERS = ("time", "shuffled")  # data.clip_order
 T_MAX_MODES = ("start_to_start", "gap")  # data.t_max_mode: what t_max bounds (harness.data.clip_starts)
+AUGMENT_PLACEMENTS = ("worker", "device")
 
 
 @dataclass
@@ -65,6 +66,13 @@ class AugmentConfig:
     )
     grayscale_p: float = field_spec(0.2, help="grayscale probability", min=0.0, max=1.0)
     blur_p: float = field_spec(0.0, help="Gaussian blur probability", min=0.0, max=1.0)
+    placement: str = field_spec(
+        "worker",
+        help="where clips are augmented: worker (each clip in the DataLoader workers) or device (the "
+        "workers only decode and draw the parameters; the training process augments each batch on its "
+        "device, the GPU where there is one); the same draws and results either way",
+        choices=AUGMENT_PLACEMENTS,
+    )
 
 
 @dataclass
@@ -262,6 +270,7 @@ class Experiment:
             d["data"].pop(key)
         if d["data"]["decode_short_side"] is None:
             d["data"].pop("decode_short_side")  # full-size frames: the hash configs had before the key
+        d["data"]["augment"].pop("placement")  # where the same draws are applied, not what they are
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

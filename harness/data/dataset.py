@@ -12,6 +12,11 @@ An item is a dict:
 - ``bad_videos`` str, those videos and why (JSON ``[[path, reason], ...]``: a string, so that
   the default collate keeps it), for ``note_skips``.
 
+With a ``DeferredAugment`` transform (``data.augment.placement: device``) ``clips`` is replaced
+by ``frames``, uint8 [V, T, H, W, 3] as decoded, and ``draws`` [V, P], each clip's augmentation
+parameters drawn as the per-clip transform draws them; ``collate_frames`` batches such items and
+``DeviceAugment`` turns the batch into ``clips`` in the training process.
+
 Randomness (clip starts, augmentation and the clip order) comes from a generator seeded by
 (seed, epoch, index), so an item is the same whatever the worker count or order; pass
 ``(epoch, index)`` as the key to vary it by epoch. An unreadable, truncated or zero-frame
@@ -34,6 +39,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from harness.config import CLIP_ORDERS, T_MAX_MODES
+from harness.data.batched import DRAWS, FRAMES, DeferredAugment
 from harness.data.clip_starts import clip_order, clip_starts, gap_clip_starts
 from harness.data.decode import BadVideo, Decoder, FrameCache, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
@@ -56,7 +62,7 @@ class MultiClipDataset(Dataset):
             ``t_max_mode="gap"``, the largest gap from one clip's last frame to the next
             clip's first frame in time (SlowFast's ``DELTA_CLIPS_MAX``, here in seconds).
         transform: per-clip transform, uint8 [T, H, W, 3] → float [C, T, H, W]; None gives
-            float [3, T, H, W] in [0, 1] without augmentation.
+            float [3, T, H, W] in [0, 1] without augmentation; a ``DeferredAugment`` only draws.
         seed: base seed of the per-item generators.
         fps: resample to this rate (None: each video's own rate).
         seek_threshold: decoder gap (s) above which it seeks rather than decodes forward.
@@ -82,7 +88,7 @@ class MultiClipDataset(Dataset):
         frames: int,
         stride: int,
         t_max: float | None = None,
-        transform: ClipTransform | None = None,
+        transform: ClipTransform | DeferredAugment | None = None,
         seed: int = 0,
         fps: float | None = None,
         seek_threshold: float = 1.0,
@@ -148,14 +154,14 @@ class MultiClipDataset(Dataset):
             entry = self.entries[row]
             rng = np.random.default_rng([self.seed, epoch, row])
             try:
-                clips, starts, padded = self._load(entry, rng)
+                views, starts, padded = self._load(entry, rng)
             except BadVideo as exc:
                 bad.append((str(entry.path), str(exc)))
                 if get_worker_info() is None:  # in a worker: the batch carries it to note_skips
                     self._skip(entry.path, str(exc))
                 continue
             return {
-                "clips": clips,
+                **views,
                 "label": entry.label,
                 "index": row,
                 "starts": torch.as_tensor(starts, dtype=torch.float32),
@@ -184,8 +190,9 @@ class MultiClipDataset(Dataset):
             self.bad_files.add(path)
             log.warning("skipping unreadable video %s; `rho data check` lists all such files", reason)
 
-    def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, int]:
-        """Decode one video once and build its V transformed clips."""
+    def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[dict, np.ndarray, int]:
+        """Decode one video once and build its V transformed clips (``clips``), or, for a
+        ``DeferredAugment`` transform, their uint8 frames and drawn parameters (``frames``, ``draws``)."""
 
         def pick_starts(num_frames: int, span: int, fps: float) -> np.ndarray:
             t_max_frames = None if self.t_max is None else math.floor(self.t_max * fps + 1e-6)
@@ -214,13 +221,20 @@ class MultiClipDataset(Dataset):
             torch.default_generator.manual_seed(
                 int(rng.integers(2**63 - 1))
             )  # CPU only: no lazy CUDA seeding
-            clips = torch.stack([self._transform(clip) for clip in frames_per_clip])
+            if isinstance(self.transform, DeferredAugment):  # data.augment.placement: device
+                views = {
+                    FRAMES: frames_per_clip,
+                    DRAWS: torch.stack([self.transform.draw(c) for c in frames_per_clip]),
+                }
+            else:
+                views = {"clips": torch.stack([self._transform(clip) for clip in frames_per_clip])}
         if (
             self.clip_order != "time" and self.clips > 1
         ):  # decoded and augmented in time order, then reordered
             order = clip_order(self.clips, self.clip_order, rng)
-            clips, seconds = clips[torch.from_numpy(order)], seconds[order]
-        return clips, seconds, padded
+            views = {key: value[torch.from_numpy(order)] for key, value in views.items()}
+            seconds = seconds[order]
+        return views, seconds, padded
 
     def _transform(self, clip: torch.Tensor) -> torch.Tensor:
         if self.transform is None:

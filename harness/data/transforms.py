@@ -99,6 +99,25 @@ class RandomGrayscale(v2.RandomGrayscale):
         return tv_tensors.wrap(grey, like=inpt)
 
 
+JITTER_FACTORS = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's fn_idx order
+
+
+class Draw:
+    """The columns of a clip's parameter row (``TrainClipTransform.draw``)."""
+
+    box = slice(0, 4)  # crop top, left, height, width in source pixels
+    flip = 4  # 1: flipped horizontally
+    jitter = 5  # 1: colour jitter applied
+    order = slice(6, 10)  # the jitter steps' order (ColorJitter's fn_idx)
+    factors = slice(10, 14)  # brightness, contrast, saturation, hue factors (NaN: off)
+    grayscale = 14  # 1: greyed
+    blur = 15  # 1: blurred
+    sigma = 16  # the blur's sigma
+
+
+DRAW_SIZE = 17
+
+
 def _finish() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
 
@@ -159,9 +178,31 @@ class TrainClipTransform:
             h, w = height, width
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+    def draw(self, height: int, width: int) -> torch.Tensor:
+        """One clip's random parameters for a ``height`` x ``width`` source, drawn from torch's default
+        generator in the order ``__call__`` draws them: a float32 row indexed by ``Draw`` (NaN: a
+        jitter factor that is off). ``data.augment.placement: device`` ships these rows with the
+        uint8 frames to the training process, whose ``BatchedAugment`` applies them to a batch."""
+        row = torch.zeros(DRAW_SIZE)
+        row[Draw.box] = torch.tensor(self._crop_box(height, width), dtype=torch.float32)
+        row[Draw.flip] = float(torch.rand(1) < self.flip_p)
+        if self.color_p > 0 and torch.rand(1) < self.color_p:
+            params = self.jitter.make_params([])
+            row[Draw.jitter] = 1.0
+            row[Draw.order] = params["fn_idx"].float()
+            factors = [params[f"{name}_factor"] for name in JITTER_FACTORS]
+            row[Draw.factors] = torch.tensor([math.nan if f is None else f for f in factors])
+        if self.grayscale_p > 0 and torch.rand(1) < self.grayscale_p:
+            row[Draw.grayscale] = 1.0
+        if self.blur_p > 0 and torch.rand(1) < self.blur_p:
+            row[Draw.blur] = 1.0
+            row[Draw.sigma] = torch.empty(1).uniform_(*self.blur_sigma).item()
+        return row
+
+    def apply(self, frames: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, H, W, 3] → float [3, T, crop, crop] with the parameters ``row`` of ``draw``."""
         video = frames.permute(0, 3, 1, 2)  # [T, 3, H, W]
-        top, left, height, width = self._crop_box(*video.shape[-2:])
+        top, left, height, width = (int(v) for v in row[Draw.box].tolist())
         video = F.resized_crop_image(
             video,
             top,
@@ -172,18 +213,23 @@ class TrainClipTransform:
             v2.InterpolationMode.BILINEAR,
             antialias=True,
         )
-        if torch.rand(1) < self.flip_p:
+        if row[Draw.flip]:
             video = F.horizontal_flip_image(video)
         video = F.to_dtype_image(video, torch.float32, scale=True)
-        if self.color_p > 0 and torch.rand(1) < self.color_p:
-            video = colour_jitter(video, self.jitter.make_params([video]))
-        if self.grayscale_p > 0 and torch.rand(1) < self.grayscale_p:
+        if row[Draw.jitter]:
+            factors = [None if math.isnan(f) else f for f in row[Draw.factors].tolist()]
+            params = dict(zip((f"{name}_factor" for name in JITTER_FACTORS), factors, strict=True))
+            video = colour_jitter(video, {"fn_idx": row[Draw.order].long(), **params})
+        if row[Draw.grayscale]:
             video = F.rgb_to_grayscale_image(video, num_output_channels=3)
-        if self.blur_p > 0 and torch.rand(1) < self.blur_p:
-            sigma = torch.empty(1).uniform_(*self.blur_sigma).item()
+        if row[Draw.blur]:
+            sigma = row[Draw.sigma].item()
             video = F.gaussian_blur_image(video, [self.blur_kernel] * 2, [sigma, sigma])
         video = F.normalize_image(video, self._mean, self._std)
         return video.permute(1, 0, 2, 3).contiguous()
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.apply(frames, self.draw(frames.shape[1], frames.shape[2]))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(crop={self.crop}, jitter={self.jitter})"

@@ -19,6 +19,7 @@ from harness import backbones
 from harness.checkpoint import load_checkpoint
 from harness.config import ConfigError, Experiment, OptimConfig, load_experiment_text
 from harness.data import MultiClipDataset, read_manifest, train_transform
+from harness.data.batched import DeferredAugment, collate_frames
 from harness.data.decode import CacheFull, FrameCache, decoder
 from harness.data.epoch_order import EpochBatchSampler, EpochSampler
 from harness.data.manifest import num_classes
@@ -52,9 +53,13 @@ def with_num_classes(experiment: Experiment, entries: list) -> Experiment:
     return filled
 
 
-def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiClipDataset:
-    """The pretraining dataset the config describes: ρ clips per video, each augmented on its own."""
+def train_dataset(
+    experiment: Experiment, entries: list | None = None, *, deferred: bool = False
+) -> MultiClipDataset:
+    """The pretraining dataset the config describes: ρ clips per video, each augmented on its own
+    (``deferred``: only decoded, with the parameters drawn, for ``data.augment.placement: device``)."""
     data = experiment.data
+    transform = (DeferredAugment if deferred else train_transform)(data.crop, data.augment)
     return MultiClipDataset(
         entries
         if entries is not None
@@ -63,7 +68,7 @@ def train_dataset(experiment: Experiment, entries: list | None = None) -> MultiC
         data.frames,
         data.stride,
         data.t_max,
-        train_transform(data.crop, data.augment),
+        transform,
         seed=experiment.runtime.seed,
         fps=data.fps,
         seek_threshold=data.seek_threshold,
@@ -116,6 +121,7 @@ def train_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
+        collate_fn=collate_frames,  # the default collate; deferred items' frames padded to one size
         generator=torch.Generator().manual_seed(seed),
     )
 

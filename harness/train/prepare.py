@@ -12,6 +12,7 @@ import torch
 from harness import distributed as dist_utils
 from harness.config import ConfigError, DataConfig, Experiment
 from harness.data import ManifestError, MultiClipDataset, read_manifest
+from harness.data.batched import DeviceAugment
 from harness.data.epoch_order import EpochSampler
 from harness.preflight import check_store, check_writable
 from harness.runtime import Runtime, seed_everything
@@ -35,6 +36,9 @@ class Training:
     local_batch: int  # videos per step on this rank
     schedule: Schedule
     optimizer: torch.optim.Optimizer | None  # None when the method has nothing to train
+    augment: DeviceAugment | None = (
+        None  # data.augment.placement: device: augments each batch on runtime.device
+    )
 
 
 def checkpoint_dir(experiment: Experiment, run_name: str | None = None) -> Path:
@@ -62,7 +66,8 @@ def prepare_training(
         check_store(resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri), "MLflow store")
         check_writable(output, "checkpoint folder (runtime.output_dir)")
     method = _on_device(build_method(experiment), experiment, runtime)
-    dataset = train_dataset(experiment, entries)
+    deferred = data.augment.placement == "device"
+    dataset = train_dataset(experiment, entries, deferred=deferred)
     sampler = EpochSampler(len(dataset), experiment.runtime.seed, True, runtime.rank, runtime.world_size)
     schedule = Schedule.of(experiment.optim, len(sampler) // local_batch, data.batch_size)
     optimizer = train_optimizer(method, experiment.optim, schedule.peak_lr)
@@ -77,6 +82,7 @@ def prepare_training(
         local_batch,
         schedule,
         optimizer,
+        DeviceAugment(data.crop, data.augment, runtime.device, runtime.channels_last) if deferred else None,
     )
 
 

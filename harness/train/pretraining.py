@@ -133,6 +133,8 @@ def _train_epochs(
             seed=experiment.runtime.seed,
         ),
     )
+    if training.augment is not None:  # data.augment.placement: device; the loop counts it as data wait
+        batches = map(training.augment, batches)
     steps_per_epoch = training.schedule.steps_per_epoch
     context = EpochContext(
         method,

@@ -143,6 +143,9 @@ def test_augment_is_bit_identical_to_the_v2_pipeline(benches, workdir):
         assert record["v2 clips/s"] > 0 and record["ours / v2"] == pytest.approx(
             record["ours clips/s"] / record["v2 clips/s"]
         )
+        assert record["batched clips/s"] > 0 and record["batched - per-clip, max"] < 1e-4
+    assert result.check("largest batched - per-clip difference").met
+    assert result.check("batched / per-clip on the demo's clips").value == result.rows[0][6]
 
 
 def test_step_overhead_same_weights_as_hand_written_loop(benches, workdir):
@@ -199,7 +202,7 @@ def test_loading_reports_the_engine_data_wait(benches, workdir, tmp_path, monkey
     monkeypatch.setattr(MultiClipDataset, "__getitem__", slow_item)
     threads = torch.get_num_threads()
     other = 1 if threads > 1 else 2
-    result = quick(benches, workdir, "loading", epochs=2, threads=other, config=demo_in_process)
+    result = quick(benches, workdir, "loading", epochs=2, threads=other, config=demo_in_process, matrix=0)
     assert [tuple(r[:2]) for r in result.rows] == [(threads, 1), (threads, 2), (other, 1), (other, 2)]
     quick_batch = benches["loading"].module.QUICK["data.batch_size"]
     items = QUICK_SYNTH.train_videos // quick_batch * quick_batch  # per epoch: 4 steps of 4 videos
@@ -211,6 +214,21 @@ def test_loading_reports_the_engine_data_wait(benches, workdir, tmp_path, monkey
     default = result.row(epoch=2, **{"torch threads": threads})
     assert result.check("data wait, epochs 2+").value == default["data wait"]
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+def test_loading_matrix_per_decoder_and_placement_at_rho_4(benches, workdir):
+    """ρ = 4 on Kinetics-like files and the demo data, each decoder x placement; a decoder that
+    cannot run is skipped with a note, the others still run."""
+    result = quick(benches, workdir, "loading", epochs=2, videos=4, decoders="pyav,nodecoder")
+    names = [check.name for check in result.checks]
+    for files in ("Kinetics-like", "demo"):
+        for placement in ("worker", "device"):
+            check = result.check(f"data wait, {files} ρ=4 pyav {placement}")
+            assert 0 <= check.value <= 1 and check.bound == 0.10
+    assert not any("nodecoder" in name for name in names)
+    assert any("nodecoder" in note and "skipped" in note for note in result.notes)
+    assert any("| Kinetics-like | 4 | pyav | device |" in note for note in result.notes)
 
 
 @pytest.mark.slow
@@ -239,3 +257,22 @@ def test_gpu_benchmark_config_and_skip(benches, workdir, tiny_synth):
     result = quick(benches, workdir, "gpu")
     assert result.skipped == "no CUDA device" and result.met is None
     assert "**Skipped:** no CUDA device" in result.markdown()
+
+
+def test_gpu_script_dry_run_runs_every_configuration_on_the_cpu(benches, workdir, capsys):
+    """The prepared GPU script's CPU dry mode: ρ = 2 and 4 x each decoder x both placements, each
+    recorded with clips/s, data wait and peak memory; an unknown decoder fails alone, as a note."""
+    gpu = benches["gpu"].module
+    result = quick(benches, workdir, "gpu", dry_run=1, decoders="pyav,nodecoder", max_seconds=600)
+    assert [tuple(r[:3]) for r in result.rows] == [
+        (rho, "pyav", placement) for rho in (2, 4) for placement in ("worker", "device")
+    ]
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
+        assert record["clips/s"] > 0 and 0 <= record["data wait"] <= 1 and record["peak memory GiB"] > 0
+    assert sum("nodecoder" in note for note in result.notes) == 4 and "CPU dry run" in result.notes[0]
+    budgeted = quick(benches, workdir, "gpu", dry_run=1, clips="2", max_seconds=0.001)
+    assert budgeted.rows[:1] and len(budgeted.rows) == 1, "the first always runs; none after the budget"
+    assert any("budget would be passed" in note for note in budgeted.notes)
+    assert gpu.main(["--dry-run", "--max-seconds", "0.001", "--workdir", str(workdir)]) == 0
+    assert "gpu" in capsys.readouterr().out
