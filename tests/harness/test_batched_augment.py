@@ -132,10 +132,11 @@ def test_batched_outputs_match_the_per_clip_outputs_in_distribution():
 
 def test_the_deferred_dataset_ships_frames_and_draws_that_augment_to_its_per_clip_items(tiny_synth, tmp_path):
     """Real mp4 files: an item decoded with placement device, augmented as a batch, is the
-    per-clip item of the same seed (ρ = 1 included: two draws of one clip)."""
-    for clips in (1, 3):
+    per-clip item of the same seed (ρ = 1 included: two draws of one clip; ρ = 3 in time order
+    and shuffled, SlowFast's clip order, where frames and draws are reordered together)."""
+    for clips, order in ((1, "time"), (3, "time"), (3, "shuffled")):
         tree = tiny_experiment_tree(tiny_synth, tmp_path)
-        tree["data"].update(clips=clips, augment={"blur_p": 0.5, "placement": "device"})
+        tree["data"].update(clips=clips, clip_order=order, augment={"blur_p": 0.5, "placement": "device"})
         experiment = build_experiment(tree)
         per_clip = train_dataset(experiment)
         deferred = train_dataset(experiment, deferred=True)
@@ -148,6 +149,8 @@ def test_the_deferred_dataset_ships_frames_and_draws_that_augment_to_its_per_cli
         assert batch["clips"].shape == expected.shape and FRAMES not in batch
         assert (batch["clips"] - expected).abs().max() < 1e-5
         assert torch.equal(batch["starts"], torch.stack([per_clip[key]["starts"] for key in keys]))
+        if order == "shuffled":  # the order really is shuffled in some item
+            assert any(not torch.equal(s, s.sort().values) for s in batch["starts"])
 
 
 def test_channels_last_layout_gives_each_view_channels_last_3d():
