@@ -25,6 +25,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 device=args.device,
                 workers=args.workers,
                 seed=experiment.runtime.seed,
+                decoder=args.decoder or experiment.data.decoder,
             )
         )
     print_metrics(metrics)
@@ -44,4 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     evaluate.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    evaluate.add_argument(
+        "--decoder",
+        choices=("pyav", "torchcodec"),
+        help="decoding backend (default: the checkpoint's data.decoder); the frames are the same",
+    )
     evaluate.set_defaults(func=_evaluate)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from harness.data.decode import BadVideo, decode_clips
+from harness.data.decode import BadVideo, Decoder, decode_clips
 from harness.data.manifest import VideoEntry, read_manifest
 from harness.data.transforms import MEAN, STD
 
@@ -64,6 +64,7 @@ class ViewDataset(Dataset):
         spatial_views: int = 1,
         fps: float | None = None,
         autorotate: bool = True,
+        decoder: Decoder | None = None,
     ):
         if spatial_views not in (1, 3):
             raise ValueError(f"spatial_views must be 1 or 3, got {spatial_views}")
@@ -76,6 +77,7 @@ class ViewDataset(Dataset):
         self.short_side = short_side or round(crop * 256 / 224)
         self.temporal_views, self.spatial_views, self.fps = temporal_views, spatial_views, fps
         self.autorotate = autorotate  # turn frames as their display matrix says
+        self.decoder = decoder  # the decoding backend (data.decoder; None: PyAV)
         self.bad_files: dict[Path, str] = {}  # unreadable videos passed over, with why
 
     @property
@@ -95,6 +97,7 @@ class ViewDataset(Dataset):
                 self.fps,
                 lambda n, span, fps: temporal_starts(n, span, self.temporal_views),
                 autorotate=self.autorotate,
+                backend=self.decoder,
             )
         except BadVideo as exc:
             return {"label": entry.label, "index": index, UNREADABLE: str(exc)}

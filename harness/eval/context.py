@@ -51,6 +51,7 @@ class EvalContext:
         seed: the classifier's initialisation, data order and augmentation.
         progress: print progress bars.
         batch_size: videos per forward pass when extracting features (each with all its views).
+        decoder: the decoding backend's name (``data.decoder``: pyav or torchcodec).
         skipped: filled by the protocol (``note_skipped``): the unreadable videos it passed over.
     """
 
@@ -61,6 +62,7 @@ class EvalContext:
     seed: int = 0
     progress: bool = True
     batch_size: int = 8
+    decoder: str = "pyav"
     skipped: list[Skipped] = field(default_factory=list)
 
     def note_skipped(self, manifest: Path, videos: int, files: dict[Path, str]) -> None:

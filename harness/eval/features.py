@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from harness.atomic import atomic_file
+from harness.data.decode import decoder
 from harness.data.manifest import ManifestError
 from harness.data.views import UNREADABLE, ViewDataset, collate_views
 from harness.eval.context import EvalContext
@@ -36,9 +37,9 @@ CACHE_FORMAT = 2  # 2: the unreadable videos are stored with the features
 VIEW_SETTINGS = ("frames", "stride", "crop", "short_side", "temporal_views", "spatial_views", "fps")
 
 
-def benchmark_views(benchmark: Benchmark, split: str) -> ViewDataset:
+def benchmark_views(benchmark: Benchmark, split: str, decoder_name: str = "pyav") -> ViewDataset:
     """The benchmark's ``train`` videos with its training views, or its ``test`` (val) videos with
-    its test views (temporal × spatial)."""
+    its test views (temporal × spatial), decoded by the backend ``decoder_name`` (``data.decoder``)."""
     views = benchmark.views
     return ViewDataset(
         benchmark.train if split == "train" else benchmark.val,
@@ -49,6 +50,7 @@ def benchmark_views(benchmark: Benchmark, split: str) -> ViewDataset:
         temporal_views=getattr(views, f"{split}_temporal"),
         spatial_views=getattr(views, f"{split}_spatial"),
         fps=views.fps,
+        decoder=decoder(decoder_name),
     )
 
 
@@ -263,7 +265,7 @@ def cached_features(
     )
     outputs = []
     for split, manifest in (("train", benchmark.train), ("test", benchmark.val)):
-        views = benchmark_views(benchmark, split)
+        views = benchmark_views(benchmark, split, context.decoder)
         outputs += cache.get_or_extract(encoder, views, encoder_id, **extract)
         context.note_skipped(manifest, len(views), views.bad_files)
     train_features, train_labels, test_features, test_labels = outputs

@@ -144,7 +144,10 @@ def train_on_clips(
     """
     settings, views = benchmark.settings, benchmark.views
     device, seed = context.runtime.device, context.seed
-    train_entries, test_entries = read_manifest(benchmark.train), benchmark_views(benchmark, "test").entries
+    train_entries, test_entries = (
+        read_manifest(benchmark.train),
+        benchmark_views(benchmark, "test", context.decoder).entries,
+    )
     labels = [torch.tensor([e.label for e in entries]) for entries in (train_entries, test_entries)]
     train_set = MultiClipDataset(
         train_entries,
@@ -173,7 +176,7 @@ def score_on_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities [M, C] of the readable test videos, each the mean of the softmax of
     ``model`` (eval mode) over its test views, and their labels [M]; unreadable ones noted in ``context``."""
-    test_set = benchmark_views(benchmark, "test")
+    test_set = benchmark_views(benchmark, "test", context.decoder)
     logits, labels = extract_features(
         model, test_set, context.batch_size, context.workers, context.runtime.device, context.progress
     )

@@ -53,6 +53,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 8,
+    decoder: str = "pyav",
 ) -> dict[str, float]:
     """Run ``benchmark``'s protocol on ``encoder``.
 
@@ -69,6 +70,7 @@ def evaluate(
         seed: the classifier's initialisation, data order and augmentation.
         progress: print progress bars.
         batch_size: videos per forward pass when extracting features (each with all its views).
+        decoder: the decoding backend (``data.decoder``); the frames are the same with either.
 
     Unreadable videos are skipped, one line per manifest printed (how many, the first, the
     ``rho data check`` command) and their count returned; more than ``MAX_UNREADABLE`` of a
@@ -86,6 +88,7 @@ def evaluate(
         seed=seed,
         progress=progress,
         batch_size=batch_size,
+        decoder=decoder,
     )
     scores = PROTOCOLS[benchmark.protocol].run(encoder, benchmark, context)
     for skipped in context.skipped:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.data import read_manifest
+from harness.data.decode import decoder
 from harness.tracking import RunLogger
 from harness.train.prepare import Training
 
@@ -32,6 +33,7 @@ def knn_monitor_top1(training: Training) -> float:
         short_side=data.short_side,
         fps=data.fps,
         autorotate=data.autorotate,
+        decoder=decoder(data.decoder),
     )
     limit, seed = experiment.eval.knn_monitor_videos, experiment.runtime.seed
     train, val = (
@@ -72,6 +74,7 @@ def evaluate_benchmarks(training: Training, tracker: RunLogger) -> dict[str, flo
             device=training.runtime.device,
             workers=experiment.data.workers,
             seed=experiment.runtime.seed,
+            decoder=experiment.data.decoder,
         )
         results.update(metrics)
         tracker.log_metrics(metrics, step=experiment.optim.epochs)

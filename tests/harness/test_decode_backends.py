@@ -202,3 +202,33 @@ def test_torchcodec_in_dataloader_workers(tmp_path):
     (batch,) = DataLoader(dataset, batch_size=2, num_workers=1)
     for i in range(2):
         assert torch.equal(batch["clips"][i], dataset[i]["clips"])
+
+
+@needs_torchcodec
+def test_evaluation_views_decoded_by_torchcodec_are_the_pyav_views(tmp_path):
+    """Evaluation decodes with ``data.decoder`` too (``ViewDataset``, the benchmarks and the kNN
+    monitor): 2 temporal x 3 spatial test views of real mp4s are the same tensors with either
+    backend, and a broken file is unreadable alike."""
+    from harness.data.views import UNREADABLE, ViewDataset
+
+    entries = [VideoEntry(textured(tmp_path / f"v{i}.mp4", 40 + 9 * i, 25, gop=10), i) for i in range(2)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(Path(entries[0].path).read_bytes()[:1500])
+    entries.append(VideoEntry(broken, 0))
+    options = dict(frames=4, stride=3, crop=48, short_side=56, temporal_views=2, spatial_views=3)
+    backend = decoder("torchcodec")
+    opened = []
+
+    class Counting(type(backend)):  # the real backend, counting the files it opens
+        def open(self, path, **kwargs):
+            opened.append(Path(path).name)
+            return super().open(path, **kwargs)
+
+    pyav = ViewDataset(entries, **options)
+    torchcodec = ViewDataset(entries, **options, decoder=Counting("cpu"))
+    for index in range(2):
+        a, b = pyav[index], torchcodec[index]
+        assert a["clips"].shape == (6, 3, 4, 48, 48)
+        assert torch.equal(a["clips"], b["clips"]), index
+    assert UNREADABLE in pyav[2] and UNREADABLE in torchcodec[2]
+    assert opened == ["v0.mp4", "v1.mp4", "broken.mp4"], "the views were decoded by the backend given"
