@@ -111,6 +111,12 @@ class SSLMethod(nn.Module, ABC):
     def on_step_end(self, progress: float) -> None:
         """Called after ``optimizer.step()``; ``progress`` in [0, 1] is the fraction of training done."""
 
+    def updates_weights(self, step: int) -> bool:
+        """Whether the optimizer steps after global step ``step`` (0-based) (its loss and gradients
+        are computed either way, and ``on_step_end`` runs either way). True but for ρMoCo's
+        ``no_update_steps``."""
+        return True
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of epoch ``epoch`` (0-based)."""
 

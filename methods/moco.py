@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.distributed import all_gather_no_grad, broadcast_state, shuffle_batch, unshuffle_batch
+from harness.distributed import (
+    all_gather_no_grad,
+    broadcast_state,
+    shuffle_batch,
+    unshuffle_batch,
+    world_size,
+)
 from methods._checks import check_choice, check_positive
 from methods._ema import ema_step, momentum_copy
 from methods._heads import MLPHead
@@ -97,9 +103,19 @@ class MoCo(SSLMethod):
         shuffle_bn: bool = True,
         loss_reduction: str = "mean",
         memory: str = "standard",
+        no_update_steps: int | str | None = None,
     ) -> None:
         super().__init__(backbone, feature_dim)
         self.temperature = check_positive("temperature", temperature)
+        no_update_steps = 0 if no_update_steps is None else no_update_steps
+        valid_count = isinstance(no_update_steps, int) and not isinstance(no_update_steps, bool)
+        if not (no_update_steps == "slowfast" or (valid_count and no_update_steps >= 0)):
+            raise ValueError(
+                f"no_update_steps={no_update_steps!r}: an int >= 0, or 'slowfast' "
+                "(queue_size // the global batch of videos, SlowFast's iters_noupdate)"
+            )
+        self.no_update_steps = no_update_steps
+        self.videos_per_step: int | None = None  # the global batch, seen at the first step
         self.queue_per_rank = queue_per_rank
         self.exclude_same_video = exclude_same_video
         self.base_momentum = momentum
@@ -135,9 +151,19 @@ class MoCo(SSLMethod):
             videos.repeat(num_clips) if videos is not None else None,
         )
 
+    def updates_weights(self, step: int) -> bool:
+        """False for the first ``no_update_steps`` steps: the weights wait while the queue fills
+        with real keys (SlowFast's ``contrastive_parameter_surgery``: ``iters_noupdate`` =
+        QUEUE_LEN // TRAIN.BATCH_SIZE // NUM_SHARDS, the queue over the global batch, in epoch 0)."""
+        hold = self.no_update_steps
+        if hold == "slowfast":
+            hold = self.queue.keys.shape[0] // max(1, self.videos_per_step or 1)
+        return step >= hold
+
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         clips = batch["clips"]
         num_clips = clips.shape[1]
+        self.videos_per_step = clips.shape[0] * world_size()
         if self.queue_per_rank:
             broadcast_state(self.queue)  # rank 0's queue everywhere, as DDP broadcasts buffers
         keys = embed_clips(self._key, clips)

@@ -135,7 +135,8 @@ def train_epoch(context: EpochContext, batches: Iterable[dict]) -> dict[str, flo
         dist_utils.average_gradients(method.parameters())
         if clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
-        optimizer.step()
+        if method.updates_weights(step):
+            optimizer.step()
         context.step = step = step + 1
         method.on_step_end(step / schedule.total_steps)
         tock = time.perf_counter()

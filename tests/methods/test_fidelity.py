@@ -492,3 +492,33 @@ def test_moco_queue_per_rank_is_rank_zeros_queue_each_step(tmp_path):
         assert result["losses"][1] == pytest.approx(expected_loss, rel=1e-6)
         torch.testing.assert_close(result["queue"], single.queue.keys)
     assert not torch.equal(ranks[0]["queue"], ranks[1]["queue"])  # each wrote its own keys last
+
+
+@pytest.mark.parametrize("hold,expected", [("slowfast", 4), (2, 2), (0, 0)])
+def test_moco_no_update_steps_hold_the_weights_as_slowfast(hold, expected):
+    """SlowFast's ``contrastive_parameter_surgery``: no optimizer step for the first
+    QUEUE_LEN // (BATCH_SIZE · NUM_SHARDS) iterations (here 16 // 4 videos = 4), while the
+    forward (and so the queue) runs; the weights move from the first step after."""
+    from harness.runtime import Runtime
+    from harness.train.loop import EpochContext, train_epoch
+
+    method = build_method("moco", queue_size=16, no_update_steps=hold)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
+    context = EpochContext(
+        method, optimizer, Runtime.for_device("cpu"), Schedule(6, 6, 0, 0.5), log_every=100
+    )
+
+    def online():  # the trained weights (BN statistics and the momentum encoder move regardless)
+        return {k: v for k, v in method.named_parameters() if not k.startswith("target_")}
+
+    start = {k: v.detach().clone() for k, v in online().items()}
+    moved, queues = [], [method.queue.keys.clone()]
+    for step in range(6):
+        train_epoch(context, [make_batch(2, batch_size=4, seed=step)])
+        moved.append(any(not torch.equal(v, start[k]) for k, v in online().items()))
+        queues.append(method.queue.keys.clone())
+    assert moved == [step >= expected for step in range(6)]
+    assert all(not torch.equal(a, b) for a, b in zip(queues, queues[1:], strict=False)), (
+        "keys are enqueued while held"
+    )
+    assert context.step == 6
