@@ -152,6 +152,11 @@ class BackboneConfig:
     name: str = field_spec("r3d_tiny", help="backbone name", registry="backbones")
     params: dict[str, Any] = field_spec(factory=dict, help="keyword parameters for harness.backbones.build")
     sync_bn: bool = field_spec(False, help="convert BatchNorm to SyncBatchNorm under DDP")
+    sync_bn_group: int | None = field_spec(
+        None,
+        help="ranks per SyncBatchNorm group, consecutive (SlowFast BN.NUM_SYNC_DEVICES); null: all ranks",
+        gt=0,
+    )
 
 
 @dataclass
@@ -406,6 +411,10 @@ def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
     extra_sync = {}
     if cls is BackboneConfig and "sync_bn" in values:
         extra_sync["sync_bn"] = check_value(f"{prefix}.sync_bn", values.pop("sync_bn"), bool, {}, False)
+    if cls is BackboneConfig and "sync_bn_group" in values:
+        extra_sync["sync_bn_group"] = check_value(
+            f"{prefix}.sync_bn_group", values.pop("sync_bn_group"), int | None, {"gt": 0}, None
+        )
     nested = values.pop("params", None) or {}
     name = values.pop("name", cls().name)
     params = {**nested, **values}

@@ -170,3 +170,27 @@ def broadcast_state(module: nn.Module, src: int = 0) -> None:
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         dist.broadcast(tensor.data, src=src)
+
+
+def sync_group(size: int | None) -> dist.ProcessGroup | None:
+    """The process group of this rank's ``size`` consecutive ranks (0..size-1, size..2·size-1, …),
+    for SyncBatchNorm over groups of devices as SlowFast's ``BN.NUM_SYNC_DEVICES``; None (the
+    whole world) when ``size`` is None, covers every rank, or there is no process group. Every
+    rank must call it (each group is created on all ranks, in the same order).
+
+    Raises:
+        ValueError: ``size`` does not divide the world size.
+    """
+    world = world_size()
+    if size is None or not is_distributed() or size >= world:
+        if size is not None and is_distributed() and size > world:
+            raise ValueError(f"a sync group of {size} ranks is larger than the {world} ranks of this run")
+        return None
+    if world % size:
+        raise ValueError(f"a sync group of {size} ranks does not divide the {world} ranks of this run")
+    own = None
+    for start in range(0, world, size):
+        group = dist.new_group(list(range(start, start + size)))
+        if start <= rank() < start + size:
+            own = group
+    return own

@@ -131,7 +131,11 @@ def _on_device(method: SSLMethod, experiment: Experiment, runtime: Runtime) -> S
             raise ConfigError(
                 "backbone.sync_bn", True, "false on CPU: torch's SyncBatchNorm runs on GPUs only"
             )
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        try:
+            group = dist_utils.sync_group(experiment.backbone.sync_bn_group)
+        except ValueError as exc:
+            raise ConfigError("backbone.sync_bn_group", experiment.backbone.sync_bn_group, str(exc)) from None
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method, process_group=group)
     method = runtime.prepare_model(method)
     dist_utils.broadcast_state(method)
     return method

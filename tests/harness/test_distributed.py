@@ -100,6 +100,16 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             moco.enqueue_keys(_local(full["keys"], rank))
             results[f"queue_per_rank={per_rank}"] = moco.queue.keys.clone()
 
+        for size in (1, 2, None):  # BN sync groups (backbone.sync_bn_group)
+            group = hd.sync_group(size)
+            total = torch.tensor([rank + 1.0])
+            dist.all_reduce(total, group=group)
+            results[f"sync_group={size}"] = total
+        try:
+            hd.sync_group(3)
+        except ValueError as exc:
+            results["sync_group=3"] = str(exc)
+
         for memory in ("standard", "low"):
             method = _simclr(memory, seed=rank)  # different weights per rank until broadcast
             hd.broadcast_state(method)
@@ -212,3 +222,13 @@ def test_simclr_step_matches_one_process(ranks, memory):
         rank_grads = result[f"simclr_{memory}"][1]
         for name, grad in grads.items():
             torch.testing.assert_close(rank_grads[name], grad, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_bn_sync_groups_reduce_within_their_ranks(ranks):
+    """``backbone.sync_bn_group`` (SlowFast's BN.NUM_SYNC_DEVICES): a group of 1 rank sums only
+    its own value, a group of 2 (or the whole world) both ranks' 1 + 2; 3 does not fit in 2."""
+    for rank, result in enumerate(ranks):
+        assert result["sync_group=1"].item() == rank + 1.0
+        assert result["sync_group=2"].item() == result["sync_group=None"].item() == 3.0
+        assert "larger than the 2 ranks" in result["sync_group=3"]
+    assert hd.sync_group(4) is None, "no process group: the whole (one-process) world"
