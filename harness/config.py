@@ -66,6 +66,12 @@ class AugmentConfig:
     )
     grayscale_p: float = field_spec(0.2, help="grayscale probability", min=0.0, max=1.0)
     blur_p: float = field_spec(0.0, help="Gaussian blur probability", min=0.0, max=1.0)
+    colour_frame: str = field_spec(
+        "crop",
+        help="what the colour steps see: crop (ours), or frame: the whole decoded clip, as SlowFast "
+        "(contrast blends towards the whole clip's mean luma, blur sigma in decoded-frame pixels)",
+        choices=("crop", "frame"),
+    )
     placement: str = field_spec(
         "worker",
         help="where clips are augmented: worker (each clip in the DataLoader workers) or device (the "

@@ -55,7 +55,7 @@ class DeferredAugment:
 
     def draw(self, frames: torch.Tensor) -> torch.Tensor:
         """The parameter row of one uint8 clip [T, H, W, 3]."""
-        return self.clip_transform.draw(frames.shape[1], frames.shape[2])
+        return self.clip_transform.draw(frames.shape[1], frames.shape[2], frames)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.clip_transform})"
@@ -229,6 +229,8 @@ class BatchedAugment:
         jittered = draws[:, Draw.jitter] > 0
         order = draws[:, Draw.order].round().long()
         factors = draws[:, Draw.factors]
+        clip_mean = draws[:, Draw.clip_mean].clone()  # colour_frame frame: the whole clip's luma
+        whole = ~clip_mean.isnan()
         for position in range(4):
             step = order[:, position]
             factor = factors.gather(1, step.view(-1, 1)).flatten()
@@ -237,9 +239,14 @@ class BatchedAugment:
             if blend.any():
                 grey = _grey(video)
                 mean = grey.mean(dim=(-3, -2, -1), keepdim=True)  # per frame, as torchvision's contrast
+                if whole.any():
+                    reference = torch.nan_to_num(clip_mean).view(-1, 1, 1, 1, 1).to(**on, dtype=mean.dtype)
+                    mean = torch.where(_factor(whole).to(**on).bool(), reference, mean)
                 other = torch.where(_factor(step == 1).to(**on), mean, grey) * _factor(step != 0).to(**on)
                 ratio = _factor(torch.where(blend, factor, torch.ones_like(factor))).to(**on)
                 video = _blend(video, other, ratio)
+            brightened = active & (step == 0) & whole
+            clip_mean[brightened] *= factor[brightened]  # brightness scales the luma the contrast sees
             index = (active & (step == 3)).nonzero().flatten()
             if len(index):
                 video[index.to(**on)] = _hue(video[index.to(**on)], factor[index].to(**on))
@@ -249,14 +256,20 @@ class BatchedAugment:
         blurred = (draws[:, Draw.blur] > 0).nonzero().flatten()
         if len(blurred):
             index = blurred.to(**on)
-            video[index] = self.blur(video[index], draws[blurred, Draw.sigma].to(**on))
+            video[index] = self.blur(
+                video[index], draws[blurred, Draw.sigma].to(**on), draws[blurred, Draw.sigma_y].to(**on)
+            )
         return video
 
-    def blur(self, video: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Gaussian blur of float [S, T, H, W, 3] with sigma [S]: one grouped convolution, reflect padding."""
+    def blur(
+        self, video: torch.Tensor, sigma: torch.Tensor, sigma_y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Gaussian blur of float [S, T, H, W, 3] with sigma [S] across and ``sigma_y`` [S] down (None:
+        the same): one grouped convolution, reflect padding."""
         s, t, h, w, c = video.shape
-        kernel1d = gaussian_kernels(sigma.to(video.device), self.blur_kernel)
-        kernel2d = kernel1d.unsqueeze(-1) * kernel1d.unsqueeze(-2)  # [S, k, k]
+        across = gaussian_kernels(sigma.to(video.device), self.blur_kernel)
+        down = across if sigma_y is None else gaussian_kernels(sigma_y.to(video.device), self.blur_kernel)
+        kernel2d = down.unsqueeze(-1) * across.unsqueeze(-2)  # [S, k (rows), k (columns)]
         weight = kernel2d.repeat_interleave(t * c, dim=0).unsqueeze(1)  # [S*T*3, 1, k, k]
         half = self.blur_kernel // 2
         planes = video.permute(0, 1, 4, 2, 3).reshape(1, s * t * c, h, w)

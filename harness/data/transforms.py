@@ -62,16 +62,26 @@ def rotate_hue(video: torch.Tensor, hue_factor: float) -> torch.Tensor:
     return torch.einsum("ij,...jhw->...ihw", matrix, video).clamp_(0.0, 1.0)
 
 
-def colour_jitter(video: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+def colour_jitter(
+    video: torch.Tensor, params: dict[str, Any], clip_mean: float | None = None
+) -> torch.Tensor:
     """Apply ``ColorJitter.make_params``'s factors to float RGB [..., 3, H, W] in their drawn order.
 
     torchvision's brightness, contrast and saturation kernels, and ``rotate_hue`` for the hue.
+    ``clip_mean`` (``colour_frame: frame``): contrast blends towards this luma (the whole
+    uncropped clip's, scaled by the brightness steps before it; saturation and hue keep a
+    clip's luma) instead of each frame's own mean, as SlowFast's jitter of the whole clip.
     """
     for fn_id in params["fn_idx"].tolist():
         if fn_id == 0 and params["brightness_factor"] is not None:
             video = F.adjust_brightness_image(video, params["brightness_factor"])
+            clip_mean = None if clip_mean is None else clip_mean * params["brightness_factor"]
         elif fn_id == 1 and params["contrast_factor"] is not None:
-            video = F.adjust_contrast_image(video, params["contrast_factor"])
+            if clip_mean is None:
+                video = F.adjust_contrast_image(video, params["contrast_factor"])
+            else:
+                factor = params["contrast_factor"]
+                video = (video * factor + (1.0 - factor) * clip_mean).clamp_(0.0, 1.0)
         elif fn_id == 2 and params["saturation_factor"] is not None:
             video = F.adjust_saturation_image(video, params["saturation_factor"])
         elif fn_id == 3 and params["hue_factor"] is not None:
@@ -112,10 +122,12 @@ class Draw:
     factors = slice(10, 14)  # brightness, contrast, saturation, hue factors (NaN: off)
     grayscale = 14  # 1: greyed
     blur = 15  # 1: blurred
-    sigma = 16  # the blur's sigma
+    sigma = 16  # the blur's sigma across (x), in crop pixels
+    sigma_y = 17  # and down (y): the same but with ``colour_frame: frame`` (sigma in frame pixels)
+    clip_mean = 18  # ``colour_frame: frame``: the whole clip's mean luma in [0, 1] (NaN: per frame)
 
 
-DRAW_SIZE = 17
+DRAW_SIZE = 19
 
 
 def _finish() -> list[v2.Transform]:
@@ -125,6 +137,12 @@ def _finish() -> list[v2.Transform]:
 def _blur_kernel(crop: int) -> int:
     """The Gaussian blur's kernel side: odd, about 10% of the crop as in SimCLR."""
     return max(3, (crop // 10) | 1)
+
+
+def clip_luma(frames: torch.Tensor) -> float:
+    """The mean luma in [0, 1] of a uint8 clip [T, H, W, 3] (torchvision's grayscale weights)."""
+    weights = torch.tensor([0.2989, 0.587, 0.114], dtype=torch.float64)
+    return float((frames.reshape(-1, 3).to(torch.float64) @ weights).mean() / 255.0)
 
 
 class TrainClipTransform:
@@ -156,6 +174,7 @@ class TrainClipTransform:
         self.blur_kernel = _blur_kernel(crop)
         self._mean, self._std = list(MEAN), list(STD)
         self.blur_sigma = (0.1, 2.0)
+        self.colour_frame = augment.colour_frame
 
     def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """``v2.RandomResizedCrop.make_params``: (top, left, height, width), same draws."""
@@ -178,12 +197,18 @@ class TrainClipTransform:
             h, w = height, width
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def draw(self, height: int, width: int) -> torch.Tensor:
+    def draw(self, height: int, width: int, frames: torch.Tensor | None = None) -> torch.Tensor:
         """One clip's random parameters for a ``height`` x ``width`` source, drawn from torch's default
         generator in the order ``__call__`` draws them: a float32 row indexed by ``Draw`` (NaN: a
         jitter factor that is off). ``data.augment.placement: device`` ships these rows with the
-        uint8 frames to the training process, whose ``BatchedAugment`` applies them to a batch."""
+        uint8 frames to the training process, whose ``BatchedAugment`` applies them to a batch.
+        ``colour_frame: frame`` needs the clip's uint8 ``frames`` [T, H, W, 3] for its mean luma."""
         row = torch.zeros(DRAW_SIZE)
+        row[Draw.clip_mean] = math.nan
+        if self.colour_frame == "frame":
+            if frames is None:
+                raise ValueError("colour_frame 'frame' draws need the clip's frames (its mean luma)")
+            row[Draw.clip_mean] = clip_luma(frames)
         row[Draw.box] = torch.tensor(self._crop_box(height, width), dtype=torch.float32)
         row[Draw.flip] = float(torch.rand(1) < self.flip_p)
         if self.color_p > 0 and torch.rand(1) < self.color_p:
@@ -196,7 +221,11 @@ class TrainClipTransform:
             row[Draw.grayscale] = 1.0
         if self.blur_p > 0 and torch.rand(1) < self.blur_p:
             row[Draw.blur] = 1.0
-            row[Draw.sigma] = torch.empty(1).uniform_(*self.blur_sigma).item()
+            sigma = torch.empty(1).uniform_(*self.blur_sigma).item()
+            row[Draw.sigma] = row[Draw.sigma_y] = sigma
+            if self.colour_frame == "frame":  # sigma in frame pixels: after the crop's resize, per axis
+                row[Draw.sigma] = sigma * self.crop / row[Draw.box][3].item()
+                row[Draw.sigma_y] = sigma * self.crop / row[Draw.box][2].item()
         return row
 
     def apply(self, frames: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
@@ -219,17 +248,18 @@ class TrainClipTransform:
         if row[Draw.jitter]:
             factors = [None if math.isnan(f) else f for f in row[Draw.factors].tolist()]
             params = dict(zip((f"{name}_factor" for name in JITTER_FACTORS), factors, strict=True))
-            video = colour_jitter(video, {"fn_idx": row[Draw.order].long(), **params})
+            clip_mean = None if math.isnan(row[Draw.clip_mean]) else row[Draw.clip_mean].item()
+            video = colour_jitter(video, {"fn_idx": row[Draw.order].long(), **params}, clip_mean)
         if row[Draw.grayscale]:
             video = F.rgb_to_grayscale_image(video, num_output_channels=3)
         if row[Draw.blur]:
-            sigma = row[Draw.sigma].item()
-            video = F.gaussian_blur_image(video, [self.blur_kernel] * 2, [sigma, sigma])
+            sigmas = [row[Draw.sigma].item(), row[Draw.sigma_y].item()]
+            video = F.gaussian_blur_image(video, [self.blur_kernel] * 2, sigmas)
         video = F.normalize_image(video, self._mean, self._std)
         return video.permute(1, 0, 2, 3).contiguous()
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.apply(frames, self.draw(frames.shape[1], frames.shape[2]))
+        return self.apply(frames, self.draw(frames.shape[1], frames.shape[2], frames))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(crop={self.crop}, jitter={self.jitter})"

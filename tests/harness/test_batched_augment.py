@@ -28,6 +28,9 @@ CASES = {
     "blur": AugmentConfig(color_p=0.0, grayscale_p=0.0, blur_p=0.7),
     "paper": AugmentConfig(),
     "everything": AugmentConfig(crop_scale=[0.2, 1.0], grayscale_p=0.4, blur_p=0.5),
+    "colour-on-the-frame": AugmentConfig(  # SlowFast's: whole-clip contrast mean, sigma in frame pixels
+        crop_scale=[0.2, 1.0], color_p=1.0, grayscale_p=0.3, blur_p=0.7, colour_frame="frame"
+    ),
 }
 SOURCES = [(4, 64, 48), (4, 40, 60), (4, 36, 36)]  # clips of different sizes in one batch (padded)
 
@@ -41,7 +44,7 @@ def same_draws(augment: AugmentConfig, crop: int, clips: int = 24):
         frames, height, width = SOURCES[i % len(SOURCES)]
         clip = torch.randint(0, 256, (frames, height, width, 3), dtype=torch.uint8, generator=generator)
         torch.manual_seed(i)
-        draw = transform.draw(height, width)
+        draw = transform.draw(height, width, clip)
         torch.manual_seed(i)
         expected.append(transform(clip))
         items.append({FRAMES: clip, DRAWS: draw})

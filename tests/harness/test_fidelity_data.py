@@ -304,3 +304,79 @@ def test_a_clip_past_the_end_repeats_the_last_frame_as_slowfasts_clamp(index_vid
     item = MultiClipDataset(manifest, 2, 8, 2)[0]
     ref = torch.clamp(torch.linspace(0, 14, 8), 0, 11).long().tolist()
     assert _clip_indices(item) == [ref, ref] and item["padded"] == 4
+
+
+def _smooth_clip(frames: int, height: int, width: int) -> torch.Tensor:
+    """A uint8 clip of smooth colour gradients, brighter downwards, in 20..210 (no clamping under mild jitter)."""
+    y = torch.linspace(0, 1, height).view(1, -1, 1, 1)
+    x = torch.linspace(0, 1, width).view(1, 1, -1, 1)
+    t = torch.arange(frames).view(-1, 1, 1, 1) / frames
+    phase = torch.tensor([0.0, 2.0, 4.0]).view(1, 1, 1, 3)
+    value = 0.2 + 0.5 * y + 0.12 * torch.sin(3 * x + 2 * y + phase + t)  # brighter downwards
+    return (value * 255).round().to(torch.uint8)
+
+
+def _ours(augment: AugmentConfig, frames: torch.Tensor, box, crop: int, jitter=None, sigma=None):
+    """Our clip for fixed draws: crop ``box`` (top, left, h, w), no flip, the given jitter or blur."""
+    transform = TrainClipTransform(crop, augment)
+    row = transform.draw(frames.shape[1], frames.shape[2], frames)
+    row[0:4] = torch.tensor(box, dtype=torch.float32)
+    row[4] = row[5] = row[14] = row[15] = 0.0
+    if jitter is not None:  # (brightness, contrast) in that order, saturation and hue off
+        row[5], row[6:10] = 1.0, torch.tensor([0.0, 1.0, 2.0, 3.0])
+        row[10:14] = torch.tensor([jitter[0], jitter[1], math.nan, math.nan])
+    if sigma is not None:
+        row[15] = 1.0
+        scale = (crop / box[3], crop / box[2]) if augment.colour_frame == "frame" else (1.0, 1.0)
+        row[16], row[17] = sigma * scale[0], sigma * scale[1]
+    mean, std = torch.tensor(MEAN).view(3, 1, 1, 1), torch.tensor(STD).view(3, 1, 1, 1)
+    return transform.apply(frames, row) * std + mean  # [3, T, crop, crop] in [0, 1]
+
+
+def _slowfast_then_crop(video: torch.Tensor, box, crop: int) -> torch.Tensor:
+    """SlowFast's order: the colour steps already applied to the whole float clip [T, 3, H, W],
+    then the random resized crop (kinetics.py:378-387, then :420-435)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    top, left, h, w = box
+    out = TF.resized_crop(video, top, left, h, w, [crop, crop], antialias=True)
+    return out.permute(1, 0, 2, 3)
+
+
+def test_colour_on_the_whole_frame_is_slowfasts_jitter_before_the_crop():
+    """``data.augment.colour_frame: frame``: brightness then contrast on the crop equal SlowFast's
+    brightness then contrast of the whole clip (PIL's contrast blends towards the whole stacked
+    clip's mean luma) followed by the crop, to uint8 rounding; our default (each crop frame's own
+    mean) does not, on a crop much brighter than the clip."""
+    frames = _smooth_clip(4, 96, 128)
+    box, crop, (bright, contrast) = (50, 60, 40, 60), 32, (1.15, 0.6)
+    video = frames.permute(0, 3, 1, 2).float() / 255.0
+    luma = (video * torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    whole_mean = luma.mean() * bright  # the stacked clip's mean after the brightness step
+    reference = _slowfast_then_crop(contrast * (video * bright) + (1 - contrast) * whole_mean, box, crop)
+    frame = _ours(AugmentConfig(colour_frame="frame"), frames, box, crop, jitter=(bright, contrast))
+    ours_default = _ours(AugmentConfig(), frames, box, crop, jitter=(bright, contrast))
+    assert (frame - reference).abs().max() < 3 / 255
+    assert (ours_default - reference).abs().max() > 10 / 255, "the crop's own mean differs"
+
+
+def test_blur_sigma_in_frame_pixels_is_slowfasts_blur_before_the_crop():
+    """The blur's sigma (0.1-2.0) is drawn in decoded-frame pixels by SlowFast, before the crop:
+    with ``colour_frame: frame`` ours blurs the resized crop with sigma x crop / box per axis,
+    which matches blurring the frame and then cropping far better than the default (sigma in
+    crop pixels)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.rand(2, 3, 24, 32, generator=generator)  # detail that the blur must remove
+    frames = (TF.resize(noise, [192, 256], antialias=True) * 200 + 25).round().to(torch.uint8)
+    frames = frames.permute(0, 2, 3, 1).contiguous()
+    box, crop, sigma = (32, 40, 128, 96), 64, 2.0  # the crop shrinks by 2 down, 1.5 across
+    video = frames.permute(0, 3, 1, 2).float() / 255.0
+    reference = _slowfast_then_crop(TF.gaussian_blur(video, [13, 13], [sigma, sigma]), box, crop)
+    frame = _ours(AugmentConfig(colour_frame="frame"), frames, box, crop, sigma=sigma)
+    default = _ours(AugmentConfig(), frames, box, crop, sigma=sigma)
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))  # away from the padded borders
+    error_frame = (frame - reference)[inner].abs().mean()
+    error_default = (default - reference)[inner].abs().mean()
+    assert error_frame < 0.5 * error_default and error_frame < 2 / 255, (error_frame, error_default)
