@@ -59,3 +59,27 @@ def write_audio_only(path: Path) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def brightness_video(path: Path, label: int, rng: np.random.Generator, blocks: int = 8) -> Path:
+    """12 frames of ``blocks`` x 8 px: a blocky random texture, drifting, on a bright (label 0)
+    or dark (label 1) level; a class any encoder separates, for evaluation tests."""
+    level = 190.0 if label == 0 else 60.0
+    texture = np.kron(rng.normal(0, 25, (blocks, blocks, 1)), np.ones((8, 8, 3)))
+    frames = [np.clip(level + np.roll(texture, 2 * t, axis=1), 0, 255).astype(np.uint8) for t in range(12)]
+    return write_video(path, frames, fps=8)
+
+
+def brightness_manifests(root: Path, blocks: int = 8) -> dict[str, Path]:
+    """train.csv (8 ``brightness_video``s) and val.csv (4) under ``root``, labels alternating 0, 1."""
+    from harness.data import write_manifest
+
+    rng = np.random.default_rng(0)
+    manifests = {}
+    for split, count in (("train", 8), ("val", 4)):
+        rows = [
+            {"path": str(brightness_video(root / f"{split}{i}.mp4", i % 2, rng, blocks)), "label": i % 2}
+            for i in range(count)
+        ]
+        manifests[split] = write_manifest(root / f"{split}.csv", rows)
+    return manifests

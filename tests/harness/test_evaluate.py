@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from videos import brightness_manifests, brightness_video
 
 from harness import backbones
 from harness.data import ManifestError, MultiClipDataset, train_transform, write_manifest
-from harness.data.encode import write_video
 from harness.data.views import ViewDataset
 from harness.eval import (
     Benchmark,
@@ -131,27 +131,10 @@ def test_averaging_noisy_test_views_recovers_the_label():
 # --- real videos --------------------------------------------------------------------------------
 
 
-def _brightness_video(path: Path, label: int, rng: np.random.Generator) -> Path:
-    """12 frames, 64 px: a blocky random texture on a bright (label 0) or dark (label 1) level, drifting."""
-    level = 190.0 if label == 0 else 60.0
-    texture = np.kron(rng.normal(0, 25, (8, 8, 1)), np.ones((8, 8, 3)))
-    frames = [np.clip(level + np.roll(texture, 2 * t, axis=1), 0, 255).astype(np.uint8) for t in range(12)]
-    return write_video(path, frames, fps=8)
-
-
 @pytest.fixture(scope="module")
 def brightness_data(tmp_path_factory) -> dict[str, Path]:
     """train.csv (8 videos) and val.csv (4 videos), half bright (label 0), half dark (label 1)."""
-    root = tmp_path_factory.mktemp("brightness")
-    rng = np.random.default_rng(0)
-    manifests = {}
-    for split, count in (("train", 8), ("val", 4)):
-        rows = [
-            {"path": str(_brightness_video(root / f"{split}{i}.mp4", i % 2, rng)), "label": i % 2}
-            for i in range(count)
-        ]
-        manifests[split] = write_manifest(root / f"{split}.csv", rows)
-    return manifests
+    return brightness_manifests(tmp_path_factory.mktemp("brightness"), blocks=8)
 
 
 def _benchmark(
@@ -355,7 +338,7 @@ def data_with_unreadable(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(1)
     rows = {
         split: [
-            {"path": str(_brightness_video(root / f"{split}{i}.mp4", i % 2, rng)), "label": i % 2}
+            {"path": str(brightness_video(root / f"{split}{i}.mp4", i % 2, rng)), "label": i % 2}
             for i in range(count)
         ]
         for split, count in (("train", 20), ("val", 10))
@@ -435,7 +418,7 @@ def test_more_unreadable_videos_than_the_limit_are_refused_naming_the_manifest(
     truncated, empty = data_with_unreadable["truncated"], data_with_unreadable["empty"]
     rows = [{"path": str(p), "label": 0} for p in (truncated, empty)]
     rows.append(
-        {"path": str(_brightness_video(tmp_path / "one.mp4", 1, np.random.default_rng(0))), "label": 1}
+        {"path": str(brightness_video(tmp_path / "one.mp4", 1, np.random.default_rng(0))), "label": 1}
     )
     val = write_manifest(tmp_path / "mostly_bad.csv", rows)
     benchmark = _benchmark(

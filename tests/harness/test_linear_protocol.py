@@ -8,13 +8,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from videos import brightness_manifests
 
 from harness import backbones
-from harness.data import write_manifest
-from harness.data.encode import write_video
 from harness.data.views import ViewDataset
 from harness.eval import (
     PROTOCOLS,
@@ -35,26 +33,10 @@ from harness.schema import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _video(path: Path, label: int, rng: np.random.Generator) -> Path:
-    """12 frames, 48 px: a blocky random texture on a bright (label 0) or dark (label 1) level."""
-    level = 190.0 if label == 0 else 60.0
-    texture = np.kron(rng.normal(0, 25, (6, 6, 1)), np.ones((8, 8, 3)))
-    frames = [np.clip(level + np.roll(texture, 2 * t, axis=1), 0, 255).astype(np.uint8) for t in range(12)]
-    return write_video(path, frames, fps=8)
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     """train.csv (8 videos) and val.csv (4 videos), half bright (label 0), half dark (label 1)."""
-    root = tmp_path_factory.mktemp("linear-slowfast")
-    rng = np.random.default_rng(0)
-    manifests = {}
-    for split, count in (("train", 8), ("val", 4)):
-        rows = [
-            {"path": str(_video(root / f"{split}{i}.mp4", i % 2, rng)), "label": i % 2} for i in range(count)
-        ]
-        manifests[split] = write_manifest(root / f"{split}.csv", rows)
-    return manifests
+    return brightness_manifests(tmp_path_factory.mktemp("linear-slowfast"), blocks=6)
 
 
 def _benchmark(tmp_path: Path, data: dict[str, Path], protocol: str = "linear_slowfast", **settings):
