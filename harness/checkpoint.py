@@ -78,6 +78,25 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def read_tensor_file(path: str | Path, kind: str = "checkpoint", hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: no code in the file runs.
+
+    Raises:
+        CheckpointError: no file at ``path`` ("no <kind> at ..."), or one that does not load
+            safely (its first error line, then ``hint``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no {kind} at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(
+            f"{path} is not a readable {kind} ({exc.__class__.__name__}: {first}){hint}"
+        ) from None
+
+
 def load_checkpoint(path: str | Path, expected_hash: str | None = None) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``.
 
@@ -86,14 +105,7 @@ def load_checkpoint(path: str | Path, expected_hash: str | None = None) -> dict[
             ``expected_hash``) a checkpoint written by a different training config.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({exc.__class__.__name__}: {exc})"
-        ) from None
+    state = read_tensor_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a rho-harness checkpoint of format {FORMAT}")
     if expected_hash is not None and state.get("config_hash") != expected_hash:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from harness.checkpoint import CheckpointError, rng_state, save_checkpoint
+from harness.checkpoint import CheckpointError, read_tensor_file, rng_state, save_checkpoint
 from harness.config import Experiment, load_experiment
 from harness.train import build_method
 
@@ -97,16 +97,12 @@ def read_slowfast(path: str | Path) -> SlowFastCheckpoint:
         CheckpointError: no such file, not loadable safely, or not a SlowFast checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no SlowFast checkpoint at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} cannot be read as a checkpoint of tensors ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); a SlowFast .pyth is a torch.save'd dict "
-            "with model_state; rho refuses files that need arbitrary code to load"
-        ) from None
+    blob = read_tensor_file(
+        path,
+        "SlowFast checkpoint",
+        "; a SlowFast .pyth is a torch.save'd dict with model_state; rho refuses files that need "
+        "arbitrary code to load",
+    )
     if not isinstance(blob, dict) or not isinstance(blob.get("model_state"), dict):
         keys = ", ".join(map(str, blob)) if isinstance(blob, dict) else type(blob).__name__
         raise CheckpointError(
