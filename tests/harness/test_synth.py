@@ -386,3 +386,20 @@ def test_a_cue_leaves_the_video_and_the_control_freezes_it():
     frozen = draw_plan(replace(spec, constant_nuisance=True), "train", 3).cue.params
     assert np.array_equal(frozen, np.repeat(with_cue.cue.params[:1], len(frozen), axis=0))
     assert not np.array_equal(with_cue.cue.params[0], draw_plan(spec, "train", 4).cue.params[0])
+
+
+def test_rho_data_synth_takes_the_cue(tmp_path, capsys):
+    """``rho data synth --cue`` writes the cue into spec.json; an unknown cue is refused before compute."""
+    from harness.cli import main
+
+    tiny = ["--train", "2", "--val", "1", "--classes", "2", "--duration", "1", "--fps", "4", "--size", "16"]
+    assert (
+        main(["data", "synth", str(tmp_path / "cue"), *tiny, "--cue", "flicker", "--cue-interval", "0.25"])
+        == 0
+    )
+    stamp = json.loads((tmp_path / "cue" / "spec.json").read_text())["spec"]
+    assert stamp["cue"] == "flicker" and stamp["cue_interval"] == 0.25
+    with pytest.raises(SystemExit):
+        main(["data", "synth", str(tmp_path / "bad"), *tiny, "--cue", "stripes"])
+    assert "invalid choice: 'stripes'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
