@@ -17,7 +17,7 @@ clips in different cue segments do not: the *feature suppression* probe of issue
 feature that alone solves instance discrimination keeps the harder shape from being learned).
 ``"grating"``: a high-contrast luminance grating on the background, orientation, frequency and
 drift velocity drawn per segment; ``"flicker"``: a global luminance flicker, rate, phase and
-depth per segment; ``"blobs"``: a constellation of 2-6 small black or white dots per segment.
+depth per segment (its phase runs on, so clips at different times differ even within one); ``"blobs"``: a constellation of 2-6 small black or white dots per segment.
 Its draws come from their own random stream, so a cue dataset shows the same videos plus the cue.
 
 Videos are H.264 mp4 files (``harness.data.encode.write_video``); with one encoder thread, no
