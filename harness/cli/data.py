@@ -23,6 +23,8 @@ def _data_synth(args: argparse.Namespace) -> int:
             seed=args.seed,
             constant_nuisance=args.constant_nuisance,
             **({} if args.drift is None else {"drift": args.drift}),
+            cue=args.cue,
+            **({} if args.cue_interval is None else {"cue_interval": args.cue_interval}),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -60,6 +62,16 @@ def _add_synth_parser(data: argparse._SubParsersAction) -> None:
         "--drift",
         type=float,
         help="how far nuisances move towards a fresh draw at each keyframe, 0..1 (default: the demo's)",
+    )
+    synth.add_argument(
+        "--cue",
+        choices=("none", "grating", "flicker", "blobs"),
+        default="none",
+        help="an easy per-instance cue redrawn every --cue-interval seconds, which two augmentations of "
+        "one clip share and clips in different cue segments do not (default none: the demo's data)",
+    )
+    synth.add_argument(
+        "--cue-interval", type=float, help="seconds between the cue's redraws (default 0.5; needs --cue)"
     )
     synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     synth.set_defaults(func=_data_synth)

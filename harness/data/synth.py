@@ -10,6 +10,16 @@ the same draws, frozen at the first keyframe, so ρ ≥ 2 can match a video by i
 ``drift`` sits between the two: each keyframe moves that fraction of the way to its fresh draw
 (1: independent draws, 0: frozen), so distant clips share more of their nuisances.
 
+``cue`` (default ``"none"``: no cue, the bytes of earlier versions) adds an easy per-instance
+cue that survives crop, flip, colour jitter and grayscale (it is luminance structure) and is
+redrawn every ``cue_interval`` seconds, so two augmentations of one clip (ρ = 1) share it and
+clips in different cue segments do not: the *feature suppression* probe of issue 18 (an easy
+feature that alone solves instance discrimination keeps the harder shape from being learned).
+``"grating"``: a high-contrast luminance grating on the background, orientation, frequency and
+drift velocity drawn per segment; ``"flicker"``: a global luminance flicker, rate, phase and
+depth per segment (its phase runs on, so clips at different times differ even within one); ``"blobs"``: a constellation of 2-6 small black or white dots per segment.
+Its draws come from their own random stream, so a cue dataset shows the same videos plus the cue.
+
 Videos are H.264 mp4 files (``harness.data.encode.write_video``); with one encoder thread, no
 B-frames and no macroblock tree the bytes depend on the spec alone (x264's mbtree with B-frames
 was measured not to be deterministic), and every video's draws come from (seed, split, index),
@@ -40,6 +50,8 @@ MAX_CLASSES = len(SHAPES) * len(TEXTURES)
 KEYFRAME_SPACING = 2.0  # seconds, before rounding to a whole number of segments per video
 MAX_TURN = math.pi / 2  # the object's largest rotation between keyframes, radians
 LABEL_STREAM = 2**31  # the third seed word of the label shuffle: an index no video has
+CUES = ("none", "grating", "flicker", "blobs")
+CUE_STREAM = 1  # the fourth seed word of a video's cue draws: a stream apart from its plan's
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,8 @@ class SynthSpec:
     seed: int = 0
     constant_nuisance: bool = False  # the control: nuisances constant within each video
     drift: float = 1.0  # how far each keyframe moves towards a fresh draw: 0 frozen, 1 independent draws
+    cue: str = "none"  # a per-instance cue redrawn per cue segment: none, grating, flicker, blobs
+    cue_interval: float = 0.5  # seconds between the cue's redraws (its segments)
 
     def __post_init__(self) -> None:
         rules = {
@@ -66,6 +80,8 @@ class SynthSpec:
             "size": (self.size >= 16 and self.size % 2 == 0, "an even number >= 16"),
             "seed": (self.seed >= 0, ">= 0"),
             "drift": (0.0 <= self.drift <= 1.0, "0..1 (0: nuisances frozen, 1: redrawn at each keyframe)"),
+            "cue": (self.cue in CUES, f"one of {', '.join(CUES)}"),
+            "cue_interval": (self.cue_interval > 0, "> 0 seconds"),
         }
         for name, (ok, allowed) in rules.items():
             if not ok:
@@ -108,6 +124,20 @@ class Distractor:
 
 
 @dataclass(frozen=True)
+class CuePlan:
+    """A video's cue: its kind and one parameter row per cue segment.
+
+    Segment 0 runs until ``offset`` seconds, segment k >= 1 over [offset + (k-1) L, offset + k L)
+    with L the cue interval; so the boundaries do not fall at the same times in every video.
+    """
+
+    kind: str
+    offset: float
+    interval: float
+    params: np.ndarray  # [segments, D], the cue's values in each segment
+
+
+@dataclass(frozen=True)
 class VideoPlan:
     """Everything random about one video; rendering it is deterministic."""
 
@@ -117,6 +147,7 @@ class VideoPlan:
     distractors: tuple[Distractor, ...]
     wobble: np.ndarray  # [amplitude, period (s), phase x, phase y]: a small drift kept in the control
     static: bool  # constant_nuisance: keyframes all equal and distractors parked
+    cue: CuePlan | None = None  # the per-segment cue, None without one
 
 
 def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -217,6 +248,50 @@ def _draw_distractor(rng: np.random.Generator, duration: float) -> Distractor:
     )
 
 
+def _draw_cue(spec: SynthSpec, split: str, index: int) -> CuePlan:
+    """The cue's values in each segment, from the video's own cue stream (not its plan's)."""
+    rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, CUE_STREAM])
+    count = 1 + math.ceil(spec.duration / spec.cue_interval)
+    offset = float(rng.uniform(0.0, spec.cue_interval))
+    if spec.cue == "grating":
+        # orientation (radians, mod pi), cycles across the frame, phase, drift (cycles per second)
+        params = np.stack(
+            [
+                rng.uniform(0, math.pi, count),
+                rng.uniform(3.0, 6.0, count),
+                rng.uniform(0, 2 * math.pi, count),
+                rng.uniform(-2.0, 2.0, count),
+            ],
+            axis=1,
+        )
+    elif spec.cue == "flicker":
+        # depth (fraction of the luminance), rate (Hz), phase
+        params = np.stack(
+            [
+                rng.uniform(0.15, 0.35, count),
+                rng.uniform(0.5, 3.5, count),
+                rng.uniform(0, 2 * math.pi, count),
+            ],
+            axis=1,
+        )
+    else:  # blobs: up to 6 dots, each [shown, x, y, black or white]
+        shown = np.arange(6)[None, :] < rng.integers(2, 7, count)[:, None]
+        xy = rng.uniform(-0.85, 0.85, (count, 6, 2))
+        ink = rng.integers(0, 2, (count, 6)).astype(float)
+        params = np.concatenate([shown[..., None].astype(float), xy, ink[..., None]], axis=2).reshape(
+            count, 24
+        )
+    if spec.constant_nuisance:
+        params = np.repeat(params[:1], count, axis=0)
+    return CuePlan(spec.cue, offset, spec.cue_interval, params)
+
+
+def cue_segments(cue: CuePlan, times: np.ndarray) -> np.ndarray:
+    """The cue segment of each of ``times``, [T] int."""
+    segment = np.floor((times - cue.offset) / cue.interval).astype(int) + 1
+    return np.clip(segment, 0, len(cue.params) - 1)
+
+
 def draw_plan(spec: SynthSpec, split: str, index: int) -> VideoPlan:
     """Draw video ``index`` of ``split``; the control freezes the very same draws at keyframe 0."""
     rng = video_rng(spec.seed, split, index)
@@ -230,7 +305,8 @@ def draw_plan(spec: SynthSpec, split: str, index: int) -> VideoPlan:
     if spec.constant_nuisance:
         keyframes = {name: np.repeat(values[:1], count, axis=0) for name, values in keyframes.items()}
     label = int(split_labels(spec, split)[index])
-    return VideoPlan(label, key_times, keyframes, distractors, wobble, spec.constant_nuisance)
+    cue = None if spec.cue == "none" else _draw_cue(spec, split, index)
+    return VideoPlan(label, key_times, keyframes, distractors, wobble, spec.constant_nuisance, cue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +452,38 @@ def _light(image: np.ndarray, tracks: dict[str, np.ndarray], grid: tuple) -> np.
     return image * tracks["tint"][:, None, None, :]
 
 
+CUE_GRATING_AMPLITUDE = 0.25  # the grating cue's luminance swing either side of the background
+CUE_BLOB_RADIUS = 0.07  # the blob cue's dots, in frame half-widths (about 2 px at 64 px)
+
+
+def _grating_cue(cue: CuePlan, times: np.ndarray, grid: tuple) -> np.ndarray:
+    """The grating cue's luminance offset [T, H, W]: a drifting sinusoid, one per segment."""
+    gx, gy = grid
+    angle, cycles, phase, drift = (cue.params[cue_segments(cue, times)].T)[:, :, None, None]
+    along = gx * np.cos(angle) + gy * np.sin(angle)
+    time = times[:, None, None]
+    wave = np.sin(math.pi * cycles * along + phase + 2 * math.pi * drift * time)
+    return (CUE_GRATING_AMPLITUDE * wave).astype(np.float32)
+
+
+def _flicker_gain(cue: CuePlan, times: np.ndarray) -> np.ndarray:
+    """The flicker cue's luminance gain per frame, [T]."""
+    depth, rate, phase = cue.params[cue_segments(cue, times)].T
+    return (1 + depth * np.sin(2 * math.pi * rate * times + phase)).astype(np.float32)
+
+
+def _paint_blobs(image: np.ndarray, cue: CuePlan, times: np.ndarray, grid: tuple, size: int) -> np.ndarray:
+    """Composite the blob cue's black or white dots over ``image`` [T, H, W, 3], in place."""
+    gx, gy = grid
+    blobs = cue.params[cue_segments(cue, times)].reshape(len(times), 6, 4)
+    for b in range(6):
+        shown, x, y, ink = blobs[:, b].T
+        sdf = np.hypot(gx - x[:, None, None], gy - y[:, None, None]) / CUE_BLOB_RADIUS - 1.0
+        coverage = (_coverage(sdf, np.float32(CUE_BLOB_RADIUS * size / 2)) * shown[:, None, None])[..., None]
+        image[:] = image * (1 - coverage) + ink[:, None, None, None] * coverage
+    return image
+
+
 def frame_times(spec: SynthSpec) -> np.ndarray:
     """Presentation time of every frame in seconds, [T]."""
     return (np.arange(spec.frames) / spec.fps).astype(np.float32)
@@ -402,8 +510,17 @@ def render(plan: VideoPlan, spec: SynthSpec) -> np.ndarray:
     times, grid = frame_times(spec), pixel_grid(spec.size)
     tracks = nuisance_tracks(plan, times)
     coverage, colour = _object_layer(plan.label, tracks, grid, spec.size)
-    image = _background(tracks, grid) * (1 - coverage[..., None]) + colour * coverage[..., None]
-    image = _light(_paint_distractors(image, plan, times, grid, spec.size), tracks, grid)
+    background = _background(tracks, grid)
+    cue = plan.cue
+    if cue is not None and cue.kind == "grating":
+        background = background + _grating_cue(cue, times, grid)[..., None]
+    image = background * (1 - coverage[..., None]) + colour * coverage[..., None]
+    image = _paint_distractors(image, plan, times, grid, spec.size)
+    if cue is not None and cue.kind == "blobs":
+        image = _paint_blobs(image, cue, times, grid, spec.size)
+    image = _light(image, tracks, grid)
+    if cue is not None and cue.kind == "flicker":
+        image = image * _flicker_gain(cue, times)[:, None, None, None]
     return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
 
 
@@ -427,8 +544,15 @@ def _make_video(task: tuple[Path, SynthSpec, str, int]) -> dict[str, object]:
 
 
 def _stamp(spec: SynthSpec) -> dict[str, object]:
-    """The content of spec.json: what a finished dataset was made from."""
-    return {"format_version": FORMAT_VERSION, "spec": asdict(spec)}
+    """The content of spec.json: what a finished dataset was made from.
+
+    Without a cue the cue keys are left out, so datasets made before the cue existed (the same
+    bytes) stay valid caches.
+    """
+    fields = asdict(spec)
+    if spec.cue == "none":
+        del fields["cue"], fields["cue_interval"]
+    return {"format_version": FORMAT_VERSION, "spec": fields}
 
 
 def _is_complete(out: Path, spec: SynthSpec) -> bool:

@@ -16,13 +16,16 @@ import pytest
 from harness.data.manifest import read_manifest
 from harness.data.synth import (
     SynthSpec,
+    _stamp,
     class_names,
+    cue_segments,
     draw_plan,
     frame_times,
     interpolate,
     nuisance_tracks,
     object_coordinates,
     pixel_grid,
+    render,
     synthesize,
 )
 
@@ -209,6 +212,8 @@ def test_interpolation_passes_through_keyframes_and_rests_there():
         ("train_videos", 0),
         ("seed", -1),
         ("drift", 1.5),
+        ("cue", "stripes"),
+        ("cue_interval", 0.0),
     ],
 )
 def test_a_bad_spec_names_the_field(field, value):
@@ -238,3 +243,163 @@ def test_the_object_not_the_background_carries_the_contrast():
             areas.append((coverage > 0.5).mean())
     assert 0.09 < np.mean(areas) < 0.3
     assert np.median(ratios) < 0.2 and np.percentile(ratios, 90) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-instance cue (issue 18's feature-suppression probe).
+
+CUE_SPEC = SynthSpec(train_videos=8, val_videos=1, duration=2.0, fps=8, size=32, cue_interval=0.5)
+
+
+def test_without_a_cue_the_frames_and_the_stamp_are_those_of_before():
+    """cue none is the demo's data: per-frame channel sums recorded before the cue code existed
+    (sha256 of the uint8 frames then: 01970ae2...), and spec.json without the cue keys, so
+    datasets made earlier stay valid caches."""
+    spec = SynthSpec(train_videos=2, val_videos=1, duration=1.0, fps=4, size=16)
+    frames = render(draw_plan(spec, "train", 1), spec)
+    sums = frames.reshape(frames.shape[0], -1, 3).sum(axis=1, dtype=np.int64)
+    before = [[23726, 30928, 22786], [22329, 28889, 21764], [16264, 20610, 16879], [8612, 11506, 9999]]
+    assert np.abs(sums - np.array(before)).max() <= 3  # a float rounding's pixel or so, not a change
+    assert draw_plan(spec, "train", 1).cue is None
+    explicit = replace(spec, cue="none", cue_interval=2.0)
+    assert np.array_equal(render(draw_plan(explicit, "train", 1), explicit), frames)
+    assert set(_stamp(spec)["spec"]) == {
+        "train_videos", "val_videos", "classes", "duration", "fps", "size", "seed", "constant_nuisance", "drift"
+    }  # fmt: skip
+    assert _stamp(replace(spec, cue="grating"))["spec"]["cue"] == "grating"
+
+
+def cue_layer(spec: SynthSpec, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Luminance of the rendered frames with the cue minus without it, [T, H, W], and the frames' segments."""
+    plan, plain = draw_plan(spec, "train", index), draw_plan(replace(spec, cue="none"), "train", index)
+    luma = np.array([0.299, 0.587, 0.114])
+    with_cue, without = render(plan, spec) @ luma, render(plain, spec) @ luma
+    return (with_cue - without) / 255, cue_segments(plan.cue, frame_times(spec))
+
+
+def dominant_grating(image: np.ndarray) -> tuple[float, float]:
+    """Orientation (degrees, mod 180) and cycles per frame of the strongest grating in ``image``.
+
+    The peak of the Hann-windowed spectrum, zero-padded 8-fold to read it between bins.
+    """
+    n, pad = image.shape[0], 8
+    window = np.outer(np.hanning(n), np.hanning(n))
+    power = np.abs(np.fft.fft2((image - image.mean()) * window, s=(pad * n, pad * n)))
+    ky, kx = np.fft.fftfreq(pad * n, 1 / n), np.fft.fftfreq(pad * n, 1 / n)
+    power[np.hypot(*np.meshgrid(ky, kx, indexing="ij")) < 1.5] = 0  # DC, the window's leakage
+    iy, ix = np.unravel_index(np.argmax(power), power.shape)
+    return float(np.degrees(np.arctan2(ky[iy], kx[ix])) % 180), float(np.hypot(ky[iy], kx[ix]))
+
+
+def same_grating(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Within 6 degrees and 0.4 cycles: one grating read twice."""
+    turn = abs(a[0] - b[0]) % 180
+    return min(turn, 180 - turn) < 6 and abs(a[1] - b[1]) < 0.4
+
+
+def test_the_grating_cue_is_per_video_shared_within_a_segment_and_redrawn_between():
+    """Measured on rendered frames: the dominant grating's orientation and frequency (FFT peak)."""
+    changed, pairs, firsts = 0, 0, []
+    for index in range(6):
+        layer, segments = cue_layer(replace(CUE_SPEC, cue="grating"), index)
+        assert np.abs(layer).max() > 0.1, "a high-contrast cue"
+        gratings = [dominant_grating(frame) for frame in layer]
+        starts = []
+        for segment in np.unique(segments):
+            found = [g for g, s in zip(gratings, segments, strict=True) if s == segment]
+            assert all(same_grating(found[0], g) for g in found), f"video {index} segment {segment}: {found}"
+            starts.append(found[0])
+        changed += sum(not same_grating(a, b) for a, b in zip(starts, starts[1:], strict=False))
+        pairs += len(starts) - 1
+        firsts.append(starts[0])
+    assert changed >= 0.8 * pairs, "neighbouring segments show another grating"
+    assert sum(not same_grating(a, b) for a, b in zip(firsts, firsts[1:], strict=False)) >= 4, "videos differ"
+
+
+def test_the_grating_cue_survives_grayscale_and_colour_jitter():
+    """It is luminance structure: jittered and greyed frames keep the same dominant grating."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    from harness.data.transforms import colour_jitter
+
+    spec = replace(CUE_SPEC, cue="grating")
+    plan = draw_plan(spec, "train", 2)
+    frames = torch.from_numpy(render(plan, spec)).permute(0, 3, 1, 2).float() / 255
+    layer, _ = cue_layer(spec, 2)
+    params = {
+        "fn_idx": torch.tensor([3, 0, 2, 1]),
+        "brightness_factor": 1.4,
+        "contrast_factor": 0.6,
+        "saturation_factor": 0.3,
+        "hue_factor": 0.2,
+    }
+    for view in (colour_jitter(frames, params), F.rgb_to_grayscale_image(frames, num_output_channels=3)):
+        for cue, original, changed in zip(layer, frames, view, strict=True):
+            grey = [F.rgb_to_grayscale_image(x)[0].numpy() for x in (original, changed)]
+            assert same_grating(dominant_grating(cue), dominant_grating(grey[0])), (
+                "the cue dominates the frame"
+            )
+            assert same_grating(dominant_grating(grey[0]), dominant_grating(grey[1]))
+
+
+def test_the_flicker_cue_sets_each_segments_luminance_rhythm():
+    """Frame luminance over the cue-free frames' follows 1 + depth sin(2 pi rate t + phase), one
+    (depth, rate, phase) per segment, and those differ between segments and videos."""
+    spec = replace(CUE_SPEC, cue="flicker", fps=16)
+    times = frame_times(spec)
+    rates = []
+    for index in range(3):
+        plan = draw_plan(spec, "train", index)
+        plain = render(draw_plan(replace(spec, cue="none"), "train", index), spec).astype(float)
+        flicker = render(plan, spec).astype(float)
+        unclipped = (plain > 10) & (plain < 180)
+        gain = np.array(
+            [(f[m].sum() / p[m].sum()) for f, p, m in zip(flicker, plain, unclipped, strict=True)]
+        )
+        depth, rate, phase = plan.cue.params[cue_segments(plan.cue, times)].T
+        assert np.allclose(gain, 1 + depth * np.sin(2 * np.pi * rate * times + phase), atol=0.02)
+        assert gain.max() - gain.min() > 0.2
+        rates.append(plan.cue.params[:, 1])
+    assert all(len(set(np.round(r, 3))) == len(r) for r in rates), "each segment draws its own rate"
+    assert not np.allclose(rates[0], rates[1])
+
+
+def test_the_blob_cue_is_a_still_constellation_per_segment():
+    """Dots that stay put within a segment and move (or change number) between segments."""
+    for index in range(3):
+        layer, segments = cue_layer(replace(CUE_SPEC, cue="blobs"), index)
+        marks = np.abs(layer) > 0.15
+        for segment in np.unique(segments):
+            frames = marks[segments == segment]
+            assert frames[0].any() and (frames == frames[0]).mean() > 0.97
+        starts = [marks[segments == s][0] for s in np.unique(segments)]
+        assert all((a != b).mean() > 0.01 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_a_cue_leaves_the_video_and_the_control_freezes_it():
+    """The cue has its own random stream: the same plan as without it; the control freezes it too."""
+    spec = replace(CUE_SPEC, cue="grating")
+    with_cue, without = draw_plan(spec, "train", 3), draw_plan(replace(spec, cue="none"), "train", 3)
+    assert with_cue.label == without.label and with_cue.distractors == without.distractors
+    assert all(np.array_equal(with_cue.keyframes[k], without.keyframes[k]) for k in without.keyframes)
+    frozen = draw_plan(replace(spec, constant_nuisance=True), "train", 3).cue.params
+    assert np.array_equal(frozen, np.repeat(with_cue.cue.params[:1], len(frozen), axis=0))
+    assert not np.array_equal(with_cue.cue.params[0], draw_plan(spec, "train", 4).cue.params[0])
+
+
+def test_rho_data_synth_takes_the_cue(tmp_path, capsys):
+    """``rho data synth --cue`` writes the cue into spec.json; an unknown cue is refused before compute."""
+    from harness.cli import main
+
+    tiny = ["--train", "2", "--val", "1", "--classes", "2", "--duration", "1", "--fps", "4", "--size", "16"]
+    assert (
+        main(["data", "synth", str(tmp_path / "cue"), *tiny, "--cue", "flicker", "--cue-interval", "0.25"])
+        == 0
+    )
+    stamp = json.loads((tmp_path / "cue" / "spec.json").read_text())["spec"]
+    assert stamp["cue"] == "flicker" and stamp["cue_interval"] == 0.25
+    with pytest.raises(SystemExit):
+        main(["data", "synth", str(tmp_path / "bad"), *tiny, "--cue", "stripes"])
+    assert "invalid choice: 'stripes'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
