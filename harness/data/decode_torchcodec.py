@@ -207,8 +207,7 @@ class TorchcodecDecoder:
         try:
             info = probe(container, path)
             index = _frame_index(container, path)
-            if index is None:  # no timestamps to index by: decode this file the PyAV way
-                # without packet timestamps: PyAV decodes it (the same frames)
+            if index is None:  # no timestamps to index by: PyAV decodes this file (the same frames)
                 return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
             video = _TorchcodecVideo(container, info, index, path, self.device, autorotate, short_side)
         except BaseException:
