@@ -16,6 +16,7 @@ and the run's later calls fail at once rather than each waiting again.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import platform
@@ -131,6 +132,29 @@ def resolve_tracking_uri(*candidates: str | None) -> str:
     return default_tracking_uri()
 
 
+_OPENED: set[str] = set()  # the sqlite stores this process has opened (their schema is in place)
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` for ``tracking_uri``; a sqlite store's schema is created or migrated once.
+
+    MLflow builds a new sqlite store's tables (and runs its migrations) on first use, and two
+    processes doing that at once on the same file break each other (``duplicate column name``,
+    an alembic ``CommandError``). So the first use per process happens under an exclusive lock
+    on ``<database>.lock``: the first process builds the schema, the others wait and find it.
+    """
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _OPENED:
+        return MlflowClient(tracking_uri)
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # MlflowClient() itself opens the store
+        client = tracking_call(tracking_uri, "open store", lambda: MlflowClient(tracking_uri))
+        tracking_call(tracking_uri, "open store", lambda: client.search_experiments(max_results=1))
+    _OPENED.add(tracking_uri)
+    return client
+
+
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``, created (with artifacts under mlruns/artifacts for sqlite stores) if missing."""
     experiment = client.get_experiment_by_name(name)
@@ -199,7 +223,7 @@ class RunLogger:
         flush_every: int = 200,
     ):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self.flush_every = flush_every
         self.unavailable: str | None = None  # set once the store failed for good: later calls fail fast
         self._buffer: list[Metric] = []

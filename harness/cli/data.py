@@ -25,6 +25,7 @@ def _data_synth(args: argparse.Namespace) -> int:
             **({} if args.drift is None else {"drift": args.drift}),
             cue=args.cue,
             **({} if args.cue_interval is None else {"cue_interval": args.cue_interval}),
+            **({} if args.cue_strength is None else {"cue_strength": args.cue_strength}),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -72,6 +73,12 @@ def _add_synth_parser(data: argparse._SubParsersAction) -> None:
     )
     synth.add_argument(
         "--cue-interval", type=float, help="seconds between the cue's redraws (default 0.5; needs --cue)"
+    )
+    synth.add_argument(
+        "--cue-strength",
+        type=float,
+        help="scales the cue's swing: the flicker's depth (0.15-0.35 times it) or the grating's "
+        "amplitude (default 1; needs --cue)",
     )
     synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     synth.set_defaults(func=_data_synth)

@@ -69,6 +69,7 @@ class SynthSpec:
     drift: float = 1.0  # how far each keyframe moves towards a fresh draw: 0 frozen, 1 independent draws
     cue: str = "none"  # a per-instance cue redrawn per cue segment: none, grating, flicker, blobs
     cue_interval: float = 0.5  # seconds between the cue's redraws (its segments)
+    cue_strength: float = 1.0  # scales the cue's swing (flicker depth, grating amplitude)
 
     def __post_init__(self) -> None:
         rules = {
@@ -82,6 +83,10 @@ class SynthSpec:
             "drift": (0.0 <= self.drift <= 1.0, "0..1 (0: nuisances frozen, 1: redrawn at each keyframe)"),
             "cue": (self.cue in CUES, f"one of {', '.join(CUES)}"),
             "cue_interval": (self.cue_interval > 0, "> 0 seconds"),
+            "cue_strength": (
+                0 < self.cue_strength and (self.cue != "flicker" or self.cue_strength * 0.35 < 1),
+                "> 0 (and below 2.8 for the flicker, whose depth is 0.15-0.35 times it)",
+            ),
         }
         for name, (ok, allowed) in rules.items():
             if not ok:
@@ -135,6 +140,7 @@ class CuePlan:
     offset: float
     interval: float
     params: np.ndarray  # [segments, D], the cue's values in each segment
+    strength: float = 1.0  # the grating's amplitude scale (the flicker's is in its depths)
 
 
 @dataclass(frozen=True)
@@ -265,10 +271,10 @@ def _draw_cue(spec: SynthSpec, split: str, index: int) -> CuePlan:
             axis=1,
         )
     elif spec.cue == "flicker":
-        # depth (fraction of the luminance), rate (Hz), phase
+        # depth (fraction of the luminance, times cue_strength), rate (Hz), phase
         params = np.stack(
             [
-                rng.uniform(0.15, 0.35, count),
+                rng.uniform(0.15, 0.35, count) * spec.cue_strength,
                 rng.uniform(0.5, 3.5, count),
                 rng.uniform(0, 2 * math.pi, count),
             ],
@@ -283,7 +289,7 @@ def _draw_cue(spec: SynthSpec, split: str, index: int) -> CuePlan:
         )
     if spec.constant_nuisance:
         params = np.repeat(params[:1], count, axis=0)
-    return CuePlan(spec.cue, offset, spec.cue_interval, params)
+    return CuePlan(spec.cue, offset, spec.cue_interval, params, spec.cue_strength)
 
 
 def cue_segments(cue: CuePlan, times: np.ndarray) -> np.ndarray:
@@ -463,7 +469,7 @@ def _grating_cue(cue: CuePlan, times: np.ndarray, grid: tuple) -> np.ndarray:
     along = gx * np.cos(angle) + gy * np.sin(angle)
     time = times[:, None, None]
     wave = np.sin(math.pi * cycles * along + phase + 2 * math.pi * drift * time)
-    return (CUE_GRATING_AMPLITUDE * wave).astype(np.float32)
+    return (CUE_GRATING_AMPLITUDE * cue.strength * wave).astype(np.float32)
 
 
 def _flicker_gain(cue: CuePlan, times: np.ndarray) -> np.ndarray:
@@ -546,12 +552,14 @@ def _make_video(task: tuple[Path, SynthSpec, str, int]) -> dict[str, object]:
 def _stamp(spec: SynthSpec) -> dict[str, object]:
     """The content of spec.json: what a finished dataset was made from.
 
-    Without a cue the cue keys are left out, so datasets made before the cue existed (the same
-    bytes) stay valid caches.
+    Without a cue the cue keys are left out, and so is a default ``cue_strength``, so datasets
+    made before those keys existed (the same bytes) stay valid caches.
     """
     fields = asdict(spec)
     if spec.cue == "none":
         del fields["cue"], fields["cue_interval"]
+    if spec.cue_strength == 1.0:
+        del fields["cue_strength"]
     return {"format_version": FORMAT_VERSION, "spec": fields}
 
 

@@ -26,6 +26,7 @@ from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot, train
 from harness.report.references import SOURCES
 from harness.report.render import Block, Heading, Image, Table, Text, comparison_block, to_html, to_markdown
 from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
+from harness.tracking import mlflow_client
 
 SOURCE_TITLES = {"paper": "paper", "model zoo": "SlowFast model zoo"}
 
@@ -136,7 +137,7 @@ def write_report(
     blocks.append(Image(png, f"{primary} against compute; the line is the Pareto front ({len(pareto)} runs)"))
 
     best = finished[finished[primary].notna()].sort_values(primary, ascending=not maximize).head(best_curves)
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     for _, run in best.iterrows():
         history = _epoch_history(client, run["run_id"])
         if history:

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from mlflow import MlflowClient
 
 from harness.redact import redact
 from harness.report.compare import format_value
 from harness.report.render import Block, Heading, Table, Text, to_html, to_markdown
 from harness.report.runs import PAGE_SIZE, ReportError, iter_experiments, iter_runs, parse_value
+from harness.tracking import mlflow_client
 
 TOP1 = re.compile(r"^eval\.(?P<benchmark>.+)\.(?P<protocol>[^.]+)\.top1$")
 GROUP = ["method", "backbone", "rho"]
@@ -61,7 +61,7 @@ class Leaderboard:
 
 def study_runs_everywhere(tracking_uri: str, page_size: int = PAGE_SIZE) -> pd.DataFrame:
     """One row per finished study trial run and benchmark it was evaluated on, across all experiments."""
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     ids = [e.experiment_id for e in iter_experiments(client, page_size)]
     records = []
     for start in range(0, len(ids), 50):  # a few experiments per query keeps the SQL small

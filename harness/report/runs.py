@@ -22,6 +22,7 @@ from mlflow.entities import Run
 
 from harness.errors import RhoError
 from harness.redact import redact
+from harness.tracking import mlflow_client
 
 PAGE_SIZE = 1000
 IDENTITY = (
@@ -129,7 +130,7 @@ def run_row(run: Run) -> dict:
 
 def load_study_runs(tracking_uri: str, study: str, page_size: int = PAGE_SIZE) -> StudyRuns:
     """The parent run and every child run of ``study`` (its MLflow experiment has the study's name)."""
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         names = sorted(e.name for e in iter_experiments(client) if e.name != "Default")

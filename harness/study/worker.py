@@ -264,9 +264,9 @@ def _last_failed_attempt(study: optuna.Study, key: str, number: int) -> int | No
 
 def _close_dead_run(tracking_uri: str, run_id: str) -> None:
     """Mark the MLflow run of a dead attempt FAILED (its process could not)."""
-    from mlflow import MlflowClient
+    from harness.tracking import mlflow_client
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         if client.get_run(run_id).info.status == "RUNNING":
             reason = (

@@ -214,6 +214,7 @@ def test_interpolation_passes_through_keyframes_and_rests_there():
         ("drift", 1.5),
         ("cue", "stripes"),
         ("cue_interval", 0.0),
+        ("cue_strength", 0.0),
     ],
 )
 def test_a_bad_spec_names_the_field(field, value):
@@ -365,6 +366,36 @@ def test_the_flicker_cue_sets_each_segments_luminance_rhythm():
     assert not np.allclose(rates[0], rates[1])
 
 
+def test_cue_strength_scales_the_flicker_depth_and_the_grating_amplitude():
+    """The flicker's luminance swing and the grating's amplitude grow with cue_strength; the rest of
+    the video (and the cue's rates and phases) are the same draws; the default leaves spec.json as
+    before, and a flicker deep enough to black the frame out is refused."""
+    spec = replace(CUE_SPEC, cue="flicker", fps=16)
+    times = frame_times(spec)
+    plain = render(draw_plan(replace(spec, cue="none"), "train", 0), spec).astype(float)
+    unclipped = (plain > 10) & (plain < 120)
+    swings = {}
+    for strength in (0.5, 1.0, 2.0):
+        plan = draw_plan(replace(spec, cue_strength=strength), "train", 0)
+        frames = render(plan, replace(spec, cue_strength=strength)).astype(float)
+        gain = np.array([(f[m].sum() / p[m].sum()) for f, p, m in zip(frames, plain, unclipped, strict=True)])
+        depth, rate, phase = plan.cue.params[cue_segments(plan.cue, times)].T
+        assert np.allclose(gain, 1 + depth * np.sin(2 * np.pi * rate * times + phase), atol=0.02)
+        swings[strength] = (gain - 1, plan.cue.params)
+    base_gain, base = swings[1.0]
+    for strength in (0.5, 2.0):
+        gain, params = swings[strength]
+        assert np.allclose(params[:, 0], base[:, 0] * strength) and np.array_equal(params[:, 1:], base[:, 1:])
+        assert np.allclose(gain, base_gain * strength, atol=0.03)
+    grating = [cue_layer(replace(CUE_SPEC, cue="grating", cue_strength=s), 1)[0] for s in (1.0, 0.5)]
+    assert np.abs(grating[1] - grating[0] * 0.5).mean() < 0.01 and np.abs(grating[0]).max() > 0.1
+    assert "cue_strength" not in _stamp(spec)["spec"]
+    assert _stamp(replace(spec, cue_strength=0.5))["spec"]["cue_strength"] == 0.5
+    with pytest.raises(ValueError, match="cue_strength"):
+        SynthSpec(cue="flicker", cue_strength=3.0)
+    assert SynthSpec(cue="grating", cue_strength=3.0).cue_strength == 3.0
+
+
 def test_the_blob_cue_is_a_still_constellation_per_segment():
     """Dots that stay put within a segment and move (or change number) between segments."""
     for index in range(3):
@@ -398,7 +429,12 @@ def test_rho_data_synth_takes_the_cue(tmp_path, capsys):
         == 0
     )
     stamp = json.loads((tmp_path / "cue" / "spec.json").read_text())["spec"]
-    assert stamp["cue"] == "flicker" and stamp["cue_interval"] == 0.25
+    assert stamp["cue"] == "flicker" and stamp["cue_interval"] == 0.25 and "cue_strength" not in stamp
+    assert (
+        main(["data", "synth", str(tmp_path / "weak"), *tiny, "--cue", "flicker", "--cue-strength", "0.5"])
+        == 0
+    )
+    assert json.loads((tmp_path / "weak" / "spec.json").read_text())["spec"]["cue_strength"] == 0.5
     with pytest.raises(SystemExit):
         main(["data", "synth", str(tmp_path / "bad"), *tiny, "--cue", "stripes"])
     assert "invalid choice: 'stripes'" in capsys.readouterr().err
