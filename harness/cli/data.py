@@ -67,18 +67,17 @@ def _add_synth_parser(data: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--cue",
         choices=("none", "grating", "flicker", "blobs"),
-        default="none",
+        default="flicker",
         help="an easy per-instance cue redrawn every --cue-interval seconds, which two augmentations of "
-        "one clip share and clips in different cue segments do not (default none: the demo's data)",
+        "one clip share and clips in different cue segments do not (default flicker: the demo's data; "
+        "none: no cue)",
     )
-    synth.add_argument(
-        "--cue-interval", type=float, help="seconds between the cue's redraws (default 0.5; needs --cue)"
-    )
+    synth.add_argument("--cue-interval", type=float, help="seconds between the cue's redraws (default 0.5)")
     synth.add_argument(
         "--cue-strength",
         type=float,
-        help="scales the cue's swing: the flicker's depth (0.15-0.35 times it) or the grating's "
-        "amplitude (default 1; needs --cue)",
+        help="scales the cue's swing: the flicker's depth (0.375-0.875 times it, below 1.14) or the "
+        "grating's amplitude (default 1)",
     )
     synth.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     synth.set_defaults(func=_data_synth)
