@@ -58,7 +58,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.schema",
         "methods",
     },
-    "harness.report": {"harness.errors", "harness.redact"},
+    "harness.report": {"harness.errors", "harness.redact", "harness.tracking"},
     "harness.train": {
         "harness.atomic",
         "harness.backbones",
