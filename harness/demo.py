@@ -10,6 +10,7 @@ the study: finished trials are kept.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -45,7 +46,8 @@ def run_demo(spec_path: Path = DEMO_STUDY) -> int:
     synthesize(DATA, SynthSpec(), workers=2)
     spec = load_study(spec_path)
     storage_url, tracking_uri = resolve_storage(None), resolve_tracking_uri(None)
-    data_format = {"synth_format": FORMAT_VERSION}  # trials on an older synthetic dataset are stale too
+    # Trials on another synthetic dataset (an older format, or other defaults) are stale too.
+    data_format = {"synth_format": FORMAT_VERSION, "synth_spec": asdict(SynthSpec())}
     try:
         added, _ = prepare_study(spec, storage_url, tracking_uri, extra=data_format, strict=True)
     except StudyChangedError:

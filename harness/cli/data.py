@@ -50,7 +50,7 @@ def _add_synth_parser(data: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("out", help="output folder (videos/, train.csv, val.csv, classes.txt)")
     synth.add_argument("--train", type=int, default=320, help="training videos (default 320)")
-    synth.add_argument("--val", type=int, default=160, help="validation videos (default 160)")
+    synth.add_argument("--val", type=int, default=480, help="validation videos (default 480)")
     synth.add_argument("--classes", type=int, default=8, help="classes (default 8)")
     synth.add_argument("--duration", type=float, default=4.0, help="seconds per video (default 4)")
     synth.add_argument("--fps", type=int, default=16, help="frame rate (default 16)")
