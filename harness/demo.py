@@ -1,8 +1,8 @@
 """``make demo`` / ``rho demo``: the quick start on embedded defaults.
 
 Synthesises the demo dataset (cached in data/synth), runs the study ``studies/demo.yaml``
-(ρSimCLR, ρSwAV, ρMoCo, ρBYOL × ρ ∈ {1, 2} on ``r3d_tiny``, plus the random-init and
-supervised baselines) into the embedded stores under ./mlruns, prints the comparison
+(ρSimCLR, ρSwAV, ρMoCo, ρBYOL × ρ ∈ {1, 2} on ``r3d_tiny``, plus the random-init
+baseline) into the embedded stores under ./mlruns, prints the comparison
 tables and writes the study's report (reports/<study>/report.html). Re-running it resumes
 the study: finished trials are kept.
 """
