@@ -10,13 +10,12 @@ the study: finished trials are kept.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
-from harness.data.synth import FORMAT_VERSION, SynthSpec, synthesize
+from harness.data.synth import SynthSpec, dataset_stamp, synthesize
 from harness.report import write_report
 from harness.study import (
     StudyChangedError,
@@ -43,11 +42,12 @@ def run_demo(spec_path: Path = DEMO_STUDY) -> int:
     """Run the demo study and print its tables; returns the exit status."""
     started = time.monotonic()
     print(f"[1/3] synthetic dataset in {DATA} (cached after the first run)", flush=True)
-    synthesize(DATA, SynthSpec(), workers=2)
+    data_spec = SynthSpec()
+    synthesize(DATA, data_spec, workers=2)
     spec = load_study(spec_path)
     storage_url, tracking_uri = resolve_storage(None), resolve_tracking_uri(None)
     # Trials on another synthetic dataset (an older format, or other defaults) are stale too.
-    data_format = {"synth_format": FORMAT_VERSION, "synth_spec": asdict(SynthSpec())}
+    data_format = {"synth": dataset_stamp(data_spec)}
     try:
         added, _ = prepare_study(spec, storage_url, tracking_uri, extra=data_format, strict=True)
     except StudyChangedError:
@@ -66,7 +66,7 @@ def run_demo(spec_path: Path = DEMO_STUDY) -> int:
     run_worker(spec, storage_url, tracking_uri)
     frame = trials_frame(optuna.load_study(study_name=spec.name, storage=storage_url))
     print(
-        f"\n[3/3] results on the synthetic validation set (chance {100 / SynthSpec().classes:.1f}%), "
+        f"\n[3/3] results on the synthetic validation set (chance {100 / data_spec.classes:.1f}%), "
         f"mean over seeds {spec.seeds}:"
     )
     for metric, title in METRICS.items():

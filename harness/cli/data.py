@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from harness.cli.common import UserError
 
+if TYPE_CHECKING:
+    from harness.data.synth import SynthSpec
 
-def _data_synth(args: argparse.Namespace) -> int:
-    from harness.data.synth import SynthSpec, synthesize
-    from harness.progress import ProgressBar
 
+def synth_spec(args: argparse.Namespace) -> SynthSpec:
+    """The ``SynthSpec`` that ``rho data synth``'s options ask for (options left out keep its defaults)."""
+    from harness.data.synth import SynthSpec
+
+    optional = {"drift": args.drift, "cue_interval": args.cue_interval, "cue_strength": args.cue_strength}
     try:
-        spec = SynthSpec(
+        return SynthSpec(
             train_videos=args.train,
             val_videos=args.val,
             classes=args.classes,
@@ -22,13 +27,18 @@ def _data_synth(args: argparse.Namespace) -> int:
             size=args.size,
             seed=args.seed,
             constant_nuisance=args.constant_nuisance,
-            **({} if args.drift is None else {"drift": args.drift}),
             cue=args.cue,
-            **({} if args.cue_interval is None else {"cue_interval": args.cue_interval}),
-            **({} if args.cue_strength is None else {"cue_strength": args.cue_strength}),
+            **{name: value for name, value in optional.items() if value is not None},
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from harness.data.synth import synthesize
+    from harness.progress import ProgressBar
+
+    spec = synth_spec(args)
     started = time.monotonic()
     bar = ProgressBar("synth", args.train + args.val, log_every=100)
     paths = synthesize(

@@ -67,7 +67,7 @@ class SynthSpec:
     """What to generate; the whole spec (plus FORMAT_VERSION) identifies a dataset on disk."""
 
     train_videos: int = 320
-    val_videos: int = 480  # 160 gave +-4 points of probe noise per run on their own; 480 halve it
+    val_videos: int = 480  # 160 alone gave about +-4 points of probe noise per run
     classes: int = 8
     duration: float = 4.0  # seconds
     fps: int = 16
@@ -565,7 +565,7 @@ def _make_video(task: tuple[Path, SynthSpec, str, int]) -> dict[str, object]:
     return {"path": relative, "label": plan.label, "class_name": class_names(spec.classes)[plan.label]}
 
 
-def _stamp(spec: SynthSpec) -> dict[str, object]:
+def dataset_stamp(spec: SynthSpec) -> dict[str, object]:
     """The content of spec.json: what a finished dataset was made from."""
     return {"format_version": FORMAT_VERSION, "spec": asdict(spec)}
 
@@ -573,7 +573,7 @@ def _stamp(spec: SynthSpec) -> dict[str, object]:
 def _is_complete(out: Path, spec: SynthSpec) -> bool:
     """True when spec.json matches ``spec`` and both manifests list all their videos, all present."""
     try:
-        if json.loads((out / "spec.json").read_text()) != _stamp(spec):
+        if json.loads((out / "spec.json").read_text()) != dataset_stamp(spec):
             return False
         return all(len(read_manifest(out / f"{split}.csv")) == spec.videos(split) for split in SPLITS)
     except (OSError, ValueError, ManifestError):
@@ -642,5 +642,5 @@ def synthesize(
         )
     (out / "classes.txt").write_text("\n".join(class_names(spec.classes)) + "\n")
     with atomic_file(out / "spec.json") as handle:
-        handle.write(json.dumps(_stamp(spec), indent=2, sort_keys=True) + "\n")
+        handle.write(json.dumps(dataset_stamp(spec), indent=2, sort_keys=True) + "\n")
     return manifests

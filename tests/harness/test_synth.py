@@ -16,9 +16,9 @@ import pytest
 from harness.data.manifest import read_manifest
 from harness.data.synth import (
     SynthSpec,
-    _stamp,
     class_names,
     cue_segments,
+    dataset_stamp,
     draw_plan,
     frame_times,
     interpolate,
@@ -265,8 +265,8 @@ def test_without_a_cue_the_frames_and_the_stamp_are_those_of_before():
     assert draw_plan(spec, "train", 1).cue is None
     explicit = replace(spec, cue="none", cue_interval=2.0)
     assert np.array_equal(render(draw_plan(explicit, "train", 1), explicit), frames)
-    assert _stamp(spec)["spec"]["cue"] == "none" and _stamp(spec)["format_version"] == 3
-    assert _stamp(replace(spec, cue="grating"))["spec"]["cue"] == "grating"
+    assert dataset_stamp(spec)["spec"]["cue"] == "none" and dataset_stamp(spec)["format_version"] == 3
+    assert dataset_stamp(replace(spec, cue="grating"))["spec"]["cue"] == "grating"
     assert SynthSpec().cue == "flicker", "the default (the demo's) dataset carries the flicker"
 
 
@@ -390,7 +390,7 @@ def test_cue_strength_scales_the_flicker_depth_and_the_grating_amplitude():
         assert np.allclose(gain, base_gain * strength / 0.5, atol=0.03)
     grating = [cue_layer(replace(CUE_SPEC, cue="grating", cue_strength=s), 1)[0] for s in (1.0, 0.5)]
     assert np.abs(grating[1] - grating[0] * 0.5).mean() < 0.01 and np.abs(grating[0]).max() > 0.1
-    assert _stamp(replace(spec, cue_strength=0.5))["spec"]["cue_strength"] == 0.5
+    assert dataset_stamp(replace(spec, cue_strength=0.5))["spec"]["cue_strength"] == 0.5
     with pytest.raises(ValueError, match="cue_strength"):
         SynthSpec(cue="flicker", cue_strength=1.2)
     assert SynthSpec(cue="grating", cue_strength=3.0).cue_strength == 3.0
@@ -448,3 +448,12 @@ def test_rho_data_synth_takes_the_cue(tmp_path, capsys):
         main(["data", "synth", str(tmp_path / "bad"), *tiny, "--cue", "stripes"])
     assert "invalid choice: 'stripes'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_synth_commands_defaults_are_the_specs():
+    """`rho data synth OUT` with no options makes the default (the demo's) dataset: the parser's
+    defaults, written out for its help, cannot drift from SynthSpec's."""
+    from harness.cli import build_parser
+    from harness.cli.data import synth_spec
+
+    assert synth_spec(build_parser().parse_args(["data", "synth", "out"])) == SynthSpec()
