@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -109,15 +109,27 @@ _TURNS: dict[str, Orient] = {
 }
 
 
+def display_matrix(frame: av.VideoFrame) -> bytes | None:
+    """The frame's display matrix (nine int32 in 16.16 fixed point), or None when it has none.
+
+    PyAV changed ``frame.side_data`` in 18.1.1: up to 18.1.0 it is a sequence of side-data
+    objects, each with a ``type``; from 18.1.1 a mapping from ``Type`` to side data. Both are read.
+    """
+    kind = av.sidedata.sidedata.Type.DISPLAYMATRIX
+    side_data = frame.side_data
+    if isinstance(side_data, Mapping):
+        data = side_data.get(kind)
+        return None if data is None else bytes(data)
+    return next((bytes(d) for d in side_data if d.type == kind), None)
+
+
 def display_turn(frame: av.VideoFrame) -> str:
     """What ffmpeg's autorotate does to this frame, from its display matrix: a key of ``_TURNS``.
 
     The same decision as fftools (``get_rotation`` and the transpose/hflip/vflip choice), so
     frames match ``ffmpeg -i``; angles that are not a multiple of 90° are left unturned.
     """
-    matrix = next(
-        (bytes(d) for d in frame.side_data if d.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None
-    )
+    matrix = display_matrix(frame)
     if matrix is None:
         return "none"
     m = np.frombuffer(matrix, dtype=np.int32).astype(np.float64) / 65536
