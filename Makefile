@@ -1,15 +1,32 @@
 # The two commands of the README: `make demo` and `make test`. Each creates .venv when it is
-# missing and installs the project into it (editable, with the dev extra) first.
+# missing and installs the tested environment into it first: every package at the exact version
+# and hash of requirements.lock, then the project itself (editable). Where the lock does not fit
+# the interpreter or platform (it says which it was resolved for), pyproject.toml's ranges are
+# installed instead, with a warning: that combination is untested.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+LATEST := .venv-latest
+PIP    := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast lint install clean
+# The test-latest subset: data, decode, methods and the command line (a few minutes).
+LATEST_TESTS := tests/harness/test_decode.py tests/harness/test_decode_backends.py \
+	tests/harness/test_dataset.py tests/harness/test_synth.py tests/harness/test_transforms.py \
+	tests/harness/test_check.py tests/harness/test_manifest.py tests/methods tests/harness/test_cli.py
 
-$(STAMP): pyproject.toml
+.PHONY: demo test test-fast test-latest lock lint install clean
+
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@if $(PYTHON) .ci/lock.py usable; then \
+		$(PY) $(PIP) --require-hashes -r requirements.lock && \
+		$(PY) $(PIP) --no-deps --no-build-isolation -e . ; \
+	else \
+		echo "warning: requirements.lock was resolved for another interpreter or platform;" \
+			"installing pyproject.toml's ranges (an untested combination)" >&2; \
+		$(PY) $(PIP) -e '.[dev]' ; \
+	fi
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -23,9 +40,22 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Regenerate requirements.lock from pyproject.toml in a clean venv (then run `make test`).
+lock:
+	$(PYTHON) .ci/lock.py write
+
+# The newest versions pyproject.toml allows, in a venv of their own: the data, decode, method
+# and CLI tests and a one-trial demo. Prints the versions that differ from the lock.
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager '.[dev]'
+	$(LATEST)/bin/python .ci/lock.py diff
+	$(LATEST)/bin/python -m harness demo --spec studies/cpu/smoke.yaml
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness methods tests benchmarks
 	$(VENV)/bin/ruff format --check harness methods tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from harness.errors import RhoError
+from harness.resources import locate
 from harness.schema import (
     ConfigError,
     build_section,
@@ -210,7 +211,11 @@ class EvalConfig:
     """Evaluation after pretraining and the online kNN monitor."""
 
     benchmarks: list[str] = field_spec(
-        factory=list, help="benchmark YAML files to evaluate after pretraining", files=True
+        factory=list,
+        help="benchmark YAML files to evaluate after pretraining (a relative path not in the current "
+        "folder names the shipped benchmarks/ file)",
+        files=True,
+        resolve=locate,
     )
     knn_monitor: bool = field_spec(False, help="kNN accuracy on data.val after every epoch")
     knn_k: int = field_spec(200, help="neighbours for the kNN monitor", min=1)
@@ -347,6 +352,7 @@ def load_experiment(
         ConfigError: the first invalid key or value, before anything is computed.
     """
     tree: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
+    path = locate(path) if path is not None else None
     source = str(path) if path is not None else None
     if path is not None:
         for key, value in flatten(read_yaml(path)).items():

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.data.synth import SynthSpec, dataset_stamp, synthesize
 from harness.report import write_report
+from harness.resources import shipped
 from harness.study import (
     StudyChangedError,
     comparison_table,
@@ -29,8 +30,7 @@ from harness.study import (
 )
 from harness.tracking import resolve_tracking_uri
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_STUDY = ROOT / "studies" / "demo.yaml"
+DEMO_STUDY = shipped("studies/demo.yaml")
 DATA = Path("data/synth")
 METRICS = {
     "eval.synth-linear.linear.top1": "linear probe top-1 (%)",

@@ -124,7 +124,8 @@ def field_spec(
 
     Rules: ``min``, ``max``, ``gt`` (numbers, or every item of a list), ``choices``, ``length``,
     ``pair`` / ``pair01`` ([low, high]), ``file`` / ``files`` (paths: ``${VAR}`` expands and,
-    when files are checked, they must exist), ``env`` (``${VAR}`` expands), ``registry``.
+    when files are checked, they must exist; ``resolve``, a function from a path to the file it
+    names, serves ``files``), ``env`` (``${VAR}`` expands), ``registry``.
     """
     metadata = {"help": help, **rules}
     if factory is not None:
@@ -252,7 +253,7 @@ def check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any], check
     _check_rules(key, value, rules, help_text)
     if check_files and rules.get("files"):
         for item in value:
-            if not Path(item).is_file():
+            if not rules.get("resolve", Path)(item).is_file():
                 raise ConfigError(
                     key, item, f"existing files ({help_text}); no file at {Path(item).resolve()}"
                 )

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from harness import __version__
 from harness.cli import (
     bench,
     config,
@@ -19,6 +20,7 @@ from harness.cli import (
     demo,
     evaluate,
     import_checkpoint,
+    init,
     pretrain,
     report,
     study,
@@ -31,6 +33,7 @@ __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
   rho demo                                        the quick start (what `make demo` runs)
+  rho init my-study                               copy the shipped studies/ and benchmarks/ to edit
   rho data synth data/synth                       make the demo dataset (real H.264 mp4 files)
   rho data check data/synth/train.csv             list unreadable videos
   rho config show studies/experiments/demo.yaml data.clips=3
@@ -47,7 +50,9 @@ EPILOG = """examples:
 """
 
 
-COMMANDS = (config, data, pretrain, study, evaluate, import_checkpoint, demo, ui, report, dashboard, bench)
+COMMANDS = (
+    init, config, data, pretrain, study, evaluate, import_checkpoint, demo, ui, report, dashboard, bench
+)  # fmt: skip
 """The command modules, each with ``add_parser(commands)``, in the order ``rho --help`` lists them."""
 
 
@@ -60,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"rho-harness {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(commands)

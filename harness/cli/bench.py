@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-DEFAULT_BENCH_OUTPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md"
+from harness.resources import bench_results
+
+DEFAULT_BENCH_OUTPUT = bench_results()
 
 
 def _bench(args: argparse.Namespace) -> int:

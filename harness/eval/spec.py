@@ -43,6 +43,7 @@ from typing import Any
 
 from harness.config import DATASETS, AugmentConfig
 from harness.data.manifest import ManifestError, read_manifest
+from harness.resources import locate
 from harness.schema import ConfigError, build_section, check_value, field_spec, read_mapping, unknown_key_hint
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -209,7 +210,7 @@ def load_benchmark(path: str | Path, check_files: bool = True) -> Benchmark:
     Raises:
         ConfigError: for the first bad key or value, naming ``path``.
     """
-    path = Path(path)
+    path = locate(path)
     raw = read_mapping(
         path, "benchmark", "benchmark YAML file (benchmarks/*.yaml)", f"keys {', '.join(TOP_LEVEL)}"
     )

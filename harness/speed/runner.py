@@ -27,12 +27,12 @@ from typing import Any
 import torch
 
 from harness.errors import RhoError
+from harness.resources import bench_results, shipped
 from harness.speed.environment import describe_machine, load_average
 from harness.speed.result import SpeedResult, markdown_table
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-SPEED_DIR = BENCHMARKS / "speed"
-DEFAULT_OUTPUT = BENCHMARKS / "RESULTS.md"
+SPEED_DIR = shipped("benchmarks/speed")
+DEFAULT_OUTPUT = bench_results()
 DEFAULT_WORKDIR = Path("mlruns/bench")
 
 

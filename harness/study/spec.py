@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import Experiment, flatten, load_experiment, read_yaml, set_dotted
+from harness.resources import locate
 from harness.schema import ConfigError, unknown_key_hint
 
 TOP_KEYS = (
@@ -200,7 +201,7 @@ def load_study(path: str | Path, check_files: bool = True) -> StudySpec:
     Raises:
         ConfigError: naming the spec file, the key, the value and what is allowed.
     """
-    path = Path(path)
+    path = locate(path)
     raw = read_yaml(path)
     return parse_study(raw, path, check_files=check_files)
 
@@ -265,8 +266,8 @@ def _base_tree(source: str, experiment: Any, path: Path | None) -> dict[str, Any
         return copy.deepcopy(experiment)
     if isinstance(experiment, str):
         candidate = Path(experiment)
-        if not candidate.is_absolute() and path is not None and (path.parent / candidate).is_file():
-            candidate = path.parent / candidate
+        if not candidate.is_absolute() and path is not None and locate(path.parent / candidate).is_file():
+            candidate = locate(path.parent / candidate)  # beside the spec, or its shipped copy
         if not candidate.is_file():
             raise ConfigError(
                 "experiment",

@@ -40,7 +40,8 @@ def subcommands(parser, prefix=()):
 
 # What a user looks for in each command's help: its arguments and main options.
 HELP_ARGUMENTS = {
-    (): ["--verbose"],
+    (): ["--verbose", "--version"],
+    ("init",): ["folder", "--force"],
     ("config", "show"): ["config", "key=value", "--no-check-files"],
     ("config", "keys"): [],
     ("data", "synth"): ["out", "--train", "--val", "--classes", "--size", "--seed", "--workers"],

@@ -153,3 +153,29 @@ def test_constant_rate_probe_with_b_frames_keeps_the_headers_numbers(tmp_path):
         assert probe(container, path) == VideoInfo(fps=25.0, num_frames=100, width=64, height=64)
         frames, padded = decode_times(container, np.array([0.0, 3.96]))
     assert [read_index(f) for f in frames] == [0, 99] and padded == 0  # probe rewound the container
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_the_display_matrix_is_read_from_both_pyav_side_data_apis(tmp_path, degrees):
+    """PyAV 18.1.1 made ``frame.side_data`` a mapping of ``Type`` keys; up to 18.1.0 it was a sequence
+    of side-data objects with a ``type``. The same real side data, in either shape, gives one turn."""
+    from harness.data.decode import display_matrix, display_turn
+
+    path, _ = write_turned_video(tmp_path / "phone.mp4", degrees)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        current = frame.side_data
+        sequence = list(current.values()) if hasattr(current, "values") else list(current)
+        assert any(d.type == av.sidedata.sidedata.Type.DISPLAYMATRIX for d in sequence)
+
+        class SequenceFrame:  # the real side-data objects, as PyAV <= 18.1.0 hands them out
+            side_data = sequence
+
+        assert display_matrix(SequenceFrame()) == display_matrix(frame)
+        assert len(display_matrix(frame)) == 36  # nine int32
+        assert display_turn(SequenceFrame()) == display_turn(frame) != "none"
+
+        class NoSideData:
+            side_data: list = []
+
+        assert display_matrix(NoSideData()) is None and display_turn(NoSideData()) == "none"
