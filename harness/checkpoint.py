@@ -6,6 +6,11 @@ completed epoch and step, the method's state (online and momentum encoders, queu
 prototypes), the optimiser's state, the RNG states (Python, NumPy, torch CPU and CUDA), the
 MLflow run id and the per-epoch history. The data loader needs no state of its own: the
 order of an epoch and every item's randomness derive from (seed, epoch, index).
+
+A mid-epoch checkpoint (a stop signal, ``runtime.checkpoint_every``/``checkpoint_seconds``) is
+format 2: the same, plus ``in_epoch``, the position in the epoch under way (its batches done,
+the sums of its step metrics) and the bad files found so far; format 1 readers refuse it rather
+than resume it at the wrong step. Format 1 checkpoints (epoch ends) stay readable.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import torch
 from harness.atomic import atomic_file
 from harness.errors import EnvironmentFailure, RhoError
 
-FORMAT = 1
+FORMAT = 1  # a checkpoint at an epoch end
+MID_EPOCH_FORMAT = 2  # one within an epoch: ``in_epoch`` says where
+FORMATS = (FORMAT, MID_EPOCH_FORMAT)
 LAST = "last.pt"
 
 
@@ -50,7 +57,8 @@ class _RememberingWriter:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename; in
+    format 2 when it holds an ``in_epoch`` position, else format 1.
 
     Raises:
         CheckpointWriteError: the folder cannot take the file (full disk, read-only, no
@@ -61,7 +69,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         with atomic_file(path, "wb", fsync=True) as raw:
             handle = _RememberingWriter(raw)
             try:
-                torch.save({"format": FORMAT, **state}, handle)
+                fmt = MID_EPOCH_FORMAT if state.get("in_epoch") else FORMAT
+                torch.save({**state, "format": fmt}, handle)
             except RuntimeError:
                 # torch reports a failed write as "unexpected pos ..."; raise the OSError behind it
                 # (No space left on device, ...) so that the message says what happened.
@@ -106,8 +115,10 @@ def load_checkpoint(path: str | Path, expected_hash: str | None = None) -> dict[
     """
     path = Path(path)
     state = read_tensor_file(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a rho-harness checkpoint of format {FORMAT}")
+    if not isinstance(state, dict) or state.get("format") not in FORMATS:
+        raise CheckpointError(
+            f"{path} is not a rho-harness checkpoint of format {' or '.join(map(str, FORMATS))}"
+        )
     if expected_hash is not None and state.get("config_hash") != expected_hash:
         raise CheckpointError(
             f"{path} was written by another training config (hash {state.get('config_hash')}, this config "

@@ -94,6 +94,18 @@ def all_reduce_max(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def max_over_ranks(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest of every rank's ``value`` (one all-reduce of one number; on ``device``, which
+    must be the process group's: CUDA under NCCL); ``value`` itself in one process. Every rank
+    must call it the same number of times."""
+    if not is_distributed():
+        return value
+    x = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return int(x.item())
+
+
+@torch.no_grad()
 def shuffle_batch(x: Tensor) -> tuple[Tensor, Tensor | None]:
     """Shuffle-BN, step 1: a random batch of the same size drawn from all ranks' samples.
 

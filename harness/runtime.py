@@ -3,20 +3,134 @@
 ``torchrun --nproc_per_node=N -m harness pretrain ...`` sets ``WORLD_SIZE``/``RANK``/
 ``LOCAL_RANK``; ``Runtime.setup`` then joins the process group (NCCL on CUDA, gloo on CPU),
 and each rank takes GPU ``LOCAL_RANK``. Without those variables it is one process.
+
+Stop signals (``runtime.stop_signals``, SIGTERM and SIGUSR1 by default: what SLURM sends before
+a time limit or a preemption): inside ``stop_signals`` such a signal only records that a stop
+was asked for (``stop_requested``); the training loop then stops every rank at the same step
+boundary, writes a checkpoint there and raises ``Preempted``, and ``rho`` exits with
+``EXIT_PREEMPTED`` (75).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.config import RuntimeConfig
+from harness.config import ConfigError, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped on a signal after a checkpoint; run it again
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGINT")  # what runtime.stop_signals allows
+
+
+class Preempted(Exception):
+    """A stop signal arrived: the run stopped at a step boundary after writing its checkpoint there.
+
+    ``rho`` exits with ``EXIT_PREEMPTED``; ``--resume`` (a study: running it again) continues at that
+    step, bit-identical to a run that was never stopped.
+    """
+
+    exit_status = EXIT_PREEMPTED
+
+    def __init__(self, message: str, signum: int = 0):
+        super().__init__(message)
+        self.signum = signum
+
+
+_stop: dict[str, int] = {"signal": 0, "depth": 0}  # the signal received (0: none); nesting of stop_signals
+
+
+def signal_numbers(names: Sequence[str]) -> list[signal.Signals]:
+    """The signals named in ``runtime.stop_signals``.
+
+    Raises:
+        ConfigError: a name that is not one of ``STOP_SIGNALS``.
+    """
+    for name in names:
+        if name not in STOP_SIGNALS or not hasattr(signal, name):
+            raise ConfigError(
+                "runtime.stop_signals", list(names), f"signal names among {', '.join(STOP_SIGNALS)}"
+            )
+    return [getattr(signal, name) for name in dict.fromkeys(names)]
+
+
+def stop_requested() -> int:
+    """The stop signal this process received inside ``stop_signals`` (0: none)."""
+    return _stop["signal"]
+
+
+def request_stop(signum: int, frame: object = None) -> None:
+    """Record a stop request (what the signal handler does); the first signal is the one reported."""
+    _stop["signal"] = _stop["signal"] or int(signum)
+
+
+@contextlib.contextmanager
+def stop_signals(names: Sequence[str], on_signal: Callable[[int], None] | None = None) -> Iterator[None]:
+    """While inside, the signals ``names`` ask for a stop (``stop_requested``) instead of ending the
+    process; ``on_signal`` (e.g. forwarding the signal to a child) runs on each. The previous
+    handlers come back on exit; the outermost ``stop_signals`` starts and ends with no request
+    pending. Outside the main thread (where Python cannot take signals) this does nothing.
+    """
+    numbers = signal_numbers(names)
+    if threading.current_thread() is not threading.main_thread():
+        log.debug("stop signals not installed: not the main thread")
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        request_stop(signum)
+        if on_signal is not None:
+            on_signal(signum)
+
+    if _stop["depth"] == 0:
+        _stop["signal"] = 0
+    previous = {number: signal.signal(number, handler) for number in numbers}
+    _stop["depth"] += 1
+    try:
+        yield
+    finally:
+        _stop["depth"] -= 1
+        for number, old in previous.items():
+            signal.signal(number, old)
+        if _stop["depth"] == 0:
+            _stop["signal"] = 0
+
+
+@contextlib.contextmanager
+def command_stop_signals(names: Sequence[str]) -> Iterator[None]:
+    """``stop_signals`` for the rest of a command's process: inside, a signal asks for a stop; after,
+    the work is over and the signals are ignored for the moments the process takes to exit (Python
+    puts its handlers back to the default, killing, action while it finalizes, and a launcher such
+    as torchrun signals the ranks that have not exited yet), so that the exit status stays the one
+    the command returned."""
+    numbers = signal_numbers(names)
+    try:
+        with stop_signals(names):
+            yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number in numbers:
+                signal.signal(number, signal.SIG_IGN)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGUSR1`` for its number."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
 
 Device = str | torch.device
 
@@ -45,6 +159,7 @@ class Runtime:
     @classmethod
     def setup(cls, config: RuntimeConfig) -> Runtime:
         """Pick the device and precision; join the process group when launched by torchrun."""
+        signal_numbers(config.stop_signals)  # a bad name fails here, before any compute
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import os
@@ -93,6 +94,81 @@ def expand_env(key: str, text: str) -> tuple[str, list[str]]:
     return ENV_REFERENCE.sub(substitute, text), names
 
 
+class RepeatedKey(yaml.YAMLError):
+    """A mapping that gives one key twice (``UniqueKeyLoader``): its dotted name, value and lines."""
+
+    def __init__(self, key: str, value: Any, line: int, first_line: int, section: bool):
+        self.key, self.value, self.line, self.first_line, self.section = key, value, line, first_line, section
+        super().__init__(f"line {line} repeats {key} of line {first_line}")
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice, at any depth.
+
+    Plain YAML keeps the last value silently (and a repeated section replaces the whole first
+    one, whose keys then fall back to their defaults). Keys that a merge (``<<: *base``) brings
+    in may be overridden: only the keys written in one mapping are compared.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._refuse_repeated_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _refuse_repeated_keys(self, node: yaml.Node, where: str, checked: set[int]) -> None:
+        """Walk the composed ``node`` (``where``: its dotted name); each node once, so that
+        aliases (and a node that holds itself) cost no more than the text that defines them."""
+        if id(node) in checked:
+            return
+        checked.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._refuse_repeated_keys(item, f"{where}[{index}]", checked)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            return
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                # merged keys may be overridden (the merged mappings are checked themselves);
+                # a complex key is refused by the constructor as unhashable
+                self._refuse_repeated_keys(value_node, where, checked)
+                continue
+            key = self.construct_object(key_node, deep=True)
+            dotted = f"{where}.{key}" if where else str(key)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                try:
+                    value = self.construct_object(value_node, deep=True)
+                except yaml.YAMLError:
+                    value = None
+                raise RepeatedKey(dotted, value, line, first, isinstance(value_node, yaml.MappingNode))
+            seen[key] = line
+            self._refuse_repeated_keys(value_node, dotted, checked)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read with the safe loader, a key repeated in a mapping refused (``UniqueKeyLoader``)."""
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, once per class: it evaluates every annotation's string each
+    call (slow: a 1,000-point study builds every section of every point's experiment). Read only."""
+    return typing.get_type_hints(cls)
+
+
 def read_mapping(path: str | Path, key: str, file: str, content: str) -> dict[str, Any]:
     """The top-level mapping of a YAML file (safe loader; an empty file is an empty mapping).
 
@@ -103,13 +179,23 @@ def read_mapping(path: str | Path, key: str, file: str, content: str) -> dict[st
         content: what the mapping holds (``sections data, backbone, ...``).
 
     Raises:
-        ConfigError: for a missing file, invalid YAML or a document that is not a mapping.
+        ConfigError: for a missing file, invalid YAML, a key given twice in one mapping (at any
+            depth; named with the file and its line) or a document that is not a mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), f"a path to an existing {file}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
+    except RepeatedKey as exc:
+        replaced = "; a repeated section replaces the whole first one" if exc.section else ""
+        raise ConfigError(
+            exc.key,
+            exc.value,
+            f"each key once: line {exc.line} sets {exc.key} again, after line {exc.first_line} "
+            f"(YAML would keep the last value without a word{replaced}); keep one of the two",
+            f"{path}:{exc.line}",
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(key, str(path), f"valid YAML; the parser says: {exc}") from None
     if not isinstance(raw, dict):
@@ -181,7 +267,7 @@ def _build(
     base: Any,
     suggest: Sequence[str],
 ) -> T:
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
 
     def dotted(name: str) -> str:

@@ -1,6 +1,7 @@
 """Test-wide set-up: private HOME, TORCH_HOME and MPLCONFIGDIR folders for every test, a real
 MLflow store, and the shared data fixtures (small real mp4 files, a tiny synthetic dataset)."""
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -86,3 +87,18 @@ def plugin_root(tmp_path):
     for name, module in list(sys.modules.items()):
         if Path(getattr(module, "__file__", None) or "/").is_relative_to(tmp_path):
             sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def postgres_url():
+    """A clean database on the PostgreSQL server of .ci/run (RHO_TEST_POSTGRES_URL); skips without one."""
+    url = os.environ.get("RHO_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("RHO_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:  # a clean database for this test
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public;"))
+    engine.dispose()
+    return url

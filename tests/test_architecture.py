@@ -93,6 +93,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.report",
         "harness.resources",
         "harness.retry",
+        "harness.runtime",
         "harness.schema",
         "harness.tracking",
         "harness.train",
@@ -107,6 +108,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.tracking",
     },
     "harness.cli": {
+        "harness",
         "harness.config",
         "harness.dashboard",
         "harness.data",
@@ -117,6 +119,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.redact",
         "harness.report",
         "harness.resources",
+        "harness.runtime",
         "harness.slowfast_import",
         "harness.speed",
         "harness.study",
@@ -429,7 +432,9 @@ def readme_map() -> dict[str, set[str]]:
         if len(cells) != 3 or not re.fullmatch(r"`[\w./]+`", cells[0]):
             continue
         names = re.findall(r"`([\w.]+)`", cells[2])
-        rows[cells[0].strip("`")] = {name if name == "methods" else f"harness.{name}" for name in names}
+        rows[cells[0].strip("`")] = {
+            name if name in ("methods", "harness") else f"harness.{name}" for name in names
+        }
     return rows
 
 

@@ -8,8 +8,14 @@ import sys
 
 from harness.errors import RhoError
 
-TRACKING_URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
-STORAGE_HELP = "Optuna storage URL (default: $RHO_STORAGE or sqlite:///mlruns/optuna.db)"
+TRACKING_URI_HELP = (
+    "MLflow store: http(s)://HOST:PORT, sqlite:///FILE or postgresql://USER@HOST/DB "
+    "(default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+)
+STORAGE_HELP = (
+    "Optuna storage URL: sqlite:///FILE or postgresql://USER@HOST/DB "
+    "(default: $RHO_STORAGE or sqlite:///mlruns/optuna.db)"
+)
 
 
 class UserError(RhoError):

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from harness.cli.common import TRACKING_URI_HELP, print_metrics
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    import json
-
     from harness.config import load_experiment
-    from harness.train import pretrain
+    from harness.runtime import command_stop_signals
 
     experiment = load_experiment(args.config, args.overrides)
+    # From here to the exit a stop signal never kills the process: the training stops at its next
+    # step (or before its first) with a checkpoint there; once it is done, the signal is moot.
+    with command_stop_signals(experiment.runtime.stop_signals):
+        return _run(args, experiment)
+
+
+def _run(args: argparse.Namespace, experiment) -> int:
+    import json
+
+    from harness.runtime import Preempted
+    from harness.train import pretrain
+
     on_epoch_end, pruned = None, ()
     if os.environ.get("RHO_TRIAL"):  # a rank of a study's torchrun trial (harness.study.launch)
         import optuna
@@ -48,6 +59,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         if started and args.result_json:
             Path(args.result_json).write_text(json.dumps({**started, "pruned": str(exc)}))
         return 0
+    except Preempted as exc:  # a stop signal: a checkpoint at the step every rank stopped at
+        print(f"rho: preempted: {exc}", file=sys.stderr, flush=True)
+        if started and args.result_json:
+            Path(args.result_json).write_text(json.dumps({**started, "preempted": str(exc)}))
+        return exc.exit_status
     if result.run_id is None:
         return 0  # not rank 0
     print(f"MLflow run {result.run_id}")
@@ -64,8 +80,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain one experiment (checkpoints, MLflow run, evaluation)",
-        description="Pretrain CONFIG with key=value overrides; checkpoints every epoch under runtime.output_dir; "
-        "evaluates eval.benchmarks at the end. Under torchrun each process is one rank.",
+        description="Pretrain CONFIG with key=value overrides; checkpoints every epoch under runtime.output_dir "
+        "(and mid-epoch with runtime.checkpoint_every or checkpoint_seconds); evaluates eval.benchmarks at "
+        "the end. Under torchrun each process is one rank. A signal of runtime.stop_signals (SIGTERM, SIGUSR1) "
+        "stops every rank at the next step with a checkpoint there and exit status 75; --resume continues "
+        "there.",
     )
     pretrain.add_argument("config")
     pretrain.add_argument("overrides", nargs="*", metavar="key=value")

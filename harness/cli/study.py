@@ -18,10 +18,13 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
 
 def _study_run(args: argparse.Namespace) -> int:
     from harness.redact import redact
+    from harness.runtime import EXIT_PREEMPTED, command_stop_signals
     from harness.study import load_study, prepare_study, resolve_storage, run_worker, run_workers
+    from harness.study.worker import stop_signal_names
     from harness.tracking import resolve_tracking_uri
 
     spec = load_study(args.spec)
+    signals = stop_signal_names(spec)
     storage_url = resolve_storage(args.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     added, parent = prepare_study(spec, storage_url, tracking_uri)
@@ -31,12 +34,21 @@ def _study_run(args: argparse.Namespace) -> int:
         f"MLflow {redact(tracking_uri)} (parent run {parent})",
         flush=True,
     )
-    if args.workers > 1:
-        code = run_workers(args.spec, storage_url, tracking_uri, args.workers, args.gpus_per_trial)
-    else:
-        run_worker(spec, storage_url, tracking_uri, gpus_per_trial=args.gpus_per_trial)
-        code = 0
-    _print_study(spec.name, storage_url, spec)
+    with command_stop_signals(signals):  # a stop signal: trials stop at a step, re-queued; status 75
+        if args.workers > 1:
+            code = run_workers(
+                args.spec, storage_url, tracking_uri, args.workers, args.gpus_per_trial, signals
+            )
+        else:
+            report = run_worker(spec, storage_url, tracking_uri, gpus_per_trial=args.gpus_per_trial)
+            code = EXIT_PREEMPTED if report.preempted else 0
+        _print_study(spec.name, storage_url, spec)
+        if code == EXIT_PREEMPTED:
+            print(
+                f"study {spec.name}: stopped by a signal; interrupted trials are re-queued and resume "
+                f"from their checkpoints when the study runs again (exit status {EXIT_PREEMPTED})",
+                flush=True,
+            )
     return code
 
 
@@ -78,17 +90,28 @@ def _add_run_parser(study: argparse._SubParsersAction) -> None:
 
 
 def _study_worker(args: argparse.Namespace) -> int:
-    from harness.study import load_study, resolve_storage, run_worker
+    import os
 
+    from harness.runtime import EXIT_PREEMPTED, command_stop_signals
+    from harness.study import load_study, resolve_storage, run_worker
+    from harness.study.launch import PARENT_ENV, die_with_parent
+    from harness.study.worker import stop_signal_names
+
+    if os.environ.get(PARENT_ENV):  # started by `rho study run --workers`: do not outlive it
+        die_with_parent(int(os.environ[PARENT_ENV]))
     spec = load_study(args.spec)
-    report = run_worker(
-        spec, resolve_storage(args.storage), args.tracking_uri, gpus_per_trial=args.gpus_per_trial
+    with command_stop_signals(stop_signal_names(spec)):
+        report = run_worker(
+            spec, resolve_storage(args.storage), args.tracking_uri, gpus_per_trial=args.gpus_per_trial
+        )
+    stopped = (
+        f", stopped by a signal (its trial re-queued; status {EXIT_PREEMPTED})" if report.preempted else ""
     )
     print(
-        f"worker done: {report.completed} complete, {report.failed} failed, {report.pruned} pruned",
+        f"worker done: {report.completed} complete, {report.failed} failed, {report.pruned} pruned{stopped}",
         flush=True,
     )
-    return 0
+    return EXIT_PREEMPTED if report.preempted else 0
 
 
 def _add_worker_parser(study: argparse._SubParsersAction) -> None:
@@ -155,19 +178,18 @@ def _add_delete_parser(study: argparse._SubParsersAction) -> None:
 
 
 def _study_list(args: argparse.Namespace) -> int:
-    import optuna
-
     from harness.study import resolve_storage
+    from harness.study.backend import make_storage, study_summaries
 
-    summaries = optuna.get_all_study_summaries(resolve_storage(args.storage), include_best_trial=True)
+    summaries = study_summaries(make_storage(resolve_storage(args.storage)))
     if not summaries:
         print("no studies yet; start one with `rho study run studies/demo.yaml`")
         return 0
     print(f"{'study':30} {'trials':>7} {'best':>10}  started")
     for summary in summaries:
-        best = f"{summary.best_trial.value:.4g}" if summary.best_trial is not None else "-"
-        started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "-"
-        print(f"{summary.study_name:30} {summary.n_trials:>7} {best:>10}  {started}")
+        best = f"{summary['best']:.4g}" if summary["best"] is not None else "-"
+        started = summary["started"].strftime("%Y-%m-%d %H:%M") if summary["started"] else "-"
+        print(f"{summary['name']:30} {summary['trials']:>7} {best:>10}  {started}")
     return 0
 
 

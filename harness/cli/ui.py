@@ -17,7 +17,7 @@ def _ui(args: argparse.Namespace) -> int:
     import tempfile
 
     from harness.redact import redact
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import mlflow_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     port = args.port
@@ -25,12 +25,28 @@ def _ui(args: argparse.Namespace) -> int:
         with socket.socket() as sock:
             sock.bind((args.host, 0))
             port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    command += ["--host", args.host, "--port", str(port), "--workers", "1"]
+    # The store as MLflow is given it (a postgresql:// URL names the installed driver, psycopg2),
+    # in the environment, not on the command line, where `ps` would show its password.
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--host",
+        args.host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # The server's log goes to a file: a pipe nobody reads would block it once full.
     log_file = tempfile.NamedTemporaryFile("w+", prefix="rho-ui-", suffix=".log", delete=False)
     # MLflow 3's GenAI job runner (huey consumers) is of no use here and slows start and stop.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_BACKEND_STORE_URI": mlflow_uri(uri),
+    }
     # Its own session: stopping it reaches the uvicorn worker too, and nothing is left behind;
     # SIGTERM (kill, a service manager) stops it as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

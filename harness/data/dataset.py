@@ -42,12 +42,48 @@ from harness.config import CLIP_ORDERS, T_MAX_MODES
 from harness.data.batched import DRAWS, FRAMES, DeferredAugment
 from harness.data.clip_starts import clip_order, clip_starts, gap_clip_starts
 from harness.data.decode import BadVideo, Decoder, FrameCache, decode_clips
-from harness.data.manifest import VideoEntry, read_manifest
+from harness.data.manifest import ManifestRows, VideoEntry, read_manifest
 from harness.data.transforms import ClipTransform
+from harness.errors import RhoError
 
 log = logging.getLogger(__name__)
 
 MAX_SKIPS = 32
+
+
+class UnreadableVideos(RhoError, RuntimeError):
+    """Every video of a manifest, or ``MAX_SKIPS`` in a row, failed to decode; the message names
+    the manifest and ``rho data check``.
+
+    Raised in a DataLoader worker, it comes back to the training process rebuilt from torch's
+    "Caught ... in DataLoader worker ... Original Traceback ..." text; that keeps only the
+    original one-line message, so ``rho`` still prints one line.
+    """
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def unreadable_videos(
+    source: str | Path | None, videos: int, bad: list[tuple[str, str]], start: int = 0
+) -> UnreadableVideos:
+    """The error for rows that all failed to decode: ``bad`` (path, reason) in a row from row
+    ``start`` of the ``videos`` rows of the manifest ``source`` (None: not known)."""
+    manifest = str(source) if source is not None else "the manifest"
+    check = f"`rho data check {source}`" if source is not None else "`rho data check` on the manifest"
+    first = bad[0][1] if bad else ""
+    if len(bad) >= videos:
+        return UnreadableVideos(
+            f"every one of the {videos} videos of {manifest} failed to decode (first: {first}); "
+            f"run {check} to see why each fails, then fix or replace the files"
+        )
+    return UnreadableVideos(
+        f"{len(bad)} videos in a row of {manifest}, from row {start + 1} of {videos}, failed to decode "
+        f"(first: {first}); run {check} to list the broken files"
+    )
 
 
 class MultiClipDataset(Dataset):
@@ -79,6 +115,8 @@ class MultiClipDataset(Dataset):
         decoder: the decoding backend (``harness.data.decode.decoder``, ``data.decoder``; None: PyAV).
         decode_short_side: scale frames in the decoder to at most this short side
             (``data.decode_short_side``; None: full size).
+        source: the manifest file the rows come from, for errors (default: ``manifest`` when
+            it is a path).
     """
 
     def __init__(
@@ -100,6 +138,7 @@ class MultiClipDataset(Dataset):
         t_min: float | None = None,
         decoder: Decoder | None = None,
         decode_short_side: int | None = None,
+        source: str | Path | None = None,
     ):
         if clips < 1 or frames < 1 or stride < 1:
             raise ValueError(f"clips, frames and stride must be >= 1, got {clips}, {frames}, {stride}")
@@ -114,7 +153,10 @@ class MultiClipDataset(Dataset):
         if t_min is not None and t_max is not None and t_min > t_max:
             raise ValueError(f"t_min ({t_min}) must be <= t_max ({t_max})")
         self.clip_order, self.t_max_mode, self.t_min = clip_order, t_max_mode, t_min
-        self.entries = list(read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest)
+        # columns, not row objects: DataLoader workers read them without copying their pages
+        self.entries = ManifestRows(
+            read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
+        )
         self.clips, self.frames, self.stride = clips, frames, stride
         self.t_max, self.transform, self.seed = t_max, transform, seed
         self.fps, self.seek_threshold, self.cache = fps, seek_threshold, cache
@@ -123,6 +165,9 @@ class MultiClipDataset(Dataset):
         self.min_views, self.autorotate = min_views, autorotate
         self.decoder, self.decode_short_side = decoder, decode_short_side
         self.bad_files: set[Path] = set()
+        if source is None and isinstance(manifest, (str, Path)):
+            source = manifest
+        self.source = source
 
     def preload(self) -> None:
         """Decode every video into the cache now (before DataLoader workers fork, so they share it).
@@ -169,10 +214,7 @@ class MultiClipDataset(Dataset):
                 "skipped": skipped,
                 "bad_videos": json.dumps(bad),
             }
-        raise RuntimeError(
-            f"{MAX_SKIPS} videos in a row from row {index} could not be read "
-            f"(last: {self.entries[row].path}); run `rho data check` on the manifest"
-        )
+        raise unreadable_videos(self.source, len(self.entries), bad, index)
 
     def note_skips(self, batch: dict) -> dict:
         """Warn about and count the bad videos that ``batch`` (or one item) passed over, each file

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import DATASETS, AugmentConfig
-from harness.data.manifest import ManifestError, read_manifest
+from harness.data.manifest import ManifestError, dataset_classes, read_manifest
 from harness.resources import locate
 from harness.schema import ConfigError, build_section, check_value, field_spec, read_mapping, unknown_key_hint
 
@@ -222,14 +222,15 @@ def load_benchmark(path: str | Path, check_files: bool = True) -> Benchmark:
 
 def check_manifests(benchmark: Benchmark) -> None:
     """Read the benchmark's ``train`` and ``val`` manifests as evaluation will, so that a bad row
-    (a missing file, a bad label) is found before any compute.
+    (a missing file, a bad label, a label past the classes of the benchmark's ``dataset`` or of
+    the manifest's classes.txt or spec.json) is found before any compute.
 
     Raises:
         ManifestError: naming the benchmark file, the manifest, its line and the fix.
     """
     for split in ("train", "val"):
         try:
-            read_manifest(getattr(benchmark, split))
+            read_manifest(getattr(benchmark, split), classes=[dataset_classes(benchmark.dataset, "dataset")])
         except ManifestError as exc:
             raise ManifestError(f"benchmark {benchmark.source} ({split}): {exc}") from None
 

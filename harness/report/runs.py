@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -90,12 +91,33 @@ def iter_experiments(client: MlflowClient, page_size: int = PAGE_SIZE) -> Iterat
             return
 
 
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")  # YAML 1.1's float, without "_"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_YAML_WORDS = {  # the plain names YAML 1.1 (PyYAML) reads as something else than a string
+    **{w: True for w in ("yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON")},
+    **{w: False for w in ("no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF")},
+    "None": None,  # Python's None as logged; YAML's null words stay text, as below
+}
+
+
 def parse_value(text: str | None):
-    """A logged tag or param back to a value: "2" -> 2, "0.2" -> 0.2, "None" -> None, else the text."""
+    """A logged tag or param back to a value: "2" -> 2, "0.2" -> 0.2, "None" -> None, else the text.
+
+    Numbers, booleans and plain names (most of a study's params) take a fast path that gives what
+    ``yaml.safe_load`` gives (a report parses every param of every run: 100k runs); the rest go
+    through the YAML parser.
+    """
     if text is None:
         return None
-    if text == "None":
-        return None
+    if text in _YAML_WORDS:
+        return _YAML_WORDS[text]
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    if _NAME.fullmatch(text):
+        return text
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -145,9 +167,15 @@ def load_study_runs(tracking_uri: str, study: str, page_size: int = PAGE_SIZE) -
             "it was not made by `rho study run`"
         )
     parent = parents[-1]  # the runner keeps one; a race may leave a deleted twin, which search skips
-    children = iter_runs(
-        client, [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", page_size
-    )
+    # Every trial of the study, whichever parent it logged under: a store written before the
+    # parent's election was atomic (or by two launches that raced then) can hold two parents.
+    children = [
+        run
+        for each in parents
+        for run in iter_runs(
+            client, [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{each.info.run_id}'", page_size
+        )
+    ]
     frame = pd.DataFrame([run_row(run) for run in children])
     grid = _grid_keys(parent.data.params.get("grid"))
     swept = sorted({key for keys in frame.get("_swept", []) for key in keys if key != "seed"})

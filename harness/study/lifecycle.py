@@ -18,16 +18,30 @@ import optuna
 from harness.config import ConfigError
 from harness.redact import redact
 from harness.study.attrs import ATTR_FINGERPRINT, ATTR_PARENT
-from harness.study.backend import delete_from_storage, make_storage, open_study, reload_study
+from harness.study.backend import (
+    claim_study_attr,
+    delete_from_storage,
+    make_storage,
+    open_study,
+    reload_study,
+)
 from harness.study.queue import enqueue_points
 from harness.study.spec import StudySpec
-from harness.tracking import RunLogger
+from harness.tracking import RunLogger, mlflow_client
 
 
 def ensure_parent_run(study: optuna.Study, spec: StudySpec, tracking_uri: str) -> str:
-    """The study's MLflow parent run, created once and remembered in the study's user attrs."""
+    """The study's MLflow parent run, created once and remembered in the study's user attrs.
+
+    Launches of one study that start together (the same ``rho study run`` on every machine) each
+    create a candidate run, then elect one with a compare-and-set in the study storage
+    (``claim_study_attr``): exactly one candidate is stored, the others delete their runs and use
+    it. A study that runs again (new points, failed trials re-queued) has its parent marked
+    RUNNING again until ``finish_parent_run``.
+    """
     existing = study.user_attrs.get(ATTR_PARENT)
     if existing:
+        mlflow_client(tracking_uri).update_run(existing, status="RUNNING")
         return existing
     parent = RunLogger(
         tracking_uri,
@@ -45,12 +59,23 @@ def ensure_parent_run(study: optuna.Study, spec: StudySpec, tracking_uri: str) -
             "pruner": spec.pruner,
         }
     )
-    study.set_user_attr(ATTR_PARENT, parent.run_id)
-    winner = reload_study(study).user_attrs.get(ATTR_PARENT)
-    if winner != parent.run_id:  # another machine created one at the same moment: use theirs
+    winner = claim_study_attr(study, ATTR_PARENT, parent.run_id)
+    if winner != parent.run_id:  # another launch created one at the same moment: use theirs
         parent.client.delete_run(parent.run_id)
-        return winner
-    return parent.run_id
+    return winner
+
+
+def finish_parent_run(study: optuna.Study, tracking_uri: str) -> bool:
+    """Mark the study's MLflow parent run FINISHED once no trial is waiting or running; returns
+    whether it did. Every worker calls it as it leaves, so the last one out closes the run."""
+    parent = study.user_attrs.get(ATTR_PARENT)
+    if not parent:
+        return False
+    open_states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    if reload_study(study).get_trials(deepcopy=False, states=open_states):
+        return False
+    mlflow_client(tracking_uri).set_terminated(parent, status="FINISHED")
+    return True
 
 
 def prepare_study(

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness.runtime import stop_requested
 from harness.study.attrs import ATTR_DUPLICATE, ATTR_KEY, ATTR_POINT, ATTR_SAMPLED, ATTR_SEED, ATTR_SURPLUS
 from harness.study.backend import fail_dead_trials, set_trial_attr, stored_trial, trial_id, was_enqueued
 from harness.study.spec import Point, SearchParam, StudySpec, dump_point
@@ -111,13 +112,16 @@ def _taken_elsewhere(study: optuna.Study, key: str, own_id: int) -> bool:
 
 def wait_for_stale(study: optuna.Study, spec: StudySpec) -> bool:
     """With no work left but trials still RUNNING, wait out one grace period so that a dead
-    worker's trial can be declared stale and re-queued; True if there is work again."""
+    worker's trial can be declared stale and re-queued; True if there is work again (False at once
+    on a stop signal)."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return False
     deadline = time.monotonic() + spec.limits["grace_period"] + spec.limits["heartbeat_interval"] + 1
     while time.monotonic() < deadline:
         time.sleep(min(2.0, spec.limits["heartbeat_interval"] or 1))
+        if stop_requested():
+            return False
         fail_dead_trials(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return True

@@ -15,6 +15,10 @@ never records a heartbeat, so that Optuna never calls it stale: taking a waiting
 retry sees RUNNING and reports that another worker took it) and creating a trial (the retry
 creates a second one). ``harness.study.backend.fail_dead_trials`` fails and re-queues such
 trials once they are older than the grace period.
+
+A ``postgresql://`` or ``postgres://`` URL (no driver named) is opened as
+``postgresql+psycopg2://`` (``harness.redact.database_url``): SQLAlchemy 2.1 would pick
+psycopg 3, which is not installed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from harness.redact import redact
+from harness.redact import database_url, redact
 from harness.retry import RetriesExhausted, ServiceUnavailableError, call_with_retries, causes
 
 # The RDBStorage methods Optuna (and its cache layer) calls; each gets retries.
@@ -87,6 +91,7 @@ class ReconnectingRDBStorage(RDBStorage):
 
     def __init__(self, url: str, **kwargs: Any):
         self._where = redact(url)
+        url = database_url(url)
         _retry(self._where, "open the storage", lambda: RDBStorage.__init__(self, url, **kwargs))
 
     def set_trial_state_values(

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from harness.errors import EnvironmentFailure
 from harness.preflight import check_store
 from harness.redact import redact
+from harness.runtime import Preempted, signal_name, stop_requested, stop_signals
 from harness.study.attrs import (
     ATTR_DURATION,
     ATTR_KEY,
@@ -36,13 +37,15 @@ from harness.study.backend import (
     open_study,
     pruning_callback,
     record_heartbeat,
+    requeue_trial,
     retry_of,
     set_trial_attr,
     stored_trial,
     trial_id,
+    was_preempted,
 )
-from harness.study.launch import run_torchrun, trial_run_name
-from harness.study.lifecycle import ensure_parent_run
+from harness.study.launch import forward_signal, run_torchrun, trial_run_name
+from harness.study.lifecycle import ensure_parent_run, finish_parent_run
 from harness.study.queue import next_trial, trial_point, wait_for_stale
 from harness.study.spec import StudySpec, dump_point
 from harness.tracking import resolve_tracking_uri
@@ -57,6 +60,7 @@ class WorkerReport:
     completed: int = 0
     failed: int = 0
     pruned: int = 0
+    preempted: int = 0  # 1 when a stop signal ended the worker (its trial, if any, re-queued)
 
 
 class Heartbeat:
@@ -91,7 +95,9 @@ def run_worker(
     gpus_per_trial: int = 0,
     quiet: bool = False,
 ) -> WorkerReport:
-    """Take and run trials of ``spec`` until none is left (or a limit is reached)."""
+    """Take and run trials of ``spec`` until none is left (or a limit is reached, or a stop signal
+    came: the trial under way stops at a step with a checkpoint there and is put back in the queue,
+    not failed, and resumes there when a worker takes it again)."""
     storage = make_storage(storage_url, spec)
     study = open_study(spec, storage)
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -100,36 +106,58 @@ def run_worker(
     report = WorkerReport()
     started = time.monotonic()
     timeout, max_failures = spec.limits["timeout"], spec.limits["max_failures"]
-    while True:
-        if timeout is not None and time.monotonic() - started > timeout:
-            print(f"study {spec.name}: timeout of {timeout} s reached; not starting more trials", flush=True)
-            break
-        if max_failures is not None and _count(study, TrialState.FAIL) >= max_failures:
-            print(
-                f"study {spec.name}: {max_failures} failed trials; stopping (limits.max_failures)", flush=True
+    # A stop signal (runtime.stop_signals) stops the trial at a step with a checkpoint there and
+    # re-queues it; a torchrun trial gets the signal too (forward_signal).
+    with stop_signals(stop_signal_names(spec), on_signal=forward_signal):
+        while True:
+            if stop_requested():  # a stop signal between trials: take no more
+                print(f"worker stopped by {signal_name(stop_requested())}; taking no more trials", flush=True)
+                report.preempted += 1
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                print(
+                    f"study {spec.name}: timeout of {timeout} s reached; not starting more trials", flush=True
+                )
+                break
+            if max_failures is not None and _count(study, TrialState.FAIL) >= max_failures:
+                print(
+                    f"study {spec.name}: {max_failures} failed trials; stopping (limits.max_failures)",
+                    flush=True,
+                )
+                break
+            fail_dead_trials(study)
+            trial = next_trial(study, spec)
+            if trial is None:
+                if wait_for_stale(study, spec):
+                    continue
+                break
+            record_heartbeat(trial)  # at once: a RUNNING trial without one is taken for an orphan
+            state = _run_trial(
+                study,
+                spec,
+                trial,
+                storage_url=storage.url,
+                tracking_uri=tracking_uri,
+                parent_run_id=parent_run_id,
+                gpus_per_trial=gpus_per_trial,
+                quiet=quiet,
             )
-            break
-        fail_dead_trials(study)
-        trial = next_trial(study, spec)
-        if trial is None:
-            if wait_for_stale(study, spec):
-                continue
-            break
-        record_heartbeat(trial)  # at once: a RUNNING trial without one is taken for an orphan
-        state = _run_trial(
-            study,
-            spec,
-            trial,
-            storage_url=storage.url,
-            tracking_uri=tracking_uri,
-            parent_run_id=parent_run_id,
-            gpus_per_trial=gpus_per_trial,
-            quiet=quiet,
-        )
-        report.completed += state == TrialState.COMPLETE
-        report.failed += state == TrialState.FAIL
-        report.pruned += state == TrialState.PRUNED
+            report.completed += state == TrialState.COMPLETE
+            report.failed += state == TrialState.FAIL
+            report.pruned += state == TrialState.PRUNED
+            if state == TrialState.WAITING:  # stopped by a signal and re-queued: take no more
+                report.preempted += 1
+                break
+        if stop_requested() and not report.preempted:  # the signal came while it waited or finished
+            report.preempted = 1
+    finish_parent_run(study, tracking_uri)  # the last worker out closes the study's parent run
     return report
+
+
+def stop_signal_names(spec: StudySpec) -> list[str]:
+    """The stop signals of the spec's base experiment (``runtime.stop_signals``): what a worker and
+    ``rho study run`` catch."""
+    return spec.experiment({}, spec.seeds[0], check_files=False).runtime.stop_signals
 
 
 def _count(study: optuna.Study, state: TrialState) -> int:
@@ -147,9 +175,12 @@ def _run_trial(
     gpus_per_trial: int,
     quiet: bool,
 ) -> TrialState:
-    """Run one trial in this process (or as a torchrun job) under a heartbeat; tell Optuna the outcome."""
+    """Run one trial in this process (or as a torchrun job) under a heartbeat; tell Optuna the outcome
+    (WAITING: stopped by a signal and re-queued)."""
     from harness.train import pretrain
 
+    frozen = stored_trial(trial)  # re-queued by a stopped worker (not a dead one's retry): its run goes on
+    continuing = was_preempted(frozen) and retry_of(frozen) is None
     point = trial_point(spec, trial)
     set_trial_attr(trial, ATTR_KEY, point.key)
     set_trial_attr(trial, ATTR_POINT, dump_point(point.overrides))
@@ -174,6 +205,7 @@ def _run_trial(
             _close_dead_run(tracking_uri, previous.user_attrs[ATTR_RUN])
     if not quiet:
         resumed = " (resuming)" if (output / "last.pt").is_file() else ""
+        resumed += " after a stop signal" if continuing else ""
         print(f"\n== trial {trial.number} of study {spec.name}: {label}{resumed}", flush=True)
 
     report_epoch = pruning_callback(trial, spec.pruner_metric) if spec.pruner != "none" else None
@@ -182,6 +214,7 @@ def _run_trial(
     def remember_run(run_id: str) -> None:
         set_trial_attr(trial, ATTR_RUN, run_id)
 
+    preempted = None
     with Heartbeat(trial, spec.limits["heartbeat_interval"] or 1):
         try:
             if gpus_per_trial > 1:
@@ -197,12 +230,13 @@ def _run_trial(
                     tags=tags,
                     run_name=run_name,
                     on_run_start=remember_run,
+                    new_run=not continuing,
                 )
             else:
                 result = pretrain(
                     experiment,
                     resume=True,
-                    resume_run=False,
+                    resume_run=continuing,
                     output=output,
                     run_name=run_name,
                     tracking_uri=tracking_uri,
@@ -213,6 +247,8 @@ def _run_trial(
                     print_progress=not quiet,
                 )
                 metrics = result.metrics
+        except Preempted as exc:
+            preempted = exc
         except optuna.TrialPruned as exc:
             set_trial_attr(trial, ATTR_REASON, str(exc))
             study.tell(trial, state=TrialState.PRUNED)
@@ -240,6 +276,14 @@ def _run_trial(
             print(f"trial {trial.number} FAILED: {reason}", flush=True)
             log.debug("trial failure", exc_info=True)
             return TrialState.FAIL
+    if preempted is not None:  # the heartbeat has stopped: back in the queue, not failed
+        note = redact(str(preempted))[:2000]
+        try:
+            requeue_trial(trial, note)
+        except Exception as exc:  # it stays RUNNING without a heartbeat: failed and retried once stale
+            log.warning("could not put trial %s back in the queue: %s", trial.number, redact(str(exc)))
+        print(f"trial {trial.number} stopped and re-queued: {note}", flush=True)
+        return TrialState.WAITING
     duration = time.monotonic() - started
     for key, value in metrics.items():
         set_trial_attr(trial, f"{ATTR_METRIC_PREFIX}{key}", float(value))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 import methods
 from harness import backbones
-from harness.checkpoint import load_checkpoint
+from harness.checkpoint import CheckpointError, load_checkpoint
 from harness.config import ConfigError, Experiment, OptimConfig, load_experiment_text
 from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.batched import DeferredAugment, collate_frames
@@ -33,19 +33,56 @@ def build_method(experiment: Experiment) -> methods.SSLMethod:
 
 
 def load_trained(path: str | Path) -> tuple[methods.SSLMethod, Experiment, dict[str, Any]]:
-    """Rebuild the method of a checkpoint from the config stored in it, with its weights."""
+    """Rebuild the method of a checkpoint from the config stored in it, with its weights.
+
+    Raises:
+        CheckpointError: weights that do not fit the method its config describes (missing,
+            unexpected or reshaped tensors), in one line naming the checkpoint and the counts.
+    """
     state = load_checkpoint(path)
     experiment = load_experiment_text(state["config"], source=str(path))
     method = build_method(experiment)
+    _check_weights(path, experiment, method.state_dict(), state["method"])
     method.load_state_dict(state["method"])
     return method, experiment, state
+
+
+def _check_weights(path: str | Path, experiment: Experiment, expected: dict, found: Any) -> None:
+    """Refuse ``found`` (a checkpoint's method state) unless it has exactly the tensors, and shapes,
+    of ``expected`` (the state of the method its config builds)."""
+    found = found if isinstance(found, dict) else {}
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [
+        key
+        for key in expected
+        if key in found
+        and isinstance(found[key], torch.Tensor)
+        and tuple(found[key].shape) != tuple(expected[key].shape)
+    ]
+    if not (missing or unexpected or reshaped):
+        return
+    examples = [f"missing {missing[0]!r}"] if missing else []
+    examples += [f"unexpected {unexpected[0]!r}"] if unexpected else []
+    if reshaped:
+        key = reshaped[0]
+        examples.append(
+            f"{key!r} is {list(found[key].shape)} in the checkpoint, {list(expected[key].shape)} in the method"
+        )
+    raise CheckpointError(
+        f"checkpoint {path}: its weights do not fit its method {experiment.method.name} with backbone "
+        f"{experiment.backbone.name} (as its stored config builds them): {len(missing)} missing, "
+        f"{len(unexpected)} unexpected and {len(reshaped)} reshaped of {len(expected)} tensors "
+        f"({'; '.join(examples)}); the config or the weights were changed after it was written: "
+        "evaluate the checkpoint its run wrote, or bring outside weights in with `rho import-checkpoint`"
+    )
 
 
 def with_num_classes(experiment: Experiment, entries: list) -> Experiment:
     """Fill ``method.num_classes`` from the manifest for methods that take it (supervised)."""
     if (
         "num_classes" not in methods.params_of(experiment.method.name)
-        or "num_classes" in experiment.method.params
+        or experiment.method.params.get("num_classes") is not None
     ):
         return experiment
     filled = copy.deepcopy(experiment)
@@ -79,6 +116,7 @@ def train_dataset(
         t_min=data.t_min,
         decoder=decoder(data.decoder, data.decode_device),
         decode_short_side=data.decode_short_side,
+        source=data.train,
     )
 
 

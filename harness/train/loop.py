@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -83,6 +84,8 @@ class EpochContext:
         tracker: the MLflow run (rank 0), or None.
         bar: this epoch's progress bar, or None.
         step: the global step (optimizer steps so far); ``train_epoch`` advances it.
+        after_step: called with the epoch's progress after every step (the step boundary: a
+            mid-epoch checkpoint, a stop); it may raise to end the epoch there.
     """
 
     method: SSLMethod
@@ -94,10 +97,48 @@ class EpochContext:
     tracker: RunLogger | None = None
     bar: ProgressBar | None = None
     step: int = 0
+    after_step: Callable[[EpochProgress], None] | None = None
 
 
-def train_epoch(context: EpochContext, batches: Iterable[dict]) -> dict[str, float]:
+@dataclass
+class EpochProgress:
+    """An epoch so far: its steps, the sums of its step metrics and its speed counters. A mid-epoch
+    checkpoint holds it (``state``), so that a resumed epoch's mean metrics are those of an
+    uninterrupted one (the same sums in the same order)."""
+
+    batches: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    clips: int = 0
+    wait_time: float = 0.0
+    compute_time: float = 0.0
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "sums": dict(self.sums),
+            "clips": self.clips,
+            "wait_time": self.wait_time,
+            "compute_time": self.compute_time,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochProgress:
+        return cls(
+            int(state["batches"]),
+            {k: float(v) for k, v in state["sums"].items()},
+            int(state["clips"]),
+            float(state["wait_time"]),
+            float(state["compute_time"]),
+        )
+
+
+def train_epoch(
+    context: EpochContext, batches: Iterable[dict], progress: EpochProgress | None = None
+) -> dict[str, float]:
     """Train on one epoch's ``batches``; returns the epoch's mean metrics and its speed.
+
+    ``progress``: the part of the epoch trained before (a run resumed mid-epoch), carried on;
+    ``batches`` are then the epoch's remaining ones.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf.
@@ -110,14 +151,12 @@ def train_epoch(context: EpochContext, batches: Iterable[dict]) -> dict[str, flo
     )
     tracker, bar, clip_grad, log_every = context.tracker, context.bar, context.clip_grad, context.log_every
     method.train()
-    sums: dict[str, float] = {}
-    count = 0
-    wait_time = compute_time = 0.0
-    clips_seen = 0
+    progress = progress if progress is not None else EpochProgress()
+    sums = progress.sums
     tick = time.perf_counter()
     for batch in batches:
         loaded = time.perf_counter()
-        wait_time += loaded - tick
+        progress.wait_time += loaded - tick
         batch = runtime.to_device(batch)
         step = context.step
         lr = schedule.lr(step)
@@ -140,25 +179,32 @@ def train_epoch(context: EpochContext, batches: Iterable[dict]) -> dict[str, flo
         context.step = step = step + 1
         method.on_step_end(step / schedule.total_steps)
         tock = time.perf_counter()
-        compute_time += tock - loaded
-        clips_seen += batch["clips"].shape[0] * batch["clips"].shape[1] * runtime.world_size
+        progress.compute_time += tock - loaded
+        progress.clips += batch["clips"].shape[0] * batch["clips"].shape[1] * runtime.world_size
         metrics = {**out.metrics, "loss": loss, "lr": lr}
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value)
-        count += 1
-        elapsed = wait_time + compute_time
-        speed = {"clips_per_s": clips_seen / elapsed, "data_wait": wait_time / elapsed}
+        progress.batches += 1
+        elapsed = progress.wait_time + progress.compute_time
+        speed = {"clips_per_s": progress.clips / elapsed, "data_wait": progress.wait_time / elapsed}
         if tracker is not None and step % log_every == 0:
             tracker.log_metrics({**metrics, **speed}, step=step)
         if bar is not None:
             bar.update(
-                count, {"loss": loss, "lr": lr, "clips/s": speed["clips_per_s"], "wait": speed["data_wait"]}
+                progress.batches,
+                {"loss": loss, "lr": lr, "clips/s": speed["clips_per_s"], "wait": speed["data_wait"]},
             )
+        if context.after_step is not None:
+            context.after_step(progress)
         tick = time.perf_counter()
-    epoch = {k: v / max(1, count) for k, v in sums.items()}
-    elapsed = max(1e-9, wait_time + compute_time)
+    epoch = {k: v / max(1, progress.batches) for k, v in sums.items()}
+    elapsed = max(1e-9, progress.wait_time + progress.compute_time)
     epoch.update(
-        {"clips_per_s": clips_seen / elapsed, "data_wait": wait_time / elapsed, "epoch_time": elapsed}
+        {
+            "clips_per_s": progress.clips / elapsed,
+            "data_wait": progress.wait_time / elapsed,
+            "epoch_time": elapsed,
+        }
     )
     return epoch
 

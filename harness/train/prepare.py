@@ -1,25 +1,33 @@
-"""A run's set-up before its first step: every manifest it will read and the batch size checked,
-the stores checked for writing, the method on its device (the same weights on every rank), the
-dataset and its sampler, the schedule and the optimizer."""
+"""A run's set-up before its first step: every manifest it will read (labels against the known
+classes), the batch size against the data and the method's BatchNorm, the crop against the
+frames, the stores checked for writing, the method on its device (the same weights on every
+rank), the dataset and its sampler, the schedule and the optimizer."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+import methods
 from harness import distributed as dist_utils
 from harness.config import ConfigError, DataConfig, Experiment
 from harness.data import ManifestError, MultiClipDataset, read_manifest
 from harness.data.batched import DeviceAugment
+from harness.data.dataset import MAX_SKIPS, unreadable_videos
 from harness.data.epoch_order import EpochSampler
+from harness.data.manifest import ClassCount, VideoEntry, dataset_classes, synth_stamp
 from harness.preflight import check_store, check_writable
 from harness.runtime import Runtime, seed_everything
 from harness.tracking import resolve_tracking_uri
 from harness.train.factories import build_method, train_dataset, train_optimizer, with_num_classes
 from harness.train.loop import Schedule
 from methods import SSLMethod
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,15 +65,19 @@ def prepare_training(
     build the method, the dataset, its sampler, the schedule and the optimizer."""
     seed_everything(experiment.runtime.seed)
     data = experiment.data
-    entries = read_manifest(data.train, allow_outside_root=data.allow_outside_root)
+    classes = [dataset_classes(data.dataset, "data.dataset"), _method_classes(experiment)]
+    entries = read_manifest(data.train, allow_outside_root=data.allow_outside_root, classes=classes)
     check_other_manifests(experiment)
     local_batch = _local_batch(data, len(entries), runtime.world_size)
     experiment = with_num_classes(experiment, entries)
+    check_frames(data, entries, warn=runtime.is_main)
+    method = build_method(experiment)
+    _check_batch_norm(method, experiment, local_batch, runtime)
     output = Path(output) if output is not None else checkpoint_dir(experiment, run_name)
     if runtime.is_main:  # a read-only or full disk fails here, before any compute
         check_store(resolve_tracking_uri(tracking_uri, experiment.runtime.tracking_uri), "MLflow store")
         check_writable(output, "checkpoint folder (runtime.output_dir)")
-    method = _on_device(build_method(experiment), experiment, runtime)
+    method = _on_device(method, experiment, runtime)
     deferred = data.augment.placement == "device"
     dataset = train_dataset(experiment, entries, deferred=deferred)
     sampler = EpochSampler(len(dataset), experiment.runtime.seed, True, runtime.rank, runtime.world_size)
@@ -101,7 +113,11 @@ def check_other_manifests(experiment: Experiment) -> None:
     data = experiment.data
     if data.val:
         try:
-            read_manifest(data.val, allow_outside_root=data.allow_outside_root)
+            read_manifest(
+                data.val,
+                allow_outside_root=data.allow_outside_root,
+                classes=[dataset_classes(data.dataset, "data.dataset")],
+            )
         except ManifestError as exc:
             raise ManifestError(f"data.val: {exc}") from None
     for path in experiment.eval.benchmarks:
@@ -111,17 +127,157 @@ def check_other_manifests(experiment: Experiment) -> None:
             raise ManifestError(f"eval.benchmarks: {exc}") from None
 
 
+def _method_classes(experiment: Experiment) -> ClassCount | None:
+    """``method.num_classes`` where the config sets it (supervised): every label must be below it."""
+    count = experiment.method.params.get("num_classes")
+    if not isinstance(count, int) or "num_classes" not in methods.params_of(experiment.method.name):
+        return None
+    return ClassCount(
+        count,
+        f"method.num_classes is {count}",
+        "raise method.num_classes, or leave it out (it is then read from the manifest)",
+    )
+
+
 def _local_batch(data: DataConfig, videos: int, world_size: int) -> int:
-    """``data.batch_size`` split over the ranks; refused when it does not split or exceeds the data."""
+    """``data.batch_size`` split over the ranks; refused when it does not split or exceeds the data.
+
+    Raises:
+        ConfigError: naming ``data.batch_size``, the manifest and its row count.
+    """
     global_batch = data.batch_size
     if global_batch % world_size:
-        raise ValueError(f"data.batch_size {global_batch} is not divisible by the {world_size} ranks")
+        raise ConfigError(
+            "data.batch_size",
+            global_batch,
+            f"a multiple of the {world_size} ranks (each takes an equal share of a step)",
+        )
     local_batch = global_batch // world_size
     if videos // world_size < local_batch:
-        raise ValueError(
-            f"data.batch_size {global_batch} exceeds the {videos} videos of {data.train}; lower data.batch_size"
+        ranks = f" ({videos // world_size} per rank on {world_size} ranks)" if world_size > 1 else ""
+        most = videos // world_size * world_size
+        fix = f"set data.batch_size <= {most}" if most else f"use fewer ranks than {world_size}"
+        raise ConfigError(
+            "data.batch_size",
+            global_batch,
+            f"at most the {videos} rows of the manifest {data.train}{ranks}: a step takes "
+            f"data.batch_size videos; {fix}, or add rows to the manifest",
         )
     return local_batch
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _check_batch_norm(method: SSLMethod, experiment: Experiment, local_batch: int, runtime: Runtime) -> None:
+    """Refuse a batch of one video per BatchNorm when the method has BatchNorm layers.
+
+    Training BatchNorm normalises each clip with the mean and variance of its batch. With one
+    video (per rank, or per SyncBatchNorm group) a head's BatchNorm1d has one value per channel
+    and torch stops mid-step ("Expected more than 1 value per channel"), and so does the
+    backbone's last BatchNorm3d where its map is 1×1×1; on larger maps it would silently
+    normalise each video by its own statistics, not the batch's. Refused rather than patched:
+    no setting makes a batch of one mean what the method's BatchNorm means.
+
+    Raises:
+        ConfigError: naming ``data.batch_size``, the method, the backbone and why.
+    """
+    if local_batch >= 2 or not method.trainable:
+        return
+    norms = [name for name, module in method.named_modules() if isinstance(module, BATCH_NORMS)]
+    if not norms:
+        return
+    samples = local_batch
+    if experiment.backbone.sync_bn and runtime.distributed:
+        samples *= experiment.backbone.sync_bn_group or runtime.world_size
+    if samples >= 2:
+        return
+    at_least = 2 * runtime.world_size
+    per_rank = f" (2 per rank on {runtime.world_size} ranks)" if runtime.world_size > 1 else ""
+    raise ConfigError(
+        "data.batch_size",
+        experiment.data.batch_size,
+        f"at least {at_least}{per_rank} for method {experiment.method.name} with backbone "
+        f"{experiment.backbone.name}: its {len(norms)} BatchNorm layers (e.g. {norms[0]}) normalise each "
+        "clip with its batch's statistics, which a batch of one video does not have; "
+        f"set data.batch_size={at_least}",
+    )
+
+
+def check_frames(data: DataConfig, entries: list[VideoEntry], warn: bool = True) -> None:
+    """The training videos can be opened, and ``data.crop`` fits in their frames.
+
+    Videos are opened in manifest order until one opens (at most ``MAX_SKIPS``): a manifest
+    none of whose videos opens is refused here, before any compute. A crop larger than the
+    frames only upsamples them: where the frame size is certain (the ``spec.json`` of ``rho
+    data synth`` beside the manifest, or ``data.decode_short_side``, which never scales up) it
+    is refused; otherwise it is compared with the first video that opens and warned about once
+    (``warn``; other videos may be larger).
+
+    Raises:
+        ConfigError: naming ``data.crop``, its value, the frame size, where it comes from and the fix.
+        UnreadableVideos: every video of the manifest fails to open.
+    """
+    spec = synth_stamp(Path(data.train).parent)
+    size = spec.get("size") if spec else None
+    limits = []
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        limits.append((size, f"the frames of {data.train} are {size}x{size} pixels (its spec.json)"))
+    if data.decode_short_side is not None:
+        short = data.decode_short_side
+        limits.append((short, f"data.decode_short_side scales the frames to a short side of {short}"))
+    if limits:
+        short, why = min(limits)
+        if data.crop > short:
+            raise ConfigError(
+                "data.crop",
+                data.crop,
+                f"at most {short}: {why}, and a larger crop only upsamples them; set data.crop <= {short}",
+            )
+    probed = _first_frame_size(data.train, entries)
+    if spec is not None or probed is None or not warn:
+        return
+    path, width, height = probed
+    short = min(width, height, data.decode_short_side or width)
+    if data.crop > short:
+        log.warning(
+            "data.crop %d is larger than the frames of %s (its first video, %s, is %dx%d): "
+            "its crops are upsampled; set data.crop <= %d unless the other videos are larger",
+            data.crop,
+            data.train,
+            path,
+            width,
+            height,
+            short,
+        )
+
+
+def _first_frame_size(manifest: str, entries: list[VideoEntry]) -> tuple[Path, int, int] | None:
+    """(path, width, height) of the first video that opens, trying at most ``MAX_SKIPS``; None
+    when those all fail in a longer manifest (training skips them, and says so).
+
+    Raises:
+        UnreadableVideos: every video of the manifest fails to open.
+    """
+    import av
+
+    from harness.data.decode import BadVideo, open_video, probe
+
+    bad: list[tuple[str, str]] = []
+    for entry in entries[:MAX_SKIPS]:
+        try:
+            container = open_video(entry.path)
+            try:
+                info = probe(container, entry.path)
+            finally:
+                container.close()
+        except (BadVideo, av.FFmpegError, OSError, ValueError) as exc:
+            bad.append((str(entry.path), str(exc)))
+            continue
+        return entry.path, info.width, info.height
+    if entries and len(bad) == len(entries):
+        raise unreadable_videos(manifest, len(entries), bad)
+    return None
 
 
 def _on_device(method: SSLMethod, experiment: Experiment, runtime: Runtime) -> SSLMethod:

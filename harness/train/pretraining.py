@@ -3,24 +3,31 @@
 ``pretrain`` reads as its steps: set up, resume, open the MLflow run (with run.json and the
 history replay), train the epochs (a checkpoint after each), the final checkpoint, evaluation,
 artifacts. One process, or one rank of a torchrun job (rank 0 logs and writes).
+
+Between two steps (``_StepBoundary``): a stop signal (``runtime.stop_signals``) received by any
+rank stops every rank there, after a mid-epoch checkpoint, with ``Preempted``; rank 0 also writes
+a mid-epoch checkpoint every ``runtime.checkpoint_every`` steps or ``runtime.checkpoint_seconds``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import distributed as dist_utils
 from harness.checkpoint import LAST, save_checkpoint
 from harness.config import Experiment
 from harness.progress import ProgressBar
-from harness.runtime import Runtime
+from harness.runtime import Preempted, Runtime, signal_name, stop_requested, stop_signals
 from harness.tracking import RunLogger
 from harness.train.callbacks import on_main_then_all
 from harness.train.evaluation import evaluate_benchmarks, knn_monitor_top1
 from harness.train.factories import fill_cache, train_loader
-from harness.train.loop import EpochContext, padding_counts, train_epoch
+from harness.train.loop import EpochContext, EpochProgress, padding_counts, train_epoch
 from harness.train.prepare import Training, prepare_training
 from harness.train.resume import ResumePoint, remember_run, resume_point, training_state
 from harness.train.run_tracking import close_failed_run, log_artifacts, open_run, replay_history
@@ -73,35 +80,76 @@ def pretrain(
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf.
+        Preempted: a stop signal arrived (``runtime.stop_signals``): every rank stopped at the same
+            step boundary and rank 0 wrote a checkpoint there (or, after the last epoch, before the
+            evaluation); the MLflow run is KILLED with a ``preempted`` tag until resumed.
     """
     runtime = Runtime.setup(experiment.runtime)
     try:
-        training = prepare_training(experiment, runtime, output, run_name, tracking_uri)
-        start = resume_point(training, resume_run=resume_run) if resume else ResumePoint()
-        tracker = None
-        if runtime.is_main:
-            tracker = open_run(training, start, run_name, parent_run_id, tags, tracking_uri)
-            if start.run_id is None:  # a new run for a resumed training: carry the finished epochs over
-                replay_history(tracker, start.history)
-            remember_run(training, tracker.run_id)
-            if on_run_start is not None:
-                on_run_start(tracker.run_id)
-        try:
-            history, step = _train_epochs(training, start, tracker, on_epoch_end, print_progress)
-            metrics = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
-            if runtime.is_main:
-                _final_checkpoint(training, history, step, tracker)
-                metrics.update(evaluate_benchmarks(training, tracker))
-                log_artifacts(tracker, training, history)
-                tracker.finish("FINISHED")
-            return PretrainResult(
-                training.output / LAST, tracker.run_id if tracker else None, metrics, history
+        with stop_signals(experiment.runtime.stop_signals):
+            return _pretrain(
+                experiment,
+                runtime,
+                resume=resume,
+                resume_run=resume_run,
+                run_name=run_name,
+                output=output,
+                tracking_uri=tracking_uri,
+                parent_run_id=parent_run_id,
+                tags=tags,
+                on_epoch_end=on_epoch_end,
+                on_run_start=on_run_start,
+                print_progress=print_progress,
             )
-        except BaseException as exc:
-            close_failed_run(tracker, exc)
-            raise
     finally:
         runtime.teardown()
+
+
+def _pretrain(
+    experiment: Experiment,
+    runtime: Runtime,
+    *,
+    resume: bool,
+    resume_run: bool,
+    run_name: str | None,
+    output: Path | None,
+    tracking_uri: str | None,
+    parent_run_id: str | None,
+    tags: dict[str, str] | None,
+    on_epoch_end: EpochCallback | None,
+    on_run_start: Callable[[str], None] | None,
+    print_progress: bool,
+) -> PretrainResult:
+    """``pretrain`` once the runtime is set up and the stop signals are caught."""
+    training = prepare_training(experiment, runtime, output, run_name, tracking_uri)
+    start = resume_point(training, resume_run=resume_run) if resume else ResumePoint()
+    tracker = None
+    if runtime.is_main:
+        tracker = open_run(training, start, run_name, parent_run_id, tags, tracking_uri)
+        if start.run_id is None:  # a new run for a resumed training: carry the finished epochs over
+            replay_history(tracker, start.history)
+        remember_run(training, tracker.run_id)
+        if on_run_start is not None:
+            on_run_start(tracker.run_id)
+    try:
+        history, step = _train_epochs(training, start, tracker, on_epoch_end, print_progress)
+        metrics = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
+        if runtime.is_main:
+            _final_checkpoint(training, history, step, tracker)
+            signum = stop_requested()
+            if signum and experiment.eval.benchmarks:
+                raise Preempted(
+                    f"stopped by {signal_name(signum)} after training, before the evaluation; "
+                    f"checkpoint {training.output / LAST}: --resume evaluates it",
+                    signum,
+                )
+            metrics.update(evaluate_benchmarks(training, tracker))
+            log_artifacts(tracker, training, history)
+            tracker.finish("FINISHED")
+        return PretrainResult(training.output / LAST, tracker.run_id if tracker else None, metrics, history)
+    except BaseException as exc:
+        close_failed_run(tracker, exc)
+        raise
 
 
 def _train_epochs(
@@ -118,6 +166,9 @@ def _train_epochs(
     first = start.epoch if method.trainable else epochs  # nothing to train (random init): evaluate as built
     if first >= epochs:
         return history, start.step
+    resumed = EpochProgress.from_state(start.in_epoch) if start.in_epoch else None
+    if resumed is not None:  # the loader skips the batches done, without reading their videos
+        training.sampler.resume_at(first, resumed.batches * training.local_batch)
     if training.dataset.cache is not None:
         fill_cache(training.dataset, experiment.data.train, runtime.is_main)
     batches = map(  # the workers' skipped videos, warned once each and counted here
@@ -146,11 +197,16 @@ def _train_epochs(
         tracker=tracker,
         step=start.step,
     )
+    boundary = _StepBoundary(training, context, tracker, history)
     for epoch in range(first, epochs):
         method.on_epoch_start(epoch)
+        progress = resumed if epoch == first and resumed is not None else EpochProgress()
+        boundary(epoch, progress, periodic=False)  # the boundary before this process's next step
+        context.after_step = functools.partial(boundary, epoch)
         show = runtime.is_main and print_progress
         context.bar = ProgressBar(f"epoch {epoch + 1}/{epochs}", steps_per_epoch) if show else None
-        metrics = train_epoch(context, itertools.islice(batches, steps_per_epoch))
+        remaining = itertools.islice(batches, steps_per_epoch - progress.batches)
+        metrics = train_epoch(context, remaining, progress)
         metrics.update(padding_counts(training.dataset))
         if experiment.eval.knn_monitor and experiment.data.val and runtime.is_main:
             metrics["knn_top1"] = knn_monitor_top1(training)
@@ -159,11 +215,73 @@ def _train_epochs(
             save_checkpoint(
                 training.output / LAST, training_state(training, epoch + 1, context.step, history, tracker)
             )
+            boundary.saved()
             tracker.log_metrics({f"epoch.{k}": v for k, v in metrics.items()}, step=epoch + 1)
             tracker.flush()
         if on_epoch_end is not None:
             on_main_then_all(on_epoch_end, runtime, epoch + 1, metrics)
     return history, context.step
+
+
+class _StepBoundary:
+    """What happens between two steps of epoch ``epoch`` (called with the epoch's progress).
+
+    A stop signal: the ranks agree on it (the largest signal number over ranks, one all-reduce of
+    one number per boundary, only when distributed), so that all stop at the same step; rank 0
+    writes a mid-epoch checkpoint there, then every rank raises ``Preempted``. Otherwise rank 0
+    writes a mid-epoch checkpoint when ``runtime.checkpoint_every`` steps (of the global step) or
+    ``runtime.checkpoint_seconds`` since the last checkpoint say so. The boundary after an epoch's
+    last step is left to the epoch end (its checkpoint) and the next epoch's first boundary.
+    """
+
+    def __init__(
+        self,
+        training: Training,
+        context: EpochContext,
+        tracker: RunLogger | None,
+        history: list[dict[str, float]],
+    ):
+        self.training, self.context, self.tracker, self.history = training, context, tracker, history
+        self.every = training.experiment.runtime.checkpoint_every
+        self.seconds = training.experiment.runtime.checkpoint_seconds
+        self.last_saved = time.monotonic()
+
+    def saved(self) -> None:
+        """A checkpoint was just written (the periodic clock starts again)."""
+        self.last_saved = time.monotonic()
+
+    def __call__(self, epoch: int, progress: EpochProgress, periodic: bool = True) -> None:
+        training, runtime, steps = (
+            self.training,
+            self.training.runtime,
+            self.training.schedule.steps_per_epoch,
+        )
+        if progress.batches >= steps:
+            return
+        signum = dist_utils.max_over_ranks(stop_requested(), runtime.device)
+        if signum:
+            on_main_then_all(self._save, runtime, epoch, progress)
+            raise Preempted(
+                f"stopped by {signal_name(signum)} at step {self.context.step} (epoch {epoch + 1}, after "
+                f"{progress.batches} of its {steps} steps); checkpoint {training.output / LAST}: "
+                "--resume continues there (a study: run it again)",
+                signum,
+            )
+        if not (periodic and runtime.is_main and progress.batches):
+            return
+        step = self.context.step
+        due = self.every is not None and step % self.every == 0
+        due = due or (self.seconds is not None and time.monotonic() - self.last_saved >= self.seconds)
+        if due:
+            self._save(epoch, progress)
+
+    def _save(self, epoch: int, progress: EpochProgress) -> None:
+        in_epoch = progress.state() if progress.batches else None
+        state = training_state(self.training, epoch, self.context.step, self.history, self.tracker, in_epoch)
+        save_checkpoint(self.training.output / LAST, state)
+        if self.tracker is not None:
+            self.tracker.flush()  # the step metrics up to the checkpoint
+        self.saved()
 
 
 def _final_checkpoint(

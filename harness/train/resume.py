@@ -1,5 +1,6 @@
 """What a training checkpoint holds, and where a resumed training starts: after its last
-checkpoint, or in the MLflow run that ``run.json`` names when it was killed before the first one."""
+checkpoint (at an epoch end, or at the step within an epoch where a mid-epoch one was written),
+or in the MLflow run that ``run.json`` names when it was killed before the first one."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ RUN_FILE = "run.json"  # the MLflow run of the training in this folder, written 
 
 @dataclass
 class ResumePoint:
-    """Where a training starts: after ``epoch`` epochs and ``step`` steps, in run ``run_id`` (None: a new run)."""
+    """Where a training starts: after ``epoch`` epochs and ``step`` steps, in run ``run_id`` (None: a
+    new run); ``in_epoch``, when the checkpoint was written within epoch ``epoch + 1``: how far
+    that epoch had got (``EpochProgress.state``)."""
 
     epoch: int = 0
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # the finished epochs' metrics
     run_id: str | None = None
+    in_epoch: dict[str, Any] | None = None
 
 
 def resume_point(training: Training, *, resume_run: bool) -> ResumePoint:
@@ -45,18 +49,40 @@ def resume_point(training: Training, *, resume_run: bool) -> ResumePoint:
     if optimizer is not None and state.get("optimizer"):
         optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
+    in_epoch = state.get("in_epoch")
+    if in_epoch:
+        training.dataset.bad_files.update(Path(p) for p in in_epoch.get("bad_files", []))
     if is_main:
-        print(f"resuming {output / LAST} after epoch {state['epoch']} (step {state['step']})", flush=True)
+        where = f"after epoch {state['epoch']} (step {state['step']})"
+        if in_epoch:
+            steps = training.schedule.steps_per_epoch
+            where = (
+                f"in epoch {state['epoch'] + 1} after step {in_epoch['batches']} of {steps} "
+                f"(step {state['step']}), without reading the videos it already trained on"
+            )
+        print(f"resuming {output / LAST} {where}", flush=True)
     return ResumePoint(
-        state["epoch"], state["step"], list(state["history"]), state.get("run_id") if resume_run else None
+        state["epoch"],
+        state["step"],
+        list(state["history"]),
+        state.get("run_id") if resume_run else None,
+        in_epoch or None,
     )
 
 
 def training_state(
-    training: Training, epoch: int, step: int, history: list[dict[str, float]], tracker: RunLogger | None
+    training: Training,
+    epoch: int,
+    step: int,
+    history: list[dict[str, float]],
+    tracker: RunLogger | None,
+    in_epoch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint of a training after ``epoch`` epochs: weights, optimizer, RNGs, history, run id."""
+    """The checkpoint of a training after ``epoch`` epochs (and, with ``in_epoch``, part of the
+    next one): weights, optimizer, RNGs, history, run id."""
     experiment, optimizer = training.experiment, training.optimizer
+    if in_epoch is not None:
+        in_epoch = {**in_epoch, "bad_files": sorted(str(p) for p in training.dataset.bad_files)}
     return {
         "config_hash": experiment.training_hash(),
         "config": redact(experiment.to_yaml()),  # no URL password on disk (rebuilding the method needs none)
@@ -67,6 +93,7 @@ def training_state(
         "rng": rng_state(),
         "history": history,
         "run_id": tracker.run_id if tracker is not None else None,
+        **({"in_epoch": in_epoch} if in_epoch is not None else {}),
     }
 
 

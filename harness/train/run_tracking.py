@@ -8,6 +8,7 @@ import logging
 import torch
 
 from harness.config import Experiment
+from harness.runtime import Preempted
 from harness.tracking import RunLogger, environment_tags, resolve_tracking_uri
 from harness.train.prepare import Training
 from harness.train.resume import ResumePoint
@@ -71,6 +72,8 @@ def open_run(
         tracker.log_text(experiment.to_yaml(), "config.yaml")
     if start.epoch:
         tracker.set_tags({"resumed_from_epoch": start.epoch})
+    if start.in_epoch:  # a mid-epoch checkpoint: the global step it resumed after
+        tracker.set_tags({"resumed_from_step": start.step})
     return tracker
 
 
@@ -101,13 +104,17 @@ def log_artifacts(tracker: RunLogger, training: Training, history: list[dict[str
 
 
 def close_failed_run(tracker: RunLogger | None, exc: BaseException) -> None:
-    """End the run as KILLED (Ctrl-C) or FAILED with the reason; a tracking error here is only
-    logged, so that the original error is the one raised."""
+    """End the run as KILLED (Ctrl-C; a stop signal, tagged ``preempted`` with where it stopped, and
+    continued by ``--resume``) or FAILED with the reason; a tracking error here is only logged, so
+    that the original error is the one raised."""
     if tracker is None:
         return
-    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Preempted)) else "FAILED"
     try:
-        tracker.set_tags({"failure_reason": f"{exc.__class__.__name__}: {exc}"[:5000]})
+        if isinstance(exc, Preempted):
+            tracker.set_tags({"preempted": str(exc)[:5000]})
+        else:
+            tracker.set_tags({"failure_reason": f"{exc.__class__.__name__}: {exc}"[:5000]})
         tracker.finish(status)
     except Exception as tracking_exc:  # keep the original error
         log.warning("could not close the MLflow run: %s", tracking_exc)

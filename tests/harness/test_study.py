@@ -277,20 +277,6 @@ def test_study_against_an_mlflow_tracking_server(tiny_synth, tmp_path, mlflow_se
     check_complete(storage, mlflow_server, "served", 2)
 
 
-@pytest.fixture
-def postgres_url():
-    url = os.environ.get("RHO_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("RHO_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as connection:  # a clean database for this test
-        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public;"))
-    engine.dispose()
-    return url
-
-
 def run_watching_children(args: list[str], tmp_path: Path, timeout: float = 600):
     """Run ``rho ARGS``; also return the argv of every process it started, sampled while it ran."""
     import psutil
@@ -383,3 +369,76 @@ def test_gpus_per_trial_runs_each_trial_as_a_two_rank_torchrun_job_and_prunes_it
         "history"
     ]
     assert [record["epoch"] for record in history] == [1], "both ranks stopped after epoch 1"
+
+
+def test_validating_a_spec_costs_the_same_per_point_at_any_grid_size(monkeypatch):
+    """A 1,000-point grid validates every point's experiment: the costly lookups behind it (type hints
+    of the config classes, the plugin entry points) are made a fixed number of times, not per point."""
+    import importlib.metadata
+    import typing
+
+    import yaml
+
+    import harness.plugins
+    from harness.resources import shipped
+    from harness.study.spec import parse_study
+
+    calls = {"hints": 0, "entry_points": 0}
+    real_hints, real_entry_points = typing.get_type_hints, importlib.metadata.entry_points
+
+    def hints(*args, **kwargs):
+        calls["hints"] += 1
+        return real_hints(*args, **kwargs)
+
+    def entry_points(*args, **kwargs):
+        calls["entry_points"] += 1
+        return real_entry_points(*args, **kwargs)
+
+    monkeypatch.setattr(typing, "get_type_hints", hints)
+    monkeypatch.setattr(harness.plugins, "entry_points", entry_points)
+    raw = yaml.safe_load(shipped("studies/demo.yaml").read_text())
+    raw["experiment"] = str(shipped("studies/experiments/demo.yaml"))
+    counts = []
+    for points in (8, 32):
+        raw["grid"] = {"data.clips": [1, 2, 3, 4], "optim.lr": [1e-4 * (i + 1) for i in range(points // 4)]}
+        before = dict(calls)
+        assert len(parse_study(raw, None, check_files=False).points()) == points + len(raw["baselines"])
+        counts.append({k: calls[k] - before[k] for k in calls})
+    assert counts[1]["hints"] <= counts[0]["hints"], counts  # nothing new to look up for more points
+    assert counts[1]["entry_points"] <= counts[0]["entry_points"] <= 4, counts
+
+
+def test_study_list_summaries_equal_optunas_in_a_fixed_number_of_queries(tmp_path):
+    """``rho study list`` counts with aggregate queries: the same names, trial counts, starts and best
+    values as ``optuna.get_all_study_summaries`` (which loads every trial), and the same number of
+    SQL statements for 10 and for 200 trials."""
+    import optuna
+    import sqlalchemy
+
+    from harness.study.backend import make_storage, study_summaries
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    statements = []
+    for trials in (10, 200):
+        maximize = optuna.create_study(study_name=f"max{trials}", storage=url, direction="maximize")
+        maximize.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=trials)
+        minimize = optuna.create_study(study_name=f"min{trials}", storage=url, direction="minimize")
+        minimize.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        minimize.ask()  # one running
+        pruned = minimize.ask()
+        minimize.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+        optuna.create_study(study_name=f"empty{trials}", storage=url)
+        storage = make_storage(url)
+        executed = []
+        sqlalchemy.event.listen(
+            storage.engine, "before_cursor_execute", lambda *a, into=executed: into.append(a[2])
+        )
+        mine = study_summaries(storage)
+        statements.append(len(executed))
+        theirs = optuna.get_all_study_summaries(url, include_best_trial=True)
+        assert [m["name"] for m in mine] == [s.study_name for s in theirs]
+        for m, s in zip(mine, theirs, strict=True):
+            assert m["trials"] == s.n_trials and m["started"] == s.datetime_start
+            assert m["best"] == (s.best_trial.value if s.best_trial else None)
+    assert statements[0] == statements[1] <= 4, statements
