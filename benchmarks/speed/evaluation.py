@@ -52,7 +52,7 @@ def reencoding_probe(
 ) -> dict[str, float]:
     """The linear probe of ``harness.eval.linear_probe``, re-extracting the training features every epoch."""
     train_views, test_views = benchmark_views(benchmark, "train"), benchmark_views(benchmark, "test")
-    classes = num_classes(train_views.entries + test_views.entries)
+    classes = num_classes([*train_views.entries, *test_views.entries])
     classifier, optimizer = new_probe(feature_dim, classes, settings)
     generator = torch.Generator().manual_seed(seed)
     samples = len(train_views) * train_views.views

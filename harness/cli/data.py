@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -94,18 +95,26 @@ def _add_synth_parser(data: argparse._SubParsersAction) -> None:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from harness.data.check import check_manifest
+    from harness.data.check import iter_check
+    from harness.data.manifest import read_manifest
+    from harness.progress import ProgressBar
 
-    results = check_manifest(
-        args.manifest, full=args.full, threads=args.threads, allow_outside_root=args.allow_outside_root
-    )
-    bad = [r for r in results if not r.ok]
-    for result in bad:
-        print(f"BAD  {result.path}: {result.reason}")
-    for result in results:
-        if result.turn != "none":
-            print(f"TURNED  {result.path}: display matrix, decoded with {result.turn} (data.autorotate)")
-    print(f"{len(results) - len(bad)} of {len(results)} videos ok, {len(bad)} bad")
+    entries = read_manifest(args.manifest, check_files=False, allow_outside_root=args.allow_outside_root)
+    # Verdicts print as they arrive (stdout); the progress bar goes to stderr, so that
+    # `rho data check M > bad.txt` keeps only the BAD and TURNED lines.
+    bar = ProgressBar("check", len(entries), stream=sys.stderr, log_every=1000)
+    checked = bad = 0
+    for checked, result in enumerate(iter_check(entries, full=args.full, threads=args.threads), start=1):
+        if not result.ok:
+            bad += 1
+            print(f"BAD  {result.path}: {result.reason}", flush=True)
+        elif result.turn != "none":
+            print(
+                f"TURNED  {result.path}: display matrix, decoded with {result.turn} (data.autorotate)",
+                flush=True,
+            )
+        bar.update(checked, {"bad": bad})
+    print(f"{checked - bad} of {checked} videos ok, {bad} bad")
     return 1 if bad else 0
 
 

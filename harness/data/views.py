@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from harness.data.decode import BadVideo, Decoder, decode_clips
-from harness.data.manifest import VideoEntry, read_manifest
+from harness.data.manifest import ManifestRows, VideoEntry, read_manifest
 from harness.data.transforms import MEAN, STD
 
 UNREADABLE = "unreadable"  # the key of an unreadable video's item (why) and of a batch's list of them
@@ -72,7 +72,7 @@ class ViewDataset(Dataset):
             raise ValueError(f"temporal_views must be >= 1, got {temporal_views}")
         from_file = isinstance(manifest, (str, Path))
         self.source = Path(manifest) if from_file else None  # the manifest, when read from one
-        self.entries = list(read_manifest(manifest) if from_file else manifest)
+        self.entries = ManifestRows(read_manifest(manifest) if from_file else manifest)  # see ManifestRows
         self.frames, self.stride, self.crop = frames, stride, crop
         self.short_side = short_side or round(crop * 256 / 224)
         self.temporal_views, self.spatial_views, self.fps = temporal_views, spatial_views, fps

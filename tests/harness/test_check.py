@@ -79,3 +79,41 @@ def test_full_check_accepts_a_video_under_a_second_and_reports_a_turned_one(tmp_
     assert [line for line in out.stdout.splitlines() if line.startswith("TURNED")] == [
         f"TURNED  {turned}: display matrix, decoded with rotate 90 counter-clockwise (data.autorotate)"
     ]
+
+
+CHECK_PEAK = """
+import sys
+from pathlib import Path
+from harness.data.check import iter_check
+from harness.data.manifest import read_manifest
+entries = read_manifest(sys.argv[1], check_files=False)
+bad = sum(not r.ok for r in iter_check(entries, threads=2))
+# VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) peak across fork and exec into ru_maxrss
+status = Path("/proc/self/status").read_text().splitlines()
+print(bad, next(int(line.split()[1]) for line in status if line.startswith("VmHWM")))
+"""
+
+
+@pytest.mark.slow
+def test_check_memory_stays_flat_from_n_to_4n_rows(tmp_path):
+    """Peak memory checking 4N rows is within 1.2x of N rows (hard links of one real 320x240 mp4): the
+    rows in flight are bounded and PyAV's frames are freed as the check goes."""
+    from harness.data.encode import write_video
+    from harness.speed.media import video_frames
+
+    video = write_video(tmp_path / "one.mp4", video_frames(0, 15, 320, 240), fps=30)
+    peaks = {}
+    for rows in (400, 1600):
+        folder = tmp_path / f"rows{rows}"
+        folder.mkdir()
+        for i in range(rows):
+            (folder / f"v{i}.mp4").hardlink_to(video)
+        manifest = write_manifest(folder / "m.csv", [{"path": f"v{i}.mp4", "label": 0} for i in range(rows)])
+        out = subprocess.run(
+            [sys.executable, "-c", CHECK_PEAK, str(manifest)], capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        bad, peak_kb = map(int, out.stdout.split())
+        assert bad == 0
+        peaks[rows] = peak_kb
+    assert peaks[1600] <= 1.2 * peaks[400], peaks

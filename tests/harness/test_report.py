@@ -315,3 +315,31 @@ def test_dashboard_serves_the_study_and_stops_on_ctrl_c(small_study):
     assert dashboard.returncode == 0 and "Optuna dashboard stopped" in rest
     missing = rho("dashboard", "no-such-study", "--storage", small_study.storage)
     assert missing.returncode == 2 and "no study named 'no-such-study'" in missing.stderr
+
+
+def test_the_fast_param_parser_gives_what_yaml_gives():
+    """parse_value's fast paths (numbers, booleans, names) agree with yaml.safe_load on every kind
+    of text a param or tag holds, the ones YAML reads unexpectedly included."""
+    import yaml
+
+    from harness.report.runs import parse_value
+
+    texts = [
+        "0", "7", "-3", "+4", "010", "0x10", "1_000", "12345678901234567890", "0.5", "-0.25", "1.", "1.0e+5",
+        "1.0e5", "1e-3", "3.0E-2", ".5", ".inf", "-.inf", ".nan", "True", "true", "TRUE", "yes", "No", "on",
+        "OFF", "y", "n", "None", "null", "~", "", "simclr", "r3d_tiny", "cosine_with_warmup", "a-b", "a b",
+        "[1, 2]", "{a: 1}", "2026-12-07", "12:30", "'quoted'", "sgd:", "# x",
+    ]  # fmt: skip
+
+    def reference(text):  # parse_value before its fast paths: YAML for everything
+        if text == "None":
+            return None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return value if isinstance(value, (int, float, str, bool)) else text
+
+    for text in texts:
+        expected, got = reference(text), parse_value(text)
+        assert type(got) is type(expected) and (got == expected or got != got), (text, got, expected)
