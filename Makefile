@@ -44,13 +44,15 @@ test-fast: $(STAMP)
 lock:
 	$(PYTHON) .ci/lock.py write
 
-# The newest versions pyproject.toml allows, in a venv of their own: the data, decode, method
-# and CLI tests and a one-trial demo. Prints the versions that differ from the lock.
+# The newest versions pyproject.toml allows, in a venv of their own: a one-trial demo from an
+# empty folder (the installed wheel, its shipped specs; nothing cached), then the data, decode,
+# method and CLI tests. Prints the versions that differ from the lock first.
 test-latest:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager '.[dev]'
 	$(LATEST)/bin/python .ci/lock.py diff
-	$(LATEST)/bin/python -m harness demo --spec studies/cpu/smoke.yaml
+	rm -rf $(LATEST)/run && mkdir $(LATEST)/run
+	cd $(LATEST)/run && ../bin/rho demo --spec studies/cpu/smoke.yaml
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
 
 lint: $(STAMP)

@@ -215,7 +215,7 @@ def read_manifest(
             raise ManifestError(
                 f"{path}: header {columns!r} lacks column(s) {missing}; the first line must be `path,label`"
             )
-        seen: dict[Path, int] = {}
+        seen: dict[str, int] = {}  # by the normalised path's text: a str hashes faster than a Path
         for row in reader:
             line = reader.line_num
             raw_path, raw_label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
@@ -247,11 +247,12 @@ def read_manifest(
                     )
                 if check_files and not is_file:
                     raise ManifestError(f"{path}:{line}: video file {video} does not exist")
-            if video in seen:
+            key = str(video)
+            if key in seen:
                 raise ManifestError(
-                    f"{path}:{line}: {raw_path!r} repeats line {seen[video]}; remove the duplicate row"
+                    f"{path}:{line}: {raw_path!r} repeats line {seen[key]}; remove the duplicate row"
                 )
-            seen[video] = line
+            seen[key] = line
             extra = {
                 k: v for k, v in row.items() if k not in REQUIRED_COLUMNS and k is not None and v is not None
             }
