@@ -18,7 +18,6 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-import torch
 import yaml
 from mlflow import MlflowClient
 from reliability_helpers import (
@@ -28,6 +27,7 @@ from reliability_helpers import (
     error_line,
     in_private_mounts,
     rho,
+    same,
     tiny_experiment_tree,
 )
 
@@ -48,17 +48,6 @@ def write_config(tmp_path: Path, tiny_synth, **optim) -> Path:
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-def same(a, b) -> bool:
-    """Exact equality of nested checkpoint state (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def files_digest(folder: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
-from reliability_helpers import REPO, free_port, tiny_experiment_tree
+from reliability_helpers import REPO, free_port, same, tiny_experiment_tree
 from torch.utils.data import DataLoader
 
 from harness.checkpoint import load_checkpoint
@@ -50,17 +50,6 @@ def write_config(tmp_path: Path, tree: dict, name: str = "exp.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-def same(a, b) -> bool:
-    """Exact equality of nested checkpoint state (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def computed(history: list[dict]) -> list[dict]:
