@@ -12,6 +12,7 @@ need the same shape on every rank.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable
 
 import torch
@@ -173,6 +174,51 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def raise_from_rank(error: Exception | None, src: int = 0) -> None:
+    """Raise rank ``src``'s ``error`` on every rank; return on every rank when it is None there.
+
+    For a check made on rank ``src`` alone (a manifest's files looked up once, not once a rank,
+    on a file system where each look-up is a round trip): every rank passes what it met, and
+    all then fail alike with ``src``'s message, or all go on. ``src`` raises ``error`` itself;
+    the others a copy (an exception that does not survive pickling comes as one of its class
+    with the same message, or a ``RuntimeError`` naming the class where the class cannot be
+    pickled). Every rank must call it; in one process it raises ``error`` if there is one.
+    """
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    verdict: object = None
+    if rank() == src and error is not None:
+        verdict = _portable(error)
+    verdict = broadcast_object(verdict, src)
+    if verdict is None:
+        return
+    if rank() == src:
+        raise error  # type: ignore[misc]  # not None on src when the verdict is not
+    if isinstance(verdict, BaseException):
+        raise verdict
+    kind, message = verdict  # type: ignore[misc]
+    copy = kind.__new__(kind)  # without __init__, which may take other arguments (ConfigError)
+    copy.args = (message,)
+    raise copy
+
+
+def _portable(error: Exception) -> object:
+    """``error`` itself where it survives pickling, else (its class, its message), else
+    (``RuntimeError``, its class and message)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        pass
+    try:
+        pickle.dumps(type(error))
+        return type(error), str(error)
+    except Exception:
+        return RuntimeError, f"{type(error).__name__}: {error}"
 
 
 @torch.no_grad()

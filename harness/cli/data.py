@@ -216,7 +216,7 @@ def _extension_list(text: str) -> tuple[str, ...]:
 
 
 def _add_import_parser(data: argparse._SubParsersAction) -> None:
-    from harness.data import importers
+    from harness.data.formats import VIDEO_EXTENSIONS
 
     imports = data.add_parser("import", help="turn a public dataset layout into manifests").add_subparsers(
         dest="format", metavar="FORMAT", required=True
@@ -229,10 +229,10 @@ def _add_import_parser(data: argparse._SubParsersAction) -> None:
     folders.add_argument(
         "--extensions",
         type=_extension_list,
-        default=importers.VIDEO_EXTENSIONS,
+        default=VIDEO_EXTENSIONS,
         metavar=".EXT,...",
         help="comma-separated file extensions of the videos, replacing the default list "
-        f"({' '.join(importers.VIDEO_EXTENSIONS)})",
+        f"({' '.join(VIDEO_EXTENSIONS)})",
     )
     for name, label in (("ucf101", "UCF101"), ("hmdb51", "HMDB51")):
         sub = imports.add_parser(name, help=f"{label} videos and official split files")

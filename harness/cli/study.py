@@ -6,6 +6,10 @@ import argparse
 
 from harness.cli.common import STORAGE_HELP, TRACKING_URI_HELP, UserError
 
+# Columns `rho study status` leaves out of its table (per-epoch speed, evaluation details): the
+# final metrics they come from are not even read from the storage.
+HIDDEN_COLUMNS = ("eval.", "epoch_", "clips_", "data_wait", "bad_files")
+
 
 def _add_trial_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``rho study run`` and ``rho study worker``: where trials are stored and logged, GPUs."""
@@ -57,9 +61,10 @@ def _print_study(name: str, storage_url: str, spec=None) -> None:
     import pandas as pd
 
     from harness.study import comparison_table, trials_frame
+    from harness.study.queries import stored_trials
 
     study = optuna.load_study(study_name=name, storage=storage_url)
-    frame = trials_frame(study)
+    frame = trials_frame(stored_trials(study))
     if frame.empty:
         print(f"study {name}: no trials yet")
         return
@@ -122,10 +127,14 @@ def _add_worker_parser(study: argparse._SubParsersAction) -> None:
 
 
 def _study_status(args: argparse.Namespace) -> int:
+    """The table of a study's trials, read as a few columns (``queries.stored_trials``), not as
+    a FrozenTrial per trial: 100k stored trials cost their rows, not their every attribute."""
     import optuna
     import pandas as pd
 
     from harness.study import resolve_storage, trials_frame
+    from harness.study.attrs import ATTR_METRIC_PREFIX
+    from harness.study.queries import stored_trials
 
     storage_url = resolve_storage(args.storage)
     try:
@@ -134,11 +143,13 @@ def _study_status(args: argparse.Namespace) -> int:
         raise UserError(
             f"no study named {args.name!r} in this storage; `rho study list` shows the studies"
         ) from None
-    frame = trials_frame(study)
+    frame = trials_frame(
+        stored_trials(study, skip_attrs=tuple(ATTR_METRIC_PREFIX + c for c in HIDDEN_COLUMNS))
+    )
     if frame.empty:
         print(f"study {args.name}: no trials")
         return 0
-    hide = [c for c in frame.columns if c.startswith(("eval.", "epoch_", "clips_", "data_wait", "bad_files"))]
+    hide = [c for c in frame.columns if c.startswith(HIDDEN_COLUMNS)]
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60):
         print(frame.drop(columns=hide).to_string(index=False))
     return 0

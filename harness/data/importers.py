@@ -14,20 +14,17 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from harness.data.manifest import ManifestError, leaves_root, write_manifest
+from harness.data.formats import VIDEO_EXTENSIONS
+from harness.data.manifest import ManifestError, RowPaths, write_manifest
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (
-    ".3g2", ".3gp", ".asf", ".avi", ".divx", ".dv", ".f4v", ".flv", ".m2ts", ".m2v", ".m4v", ".mj2",
-    ".mjpeg", ".mjpg", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts", ".mxf", ".ogg", ".ogv", ".qt",
-    ".rm", ".rmvb", ".ts", ".vob", ".webm", ".wmv", ".y4m",
-)  # fmt: skip
 SKIPPED_LISTED = 20  # skipped files named one by one; the rest are counted
 KINETICS_PATTERNS = (
     "{youtube_id}_{start:06d}_{end:06d}.mp4",
@@ -66,7 +63,9 @@ def from_folders(
         )
     suffixes = sorted({e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions})
     class_dirs = sorted(
-        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d != out_dir
+        root / entry.name
+        for entry in _scan(root)
+        if _is_dir(entry) and not entry.name.startswith(".") and root / entry.name != out_dir
     )
     if not class_dirs:
         raise DatasetLayoutError(
@@ -100,15 +99,103 @@ def from_folders(
 def _class_files(class_dir: Path, suffixes: Sequence[str]) -> tuple[list[Path], list[Path]]:
     """(videos, skipped files) under a class folder, each sorted; hidden files and folders are passed over.
 
-    A symlink counts as what it points to and keeps its own path; a broken one is skipped.
+    A symlink counts as what it points to and keeps its own path; a broken one is skipped; a
+    symlink to a folder is neither entered nor counted, and an unreadable sub-folder is passed
+    over (as ``Path.rglob`` does). One ``os.scandir`` per folder: its entries say from the
+    directory listing itself whether each is a file or a folder, where ``rglob`` and
+    ``is_dir``/``is_file`` made a few ``stat`` calls a file (on NFS or Lustre each one a round
+    trip, 240k of them for Kinetics).
     """
-    videos: list[Path] = []
-    skipped: list[Path] = []
-    for path in sorted(class_dir.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(class_dir).parts) or path.is_dir():
-            continue
-        (videos if path.is_file() and path.suffix.lower() in suffixes else skipped).append(path)
+    found: list[tuple[tuple[str, ...], bool]] = []  # (parts under class_dir, whether a video)
+
+    def walk(folder: str, parts: tuple[str, ...]) -> None:
+        try:
+            entries = _scan(folder)
+        except PermissionError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if _is_dir(entry):
+                if not entry.is_symlink():
+                    walk(entry.path, (*parts, entry.name))
+                continue
+            is_video = _is_file(entry) and _suffix(entry.name).lower() in suffixes
+            found.append(((*parts, entry.name), is_video))
+
+    walk(os.fspath(class_dir), ())
+    found.sort()  # the order of sorted Paths: part by part
+    videos = [class_dir.joinpath(*parts) for parts, is_video in found if is_video]
+    skipped = [class_dir.joinpath(*parts) for parts, is_video in found if not is_video]
     return videos, skipped
+
+
+def _scan(folder: str | Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``: one ``os.scandir``, no ``stat`` of its entries."""
+    with os.scandir(folder) as entries:
+        return list(entries)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry`` is a folder or a symlink to one (as ``Path.is_dir``: False where it cannot be told)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """``entry`` is a file or a symlink to one (as ``Path.is_file``: False where it cannot be told)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _suffix(name: str) -> str:
+    """``Path(name).suffix``, without making a Path."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+class _Listings:
+    """Whether paths name files, from one ``os.scandir`` per folder rather than one ``stat`` a path.
+
+    A split file or Kinetics CSV names each video by its path (240k of them for Kinetics, tried
+    against two patterns): listing each folder once turns the per-row cost into a dict look-up.
+    The answer is the one ``Path.is_file`` gives: where the listing cannot say for certain (the
+    folder cannot be listed, or only a name differing in case or a non-ASCII name is missing,
+    which a case- or normalisation-insensitive file system may still find) the path is asked
+    directly.
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[str, tuple[dict[str, os.DirEntry[str]], set[str]] | None] = {}
+
+    def _listing(self, folder: str) -> tuple[dict[str, os.DirEntry[str]], set[str]] | None:
+        if folder not in self._folders:
+            try:
+                entries = {entry.name: entry for entry in _scan(folder or ".")}
+                self._folders[folder] = entries, {name.casefold() for name in entries}
+            except (FileNotFoundError, NotADirectoryError):
+                self._folders[folder] = {}, set()  # nothing under a missing folder or a file
+            except OSError:
+                self._folders[folder] = None  # unreadable: ask each path
+        return self._folders[folder]
+
+    def is_file(self, path: str | Path) -> bool:
+        """Whether ``path`` is a file or a symlink to one."""
+        path = os.fspath(path)
+        folder, name = os.path.split(path)
+        listing = self._listing(folder)
+        if listing is not None:
+            entries, folded = listing
+            entry = entries.get(name)
+            if entry is not None:
+                return _is_file(entry)
+            if name.casefold() not in folded and name.isascii():
+                return False
+        return os.path.isfile(path)
 
 
 def _warn_skipped(root: Path, skipped: list[Path]) -> None:
@@ -161,6 +248,7 @@ def from_ucf101(
             )
         classes.append(fields[1])
     label_of = {name.lower(): label for label, name in enumerate(classes)}
+    listings = _Listings() if check_files else None
 
     def rows(list_file: Path, labelled: bool) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -177,7 +265,7 @@ def from_ucf101(
                 raise DatasetLayoutError(
                     f"{where}: index {fields[1]} disagrees with {class_file}, where {folder!r} is {label + 1}"
                 )
-            out.append(_row(video_root / relative, label, classes[label], where, check_files))
+            out.append(_row(video_root / relative, label, classes[label], where, listings))
         return out
 
     train = rows(splits_dir / f"trainlist{split:02d}.txt", labelled=True)
@@ -211,6 +299,7 @@ def from_hmdb51(
     classes = [f.name[: -len(suffix)] for f in split_files]
     train: list[dict[str, object]] = []
     val: list[dict[str, object]] = []
+    listings = _Listings() if check_files else None
     for label, (class_name, split_file) in enumerate(zip(classes, split_files, strict=True)):
         for where, fields in _split_lines(split_file):
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
@@ -219,7 +308,7 @@ def from_hmdb51(
                 )
             if fields[1] == "0":
                 continue
-            row = _row(video_root / class_name / fields[0], label, class_name, where, check_files)
+            row = _row(video_root / class_name / fields[0], label, class_name, where, listings)
             (train if fields[1] == "1" else val).append(row)
     return _write_split(out_dir, classes, train, val)
 
@@ -282,6 +371,7 @@ def from_kinetics(
     rows: list[dict[str, object]] = []
     seen: set[Path] = set()
     missing = duplicates = 0
+    listings = _Listings()
     for where, record in records:
         fields: dict[str, object] = {
             "label": record["label"],
@@ -289,7 +379,7 @@ def from_kinetics(
             "start": _whole_seconds(record["time_start"], where),
             "end": _whole_seconds(record["time_end"], where),
         }
-        found = _find_video(video_root, patterns, fields)
+        found = _find_video(video_root, patterns, fields, listings)
         if found is None:
             missing += 1
             continue
@@ -356,6 +446,7 @@ def from_ssv2(
         raise DatasetLayoutError(f"{labels_json}: indices must be 0..{len(classes) - 1}, each once")
     entries = _load_json(split_json, list, 'a list of {"id": ..., "template": ...} objects')
     rows: list[dict[str, object]] = []
+    listings = _Listings() if check_files else None
     for number, entry in enumerate(entries):
         where = f"{split_json}: entry {number}"
         if not isinstance(entry, dict) or "id" not in entry:
@@ -370,7 +461,7 @@ def from_ssv2(
                 f"{where} (id {entry['id']}): template {class_name!r} is not a key of {labels_json}"
             )
         rows.append(
-            _row(video_root / f"{entry['id']}.webm", label_of[class_name], class_name, where, check_files)
+            _row(video_root / f"{entry['id']}.webm", label_of[class_name], class_name, where, listings)
         )
     if not rows:
         raise DatasetLayoutError(f"{split_json}: no entries")
@@ -387,12 +478,12 @@ def _split_lines(path: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 def _find_video(
-    video_root: Path, patterns: Sequence[str], fields: dict[str, object]
+    video_root: Path, patterns: Sequence[str], fields: dict[str, object], listings: _Listings
 ) -> tuple[str, Path] | None:
     """The first (pattern, file) whose formatted path exists under ``video_root``, else None."""
     for pattern in patterns:
         video = video_root / pattern.format(**fields)
-        if video.is_file():
+        if listings.is_file(video):
             return pattern, video
     return None
 
@@ -405,8 +496,11 @@ def _open(path: Path) -> TextIO:
     return path.open(newline="", encoding="utf-8")
 
 
-def _row(video: Path, label: int, class_name: str, where: str, check_files: bool) -> dict[str, object]:
-    if check_files and not video.is_file():
+def _row(
+    video: Path, label: int, class_name: str, where: str, listings: _Listings | None
+) -> dict[str, object]:
+    """A manifest row; with ``listings`` (``check_files``) only for a video that exists."""
+    if listings is not None and not listings.is_file(video):
         raise DatasetLayoutError(
             f"{where}: video {video} does not exist; check the video folder (or pass check_files=False)"
         )
@@ -437,11 +531,13 @@ def _load_json(path: Path, kind: type, shape: str) -> dict | list:
 def _write_manifest(path: Path, rows: list[dict[str, object]]) -> Path:
     """Write a manifest, and warn when rows lie outside its folder, which training refuses by default.
 
-    The rows that would be refused are found with ``leaves_root``, the rule training and
-    ``rho data check`` apply, so the warning names exactly the rows they would refuse.
+    The rows that would be refused are found with ``RowPaths`` (``leaves_root``), the rule
+    training and ``rho data check`` apply, so the warning names exactly the rows they would
+    refuse; one ``RowPaths`` for all rows resolves each folder once (one ``lstat`` a row).
     """
     written = write_manifest(path, rows)
-    outside = [row["path"] for row in rows if leaves_root(Path(str(row["path"])), path.parent)]
+    rows_paths = RowPaths(path.parent)
+    outside = [row["path"] for row in rows if rows_paths.check(str(row["path"]))[1]]
     if outside:
         log.warning(
             "%s: %d of %d videos lie outside the manifest's folder %s (e.g. %s), which training and "

@@ -125,6 +125,10 @@ class ManifestRows(Sequence[VideoEntry]):
     """
 
     def __init__(self, entries: Iterable[VideoEntry]):
+        if isinstance(entries, ManifestRows):  # the same columns, read only: shared, not rebuilt
+            self._buffer, self._offsets, self._labels = entries._buffer, entries._offsets, entries._labels
+            self._columns, self._count = entries._columns, entries._count
+            return
         paths: list[bytes] = []
         labels: list[int] = []
         columns: dict[str, dict[str, int]] = {}
@@ -262,6 +266,83 @@ def read_manifest(
     return entries
 
 
+CHECKED_KEPT = 16  # manifests whose checked rows ``checked_manifest`` keeps (oldest dropped first)
+_checked: dict[tuple[object, ...], ManifestRows] = {}
+
+
+def checked_manifest(
+    path: str | Path,
+    check_files: bool = True,
+    root: str | Path | None = None,
+    allow_outside_root: bool = True,
+    classes: Iterable[ClassCount | None] = (),
+) -> ManifestRows:
+    """``read_manifest`` once per process for a manifest that has not changed: its rows as
+    ``ManifestRows``, kept in memory after a successful read and given back while the key holds.
+
+    A study's worker runs trial after trial in one process, each reading the same manifests;
+    at 240k Kinetics rows a read is seconds, and on NFS or Lustre its check (one ``lstat`` a
+    row) far more. The key is everything that changes the verdict or the rows: the manifest
+    as named and absolute, its size, mtime, ctime and inode (a rewrite, in place or by rename,
+    changes them), the root as named, absolute and resolved (a repointed symlink changes it),
+    ``check_files``, ``allow_outside_root`` and the smallest class count (``classes`` and
+    ``declared_classes``, read again each call). Only successes are kept: a bad manifest is
+    read, and refused, each time.
+
+    The trade-off: a video deleted, or a folder repointed out of the root, after the check
+    passed goes unnoticed until a trial reads it (training skips and names an unreadable
+    video). The cache lives only as long as the process (no file on disk: a cache there would
+    hide such changes from every later process too), so a new ``rho`` command, or a new torchrun
+    trial, checks again.
+
+    Raises:
+        ManifestError: as ``read_manifest``.
+    """
+    path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    try:  # before the read: a rewrite during it leaves a stale key, never stale rows under a new one
+        stat_result = os.stat(path)
+    except OSError:
+        stat_result = None
+    known = [c for c in (*classes, declared_classes(path)) if c is not None]
+    limit = min(c.count for c in known) if known else None
+    key = None
+    if stat_result is not None:
+        key = (
+            os.fspath(path),
+            os.path.abspath(path),
+            stat_result.st_size,
+            stat_result.st_mtime_ns,
+            stat_result.st_ctime_ns,
+            stat_result.st_ino,
+            stat_result.st_dev,
+            os.fspath(base),
+            os.path.abspath(base),
+            os.path.realpath(base),
+            check_files,
+            allow_outside_root,
+            limit,
+        )
+        kept = _checked.get(key)
+        if kept is not None:
+            return kept
+    rows = ManifestRows(
+        read_manifest(
+            path, check_files=check_files, root=root, allow_outside_root=allow_outside_root, classes=known
+        )
+    )
+    if key is not None:
+        while len(_checked) >= CHECKED_KEPT:
+            _checked.pop(next(iter(_checked)))
+        _checked[key] = rows
+    return rows
+
+
+def forget_checked_manifests() -> None:
+    """Drop what ``checked_manifest`` keeps: the next read of every manifest checks it again."""
+    _checked.clear()
+
+
 class RowPaths:
     """Where manifest rows lead, at one ``lstat`` per row: each distinct folder is resolved once
     (a 240k-row Kinetics manifest has 400 folders; on NFS or Lustre every metadata call is a
@@ -310,13 +391,31 @@ def manifest_path(video: str | Path, folder: Path) -> str:
     same places through different links (``/tmp`` and ``/private/tmp``), the video's folder is
     resolved, its file name kept.
     """
-    video, folder = Path(os.path.abspath(video)), Path(os.path.abspath(folder))
-    if video.is_relative_to(folder):
-        return video.relative_to(folder).as_posix()
-    parent, real_folder = video.parent.resolve(), folder.resolve()
-    if parent.is_relative_to(real_folder):
-        return (parent / video.name).relative_to(real_folder).as_posix()
-    return str(video)
+    return _ManifestPaths(folder).name(video)
+
+
+class _ManifestPaths:
+    """``manifest_path`` for many videos and one manifest folder, each folder resolved once (a
+    folder outside the manifest's costs an ``lstat`` per path component: per row, that was a
+    dozen metadata calls a row)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(os.path.abspath(folder))
+        self._real_folder: Path | None = None
+        self._parents: dict[Path, Path] = {}  # a video's folder -> the same, resolved
+
+    def name(self, video: str | Path) -> str:
+        video = Path(os.path.abspath(video))
+        if video.is_relative_to(self.folder):
+            return video.relative_to(self.folder).as_posix()
+        if self._real_folder is None:
+            self._real_folder = self.folder.resolve()
+        parent = self._parents.get(video.parent)
+        if parent is None:
+            parent = self._parents[video.parent] = video.parent.resolve()
+        if parent.is_relative_to(self._real_folder):
+            return (parent / video.name).relative_to(self._real_folder).as_posix()
+        return str(video)
 
 
 def write_manifest(
@@ -329,6 +428,7 @@ def write_manifest(
     """
     path = Path(path)
     extra = sorted({k for row in rows for k in row} - set(REQUIRED_COLUMNS))
+    names = _ManifestPaths(path.parent)
     with atomic_file(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[*REQUIRED_COLUMNS, *extra])
         writer.writeheader()
@@ -336,11 +436,13 @@ def write_manifest(
             out = dict(row)
             video = Path(str(out["path"]))
             if relative_to_manifest and video.is_absolute():
-                out["path"] = manifest_path(video, path.parent)
+                out["path"] = names.name(video)
             writer.writerow(out)
     return path
 
 
-def num_classes(entries: list[VideoEntry]) -> int:
+def num_classes(entries: Sequence[VideoEntry]) -> int:
     """Number of classes a manifest spans (max label + 1)."""
+    if isinstance(entries, ManifestRows):
+        return int(entries.labels.max()) + 1
     return max(e.label for e in entries) + 1

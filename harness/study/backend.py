@@ -1,6 +1,7 @@
 """The study's Optuna backend: storage URL and storage, sampler and pruner, and the reads and writes
-of trials in the storage. The one module that reaches into Optuna's internals (a study's storage,
-a trial's id, the system attributes Optuna keeps); the rest of the study code goes through it."""
+of trials in the storage. With ``harness.study.queries`` (its read-only SQL on Optuna's tables), the
+one module that reaches into Optuna's internals (a study's storage and cache, a trial's id, the
+system attributes Optuna keeps); the rest of the study code goes through them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import copy
 import os
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.preflight import check_store
 from harness.redact import database_url
+from harness.study import queries
 from harness.study.attrs import ATTR_REASON
 from harness.study.spec import StudySpec
 from harness.study.storage import ReconnectingRDBStorage, trials_with_heartbeat
@@ -111,11 +113,6 @@ def open_trial(study_name: str, storage_url: str, trial_id: int, pruner: dict[st
     return optuna.trial.Trial(study, trial_id)
 
 
-def reload_study(study: optuna.Study) -> optuna.Study:
-    """The study read again from its storage (what another machine may have written since)."""
-    return optuna.load_study(study_name=study.study_name, storage=study._storage)
-
-
 def delete_from_storage(study: optuna.Study) -> None:
     """Delete the study and its trials from its storage."""
     optuna.delete_study(study_name=study.study_name, storage=study._storage)
@@ -129,6 +126,48 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 def stored_trial(trial: optuna.Trial) -> FrozenTrial:
     """The trial as its storage has it now (attributes set by other code or processes included)."""
     return trial.study._storage.get_trial(trial._trial_id)
+
+
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial:
+    """The study's trial ``number`` as its storage has it now: that trial alone is read
+    (``study.trials[number]`` reads every trial)."""
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
+def take_trial(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()`` without reading every trial of the study: the first WAITING trial (in number
+    order) that this worker moves to RUNNING, else a new trial.
+
+    Taking a waiting trial is the compare-and-set Optuna's ``ask`` does (the storage moves it to
+    RUNNING only if it is still WAITING; another worker's trial is skipped), so two workers never
+    take the same one; only the list of waiting trials comes from one query
+    (``queries.waiting_trials``) instead of a FrozenTrial of every trial, which Optuna's cache
+    builds on its first read in a process. The trial taken is entered in that cache, as ``ask``
+    does, since Optuna's writes of its params look it up there.
+    """
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    storage = study._storage
+    if queries.database(study) is None:
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # as ask: samplers read the trials afresh
+    taken = None
+    for waiting, _ in queries.waiting_trials(study):
+        try:
+            if storage.set_trial_state_values(waiting, state=TrialState.RUNNING):
+                taken = waiting
+                break
+        except UpdateFinishedTrialError:  # another worker took it and finished it
+            continue
+    if taken is None:
+        return optuna.Trial(study, storage.create_new_trial(study._study_id))  # cached by Optuna
+    if isinstance(storage, _CachedStorage):
+        frozen = storage.get_trial(taken)
+        with storage._lock:
+            storage._studies.setdefault(study._study_id, _StudyInfo())
+            storage._add_trials_to_cache(study._study_id, [frozen])
+    return optuna.Trial(study, taken)
 
 
 def set_trial_attr(trial: optuna.Trial, key: str, value: Any) -> None:
@@ -171,12 +210,11 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     if not isinstance(database, RDBStorage) or database.heartbeat_interval is None:
         return []
     grace_period = database.grace_period or 2 * database.heartbeat_interval
-    oldest = datetime.now() - timedelta(seconds=grace_period)
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    candidates = [t for t in running if t.datetime_start is not None and t.datetime_start < oldest]
+    oldest = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace_period)
+    candidates = queries.running_since(study, oldest)  # naive UTC, as Optuna stores start times
     if not candidates:
         return []
-    ids = [trial_id(t) for t in candidates]
+    ids = [candidate for candidate, _ in candidates]
     beating = (
         database.trials_with_heartbeat(ids)
         if isinstance(database, ReconnectingRDBStorage)
@@ -187,22 +225,22 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         "no worker ran it: it never recorded a heartbeat (its worker died or lost the database while "
         "taking it); re-queued"
     )
-    for trial in candidates:
-        if trial_id(trial) in beating:
+    for candidate, number in candidates:
+        if candidate in beating:
             continue
         try:  # the reason first: a finished trial takes no more attributes
-            storage.set_trial_user_attr(trial_id(trial), ATTR_REASON, reason)
-            if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
+            storage.set_trial_user_attr(candidate, ATTR_REASON, reason)
+            if not storage.set_trial_state_values(candidate, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # another worker failed it first
             continue
         callback = storage.get_heartbeat_stale_trial_callback()
         if callback is not None:
-            retry = copy.deepcopy(storage.get_trial(trial_id(trial)))
+            retry = copy.deepcopy(storage.get_trial(candidate))
             retry.user_attrs.pop(ATTR_REASON, None)  # the copy re-queued is not a failure
             retry.user_attrs.pop(ATTR_PREEMPTED, None)  # nor the stopped run's continuation
             callback(study, retry)
-        failed.append(trial.number)
+        failed.append(number)
     return failed
 
 

@@ -5,6 +5,11 @@ and re-queued by ``RetryHeartbeatStaleTrialCallback``), take the next waiting tr
 the sampler for a new one while the search budget lasts (``harness.study.queue``) — and run it
 with a heartbeat thread. A trial's checkpoint folder is a function of its point and seed, so a
 re-queued trial resumes where the dead one stopped.
+
+None of this reads every trial of the study (``harness.study.queries``): a worker that joins a
+study of 100k stored trials starts its first grid trial as fast as one that joins an empty study.
+A sampled trial's sampler and a pruner read the study's trials through Optuna's cache, which
+loads them all once per worker: they need the history.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from harness.errors import EnvironmentFailure
 from harness.preflight import check_store
 from harness.redact import redact
 from harness.runtime import Preempted, signal_name, stop_requested, stop_signals
+from harness.study import queries
 from harness.study.attrs import (
     ATTR_DURATION,
     ATTR_KEY,
@@ -41,6 +47,7 @@ from harness.study.backend import (
     retry_of,
     set_trial_attr,
     stored_trial,
+    trial_by_number,
     trial_id,
     was_preempted,
 )
@@ -161,7 +168,7 @@ def stop_signal_names(spec: StudySpec) -> list[str]:
 
 
 def _count(study: optuna.Study, state: TrialState) -> int:
-    return len(study.get_trials(deepcopy=False, states=(state,)))
+    return queries.count_trials(study, (state,))
 
 
 def _run_trial(
@@ -198,7 +205,7 @@ def _run_trial(
     tags = {"study": spec.name, "trial": str(trial.number), "seed": str(point.seed), "rho.key": point.key}
     tags.update({f"swept.{k}": str(v) for k, v in point.label().items()})
     if previous_number is not None:
-        previous = study.trials[previous_number]
+        previous = trial_by_number(study, previous_number)
         tags["retry_of_trial"] = str(previous_number)
         if previous.user_attrs.get(ATTR_RUN):
             tags["retry_of_run"] = previous.user_attrs[ATTR_RUN]
@@ -300,10 +307,8 @@ def _run_trial(
 
 def _last_failed_attempt(study: optuna.Study, key: str, number: int) -> int | None:
     """The number of the latest failed earlier trial of the same point, if any."""
-    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return max(
-        (t.number for t in failed if t.user_attrs.get(ATTR_KEY) == key and t.number < number), default=None
-    )
+    failed = queries.trials_with_attr(study, ATTR_KEY, key, (TrialState.FAIL,))
+    return max((other for _, other in failed if other < number), default=None)
 
 
 def _close_dead_run(tracking_uri: str, run_id: str) -> None:

@@ -6,6 +6,7 @@ rank), the dataset and its sampler, the schedule and the optimizer."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +16,18 @@ from torch import nn
 import methods
 from harness import distributed as dist_utils
 from harness.config import ConfigError, DataConfig, Experiment
-from harness.data import ManifestError, MultiClipDataset, read_manifest
+from harness.data import ManifestError, MultiClipDataset
 from harness.data.batched import DeviceAugment
 from harness.data.dataset import MAX_SKIPS, unreadable_videos
 from harness.data.epoch_order import EpochSampler
-from harness.data.manifest import ClassCount, VideoEntry, dataset_classes, synth_stamp
+from harness.data.manifest import (
+    ClassCount,
+    ManifestRows,
+    VideoEntry,
+    checked_manifest,
+    dataset_classes,
+    synth_stamp,
+)
 from harness.preflight import check_store, check_writable
 from harness.runtime import Runtime, seed_everything
 from harness.tracking import resolve_tracking_uri
@@ -65,9 +73,7 @@ def prepare_training(
     build the method, the dataset, its sampler, the schedule and the optimizer."""
     seed_everything(experiment.runtime.seed)
     data = experiment.data
-    classes = [dataset_classes(data.dataset, "data.dataset"), _method_classes(experiment)]
-    entries = read_manifest(data.train, allow_outside_root=data.allow_outside_root, classes=classes)
-    check_other_manifests(experiment)
+    entries = preflight_manifests(experiment)
     local_batch = _local_batch(data, len(entries), runtime.world_size)
     experiment = with_num_classes(experiment, entries)
     check_frames(data, entries, warn=runtime.is_main)
@@ -98,22 +104,55 @@ def prepare_training(
     )
 
 
-def check_other_manifests(experiment: Experiment) -> None:
-    """Read every manifest the run will read besides ``data.train``, as it will read them: the kNN
-    monitor's ``data.val`` (under the data root rules) and each ``eval.benchmarks`` file with its
-    ``train`` and ``val`` manifests. A bad one is found here, before any compute and before the
-    MLflow run exists, not after the first epoch or at the end of training.
+def preflight_manifests(experiment: Experiment) -> ManifestRows:
+    """``data.train``'s rows, every manifest of the run checked: on rank 0 only under
+    torch.distributed, its verdict shared, so that every rank raises the same error.
+
+    The files of a manifest are looked up (an ``lstat`` a row: 240k for Kinetics, each a round
+    trip on NFS or Lustre) once per run, not once per rank; the other ranks read ``data.train``'s
+    rows without looking its files up (rank 0 has, meanwhile). The reads go through
+    ``checked_manifest``: a second trial in the same process (a study's worker) takes the
+    checked rows of an unchanged manifest from memory.
 
     Raises:
         ManifestError: naming the config key, the manifest, its line and the fix.
         ConfigError: a bad benchmark file.
     """
-    from harness.eval import check_manifests, load_benchmark
+    data = experiment.data
+    classes = [dataset_classes(data.dataset, "data.dataset"), _method_classes(experiment)]
+    rows, error = None, None
+    try:
+        if dist_utils.rank() == 0:
+            rows = checked_manifest(data.train, allow_outside_root=data.allow_outside_root, classes=classes)
+            check_other_manifests(experiment)
+        else:  # the same rows, their files left to rank 0
+            rows = checked_manifest(data.train, check_files=False, classes=classes)
+    except Exception as exc:  # every rank must reach the broadcast, whatever failed
+        error = exc
+    dist_utils.raise_from_rank(error)
+    if error is not None:  # rank 0 passed where this rank failed: no less an error
+        raise error
+    assert rows is not None
+    return rows
+
+
+def check_other_manifests(experiment: Experiment) -> None:
+    """Read every manifest the run will read besides ``data.train``, as it will read them: the kNN
+    monitor's ``data.val`` (under the data root rules) and each ``eval.benchmarks`` file with its
+    ``train`` and ``val`` manifests. A bad one is found here, before any compute and before the
+    MLflow run exists, not after the first epoch or at the end of training. Each is read with
+    ``checked_manifest``: once per process while it does not change.
+
+    Raises:
+        ManifestError: naming the config key, the manifest, its line and the fix.
+        ConfigError: a bad benchmark file.
+    """
+    from harness.eval import load_benchmark
 
     data = experiment.data
     if data.val:
         try:
-            read_manifest(
+            checked_manifest(
                 data.val,
                 allow_outside_root=data.allow_outside_root,
                 classes=[dataset_classes(data.dataset, "data.dataset")],
@@ -121,10 +160,16 @@ def check_other_manifests(experiment: Experiment) -> None:
         except ManifestError as exc:
             raise ManifestError(f"data.val: {exc}") from None
     for path in experiment.eval.benchmarks:
-        try:
-            check_manifests(load_benchmark(path))
-        except ManifestError as exc:
-            raise ManifestError(f"eval.benchmarks: {exc}") from None
+        benchmark = load_benchmark(path)
+        for split in ("train", "val"):  # as harness.eval.check_manifests, through the cache
+            try:
+                checked_manifest(
+                    getattr(benchmark, split), classes=[dataset_classes(benchmark.dataset, "dataset")]
+                )
+            except ManifestError as exc:
+                raise ManifestError(
+                    f"eval.benchmarks: benchmark {benchmark.source} ({split}): {exc}"
+                ) from None
 
 
 def _method_classes(experiment: Experiment) -> ClassCount | None:
@@ -204,7 +249,7 @@ def _check_batch_norm(method: SSLMethod, experiment: Experiment, local_batch: in
     )
 
 
-def check_frames(data: DataConfig, entries: list[VideoEntry], warn: bool = True) -> None:
+def check_frames(data: DataConfig, entries: Sequence[VideoEntry], warn: bool = True) -> None:
     """The training videos can be opened, and ``data.crop`` fits in their frames.
 
     Videos are opened in manifest order until one opens (at most ``MAX_SKIPS``): a manifest
@@ -252,7 +297,7 @@ def check_frames(data: DataConfig, entries: list[VideoEntry], warn: bool = True)
         )
 
 
-def _first_frame_size(manifest: str, entries: list[VideoEntry]) -> tuple[Path, int, int] | None:
+def _first_frame_size(manifest: str, entries: Sequence[VideoEntry]) -> tuple[Path, int, int] | None:
     """(path, width, height) of the first video that opens, trying at most ``MAX_SKIPS``; None
     when those all fail in a longer manifest (training skips them, and says so).
 

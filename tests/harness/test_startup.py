@@ -42,3 +42,10 @@ def test_the_check_sees_a_heavy_import():
     """Guards the test above against passing vacuously: a command that trains does import torch."""
     modules = imported_modules("-c", "import harness.data; harness.data.MultiClipDataset")
     assert {"torch", "av"} <= modules
+
+
+def test_help_imports_not_even_numpy():
+    """``rho --help`` builds every parser; ``data import``'s default extensions come from
+    ``harness.data.formats``, not the importers (which pull in numpy through the manifest)."""
+    modules = imported_modules("-m", "harness", "--help")
+    assert "numpy" not in modules
