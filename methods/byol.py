@@ -19,6 +19,7 @@ from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, clip_loss, embed_clips
 from methods._metrics import embedding_std
 from methods._pairs import LOSS_REDUCTIONS, other_clips, query_weight
+from methods._precision import in_fp32
 from methods.base import SSLMethod, StepOutput
 
 
@@ -104,7 +105,9 @@ class BYOL(SSLMethod):
         for clip in range(num_clips):
             projection = self.projector(self.backbone(clips[:, clip]))
             prediction = self.predictor(projection)
-            loss = sum(regression_loss(prediction, targets[:, t]) for t in other_clips(clip, num_clips))
+            loss = sum(  # in float32 under autocast, as SlowFast (methods._precision)
+                in_fp32(regression_loss, prediction, targets[:, t]) for t in other_clips(clip, num_clips)
+            )
             total = total + clip_loss(loss * weight, self.memory)
             projections.append(projection.detach())
         metrics = {

@@ -7,7 +7,7 @@ the cosine momentum schedule 0.994 -> 1 as in Feichtenhofer et al. 2021).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, clip_loss, embed_clips
 from methods._metrics import embedding_std
 from methods._pairs import LOSS_REDUCTIONS, ordered_pairs, other_clips, query_weight
+from methods._precision import in_fp32
 from methods._queue import KeyQueue
 from methods.base import SSLMethod, StepOutput
 
@@ -85,6 +86,15 @@ class MoCo(SSLMethod):
             clips, ρ times the mean (``methods._pairs``).
         memory: ``"standard"``, or ``"low"``: keys first without grad, then each query clip
             forwarded and back-propagated on its own inside ``training_step``.
+        no_update_steps: the weights are not updated during the first this many steps, while
+            the queue fills with real keys: an int >= 0 (None: 0), or ``"slowfast"``:
+            queue_size // the global batch of videos (SlowFast's ``iters_noupdate``).
+        rank_videos: emulate SlowFast's GPUs of this many videos (its 8) on a rank that holds
+            more: the query and key encoders forward each clip in sub-batches of ``rank_videos``
+            (so BatchNorm normalises over that many, as SlowFast's per-GPU BN), and with
+            ``queue_per_rank`` a rank enqueues the keys of its first ``rank_videos`` videos only
+            (so rank 0's queue spans K / (ρ·rank_videos) steps, as SlowFast's). None: the whole
+            per-rank batch, as before.
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class MoCo(SSLMethod):
         loss_reduction: str = "mean",
         memory: str = "standard",
         no_update_steps: int | str | None = None,
+        rank_videos: int | None = None,
     ) -> None:
         super().__init__(backbone, feature_dim)
         self.temperature = check_positive("temperature", temperature)
@@ -115,6 +126,7 @@ class MoCo(SSLMethod):
                 "(queue_size // the global batch of videos, SlowFast's iters_noupdate)"
             )
         self.no_update_steps = no_update_steps
+        self.rank_videos = None if rank_videos is None else int(check_positive("rank_videos", rank_videos))
         self.videos_per_step: int | None = None  # the global batch, seen at the first step
         self.queue_per_rank = queue_per_rank
         self.exclude_same_video = exclude_same_video
@@ -128,15 +140,21 @@ class MoCo(SSLMethod):
         self.target_head = momentum_copy(self.head)
         self.queue = KeyQueue(queue_size, out_dim)
 
+    def _per_gpu(self, encode: Callable[[Tensor], Tensor], clip: Tensor) -> Tensor:
+        """``encode(clip)``, in sub-batches of ``rank_videos`` (SlowFast's per-GPU BatchNorm) when set."""
+        if self.rank_videos is None or clip.shape[0] <= self.rank_videos:
+            return encode(clip)
+        return torch.cat([encode(part) for part in clip.split(self.rank_videos)])
+
     def _query(self, clip: Tensor) -> Tensor:
-        return F.normalize(self.head(self.backbone(clip)), dim=-1)
+        return F.normalize(self._per_gpu(lambda x: self.head(self.backbone(x)), clip), dim=-1)
 
     @torch.no_grad()
     def _key(self, clip: Tensor) -> Tensor:
         permutation = None
         if self.shuffle_bn:
             clip, permutation = shuffle_batch(clip)
-        key = F.normalize(self.target_head(self.target_backbone(clip)), dim=-1)
+        key = F.normalize(self._per_gpu(lambda x: self.target_head(self.target_backbone(x)), clip), dim=-1)
         return unshuffle_batch(key, permutation)
 
     @torch.no_grad()
@@ -145,6 +163,9 @@ class MoCo(SSLMethod):
         if not self.queue_per_rank:
             keys = all_gather_no_grad(keys)
             videos = all_gather_no_grad(videos) if videos is not None else None
+        elif self.rank_videos is not None:  # one SlowFast GPU's videos: its queue's span
+            keys = keys[: self.rank_videos]
+            videos = videos[: self.rank_videos] if videos is not None else None
         num_clips = keys.shape[1]
         self.queue.enqueue(
             keys.transpose(0, 1).reshape(-1, keys.shape[-1]),
@@ -178,8 +199,8 @@ class MoCo(SSLMethod):
         total, queries = 0.0, []
         for clip in range(num_clips):
             q = self._query(clips[:, clip])
-            loss = sum(
-                info_nce_loss(q, keys[:, t], negatives, self.temperature, excluded)
+            loss = sum(  # logits over the queue in float32 under autocast (methods._precision)
+                in_fp32(info_nce_loss, q, keys[:, t], negatives, self.temperature, excluded)
                 for t in other_clips(clip, num_clips)
             )
             total = total + clip_loss(loss * weight, self.memory)

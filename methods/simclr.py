@@ -20,6 +20,7 @@ from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, coupled_loss
 from methods._metrics import embedding_std
 from methods._pairs import LOSS_REDUCTIONS, PAIR_MODES, clip_pairs, pair_weight
+from methods._precision import in_fp32
 from methods.base import SSLMethod, StepOutput
 
 
@@ -158,5 +159,7 @@ class SimCLR(SSLMethod):
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         clips = batch["clips"]
         return StepOutput(
-            *coupled_loss(self._embed, clips, self._loss, (self.backbone, self.head), self.memory)
+            *coupled_loss(  # the loss in float32 under autocast, as SlowFast (methods._precision)
+                self._embed, clips, lambda z: in_fp32(self._loss, z), (self.backbone, self.head), self.memory
+            )
         )

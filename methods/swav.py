@@ -20,6 +20,7 @@ from methods._heads import MLPHead
 from methods._memory import MEMORY_MODES, coupled_loss
 from methods._metrics import embedding_std
 from methods._pairs import LOSS_REDUCTIONS, other_clips
+from methods._precision import in_fp32
 from methods._queue import KeyQueue
 from methods.base import SSLMethod, StepOutput
 
@@ -98,6 +99,7 @@ class SwAV(SSLMethod):
         queue_size: per rank, this many past embeddings (0: none) are added to the batch
             for Sinkhorn once the queue is full, for small batches; one queue shared by the
             code clips. It fills from epoch ``queue_start_epoch`` on.
+        queue_start_epoch: the epoch from which the queue fills (and, once full, is used).
         memory: ``"standard"``, or ``"low"``: gradient caching (``methods._memory``).
     """
 
@@ -174,5 +176,7 @@ class SwAV(SSLMethod):
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         return StepOutput(
-            *coupled_loss(self._embed, clips, self._loss, (self.backbone, self.head), self.memory)
+            *coupled_loss(  # scores, Sinkhorn and softmax in float32 under autocast (methods._precision)
+                self._embed, clips, lambda z: in_fp32(self._loss, z), (self.backbone, self.head), self.memory
+            )
         )

@@ -1,8 +1,9 @@
 """``ViewDataset``: fixed test-time views of each video for evaluation.
 
-K temporal views (clip starts evenly spaced over the video, the centre one for K = 1) × S
-spatial views (S = 1: centre crop; S = 3: left/centre/right, or top/centre/bottom for portrait
-videos, after resizing the short side). Deterministic: no randomness at all. Each video is
+K temporal views (clip starts as SlowFast's test views: ``max_start · i / K``, i = 0 … K−1, rounded
+down; the centre one for K = 1) × S spatial views (S = 1: centre crop; S = 3: left/centre/right,
+or top/centre/bottom for portrait videos, after resizing the short side; a centre offset
+rounds up, as SlowFast's ``uniform_crop``). Deterministic: no randomness at all. Each video is
 opened and decoded once for all its views.
 """
 
@@ -25,22 +26,34 @@ UNREADABLE = "unreadable"  # the key of an unreadable video's item (why) and of 
 
 
 def temporal_starts(num_frames: int, span: int, views: int) -> np.ndarray:
-    """``views`` evenly spaced start indices; one view takes the centre."""
+    """``views`` start indices: ``floor(max_start · i / views)`` for i < ``views``; one view takes the centre.
+
+    SlowFast's test views (``decoder.get_start_end_idx`` without ``USE_OFFSET_SAMPLING``:
+    ``delta * clip_idx / num_clips``, a float start its ``temporal_sampling`` truncates), so the
+    last view starts ``max_start / views`` before the end, not at it. One view (our cached
+    probe's training clip) is the centre clip, where SlowFast's formula would give 0.
+    """
     max_start = max(0, num_frames - span)
     if views == 1:
         return np.array([max_start // 2])
-    return np.round(np.linspace(0, max_start, views)).astype(np.int64)
+    return (max_start * np.arange(views, dtype=np.int64)) // views
+
+
+def _centre(length: int, crop: int) -> int:
+    """The offset of a centred crop, rounded up (SlowFast ``uniform_crop``: ``ceil((length - size) / 2)``)."""
+    return -(-(length - crop) // 2)
 
 
 def spatial_crops(video: torch.Tensor, crop: int, views: int) -> list[torch.Tensor]:
     """Crops of a resized video [T, C, H, W]: the centre (1) or both ends and the centre (3) of the long side."""
     height, width = video.shape[-2:]
+    y, x = _centre(height, crop), _centre(width, crop)
     if views == 1:
-        offsets = [((height - crop) // 2, (width - crop) // 2)]
+        offsets = [(y, x)]
     elif width >= height:
-        offsets = [((height - crop) // 2, x) for x in (0, (width - crop) // 2, width - crop)]
+        offsets = [(y, left) for left in (0, x, width - crop)]
     else:
-        offsets = [(y, (width - crop) // 2) for y in (0, (height - crop) // 2, height - crop)]
+        offsets = [(top, x) for top in (0, y, height - crop)]
     return [TF.crop(video, y, x, crop, crop) for y, x in offsets]
 
 

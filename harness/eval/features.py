@@ -33,7 +33,9 @@ from harness.runtime import Device, Runtime
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: the unreadable videos are stored with the features
+CACHE_FORMAT = (
+    3  # 2: the unreadable videos are stored with the features; 3: SlowFast's view starts and crop rounding
+)
 VIEW_SETTINGS = ("frames", "stride", "crop", "short_side", "temporal_views", "spatial_views", "fps")
 
 

@@ -3,7 +3,7 @@
 ``train_on_clips`` and ``score_on_views`` are shared with the ``linear_slowfast`` protocol, which
 trains only the head.
 
-Trained on augmented training clips (SGD momentum, warmup, half-cosine; no weight decay on
+Trained on augmented training clips (SGD with Nesterov momentum, warmup, half-cosine; no weight decay on
 biases and norm layers), then tested like the linear protocol: softmax averaged over the test
 views. The benchmark files give the paper's settings (``benchmarks/ucf101_split1_finetune.yaml``)
 or CPU-sized ones (``synth_finetune.yaml``).
@@ -69,9 +69,10 @@ def train_classifier(
 ) -> set[int]:
     """Train ``model`` (clips [B, C, T, H, W] → logits) on view 0 of ``dataset``'s items with cross-entropy.
 
-    SGD with ``settings``' lr, momentum and weight decay (not on biases and norm layers) over the
-    parameters that require a gradient; the lr follows ``schedule`` (default: linear warmup over
-    ``settings.warmup_epochs``, then a half-cosine). ``dataset`` should hold one view per item
+    SGD with ``settings``' lr, momentum (Nesterov if ``settings.nesterov``, as SlowFast) and
+    weight decay (not on biases and norm layers) over the parameters that require a gradient;
+    the lr follows ``schedule`` (default: linear warmup over ``settings.warmup_epochs``, then a
+    half-cosine). ``dataset`` should hold one view per item
     (``min_views=1`` at ρ = 1); any others are decoded and augmented for nothing. An unreadable
     video is skipped as in pretraining (its item comes from the next row).
 
@@ -88,9 +89,7 @@ def train_classifier(
         num_workers=workers,
         pin_memory=runtime.device.type == "cuda",
     )
-    optimizer = torch.optim.SGD(
-        weight_decay_groups(model, settings.weight_decay), lr=settings.lr, momentum=settings.momentum
-    )
+    optimizer = classifier_optimizer(model, settings)
     total, warmup = settings.epochs * len(loader), round(settings.warmup_epochs * len(loader))
     bar = ProgressBar("classifier", settings.epochs) if progress else None
     model.train()
@@ -115,6 +114,18 @@ def train_classifier(
         if bar:
             bar.update(epoch + 1, {"loss": loss.item(), "lr": lr})
     return unreadable
+
+
+def classifier_optimizer(model: nn.Module, settings: FinetuneSpec | LinearSlowFastSpec) -> torch.optim.SGD:
+    """SGD over ``model``'s trainable parameters as SlowFast's ``construct_optimizer`` builds it
+    (optimizer.py:105-113: ``nesterov=SOLVER.NESTEROV``, True by default, defaults.py:842;
+    dampening 0), with no weight decay on biases and norm layers."""
+    return torch.optim.SGD(
+        weight_decay_groups(model, settings.weight_decay),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        nesterov=settings.nesterov and settings.momentum > 0,  # torch refuses Nesterov without momentum
+    )
 
 
 def skipped_rows(rows: torch.Tensor, skipped: torch.Tensor, videos: int) -> set[int]:

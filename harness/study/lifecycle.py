@@ -17,14 +17,9 @@ import optuna
 
 from harness.config import ConfigError
 from harness.redact import redact
+from harness.study import queries
 from harness.study.attrs import ATTR_FINGERPRINT, ATTR_PARENT
-from harness.study.backend import (
-    claim_study_attr,
-    delete_from_storage,
-    make_storage,
-    open_study,
-    reload_study,
-)
+from harness.study.backend import claim_study_attr, delete_from_storage, make_storage, open_study
 from harness.study.queue import enqueue_points
 from harness.study.spec import StudySpec
 from harness.tracking import RunLogger, mlflow_client
@@ -72,7 +67,7 @@ def finish_parent_run(study: optuna.Study, tracking_uri: str) -> bool:
     if not parent:
         return False
     open_states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
-    if reload_study(study).get_trials(deepcopy=False, states=open_states):
+    if queries.has_trials(study, open_states):  # read afresh: other workers' trials included
         return False
     mlflow_client(tracking_uri).set_terminated(parent, status="FINISHED")
     return True
@@ -86,7 +81,8 @@ def prepare_study(
     strict: bool = False,
 ) -> tuple[int, str]:
     """Create or load the study, queue its missing points and make sure its MLflow parent run
-    exists; returns (points newly queued, parent run id).
+    exists; returns (points newly queued, parent run id). Its reads are a few queries however many
+    trials the study has (``harness.study.queries``).
 
     Raises:
         StudyChangedError: the study exists from another spec (``StudySpec.fingerprint`` with
@@ -112,7 +108,7 @@ def check_fingerprint(
 ) -> None:
     """Remember the spec's fingerprint on the study, or refuse a spec that changed since."""
     current, stored = spec.fingerprint(extra), study.user_attrs.get(ATTR_FINGERPRINT)
-    if stored is None and strict and study.get_trials(deepcopy=False):
+    if stored is None and strict and queries.has_trials(study):
         stored = "none"
     if stored is None:
         study.set_user_attr(ATTR_FINGERPRINT, current)
@@ -121,7 +117,7 @@ def check_fingerprint(
             "name",
             spec.name,
             f"study {spec.name!r} in {redact(storage_url)} was created from another spec (base config, "
-            f"per_method, grid, baselines, seeds or search space; fingerprint {stored}, this spec "
+            f"per_method, per_point, grid, baselines, seeds or search space; fingerprint {stored}, this spec "
             f"{current}), so it cannot resume with this one. "
             f"Give this spec a new name to keep both, or start it over: rho study delete {spec.path or spec.name}",
             source=str(spec.path) if spec.path else None,
@@ -138,7 +134,7 @@ def delete_study(spec: StudySpec, storage_url: str) -> tuple[int, list[Path]]:
     except KeyError:
         trials = 0
     else:
-        trials = len(study.get_trials(deepcopy=False))
+        trials = queries.count_trials(study)
         delete_from_storage(study)
     points = [(point.overrides, point.seed) for point in spec.points()] + [({}, spec.seeds[0])]
     folders = {

@@ -7,6 +7,8 @@ experiment: experiments/demo.yaml   # the base experiment: a path (relative to t
 overrides: {optim.epochs: 8}        # dotted keys applied to the base
 per_method:                         # dotted keys applied to the trials of one method (its own lr, say)
   moco: {optim.lr: 2.0e-3, optim.warmup_epochs: 10}
+per_point:                          # dotted keys applied to the trials whose values match `when`
+  - {when: {method.name: byol, data.clips: 4}, set: {optim.lr: 1.2}}
 grid:                               # dotted key -> list of values; the full cross product
   method: [{name: simclr, temperature: 0.2}, {name: byol}]   # a whole section may be a value
   data.clips: [1, 2]
@@ -25,8 +27,13 @@ limits: {timeout: null, max_failures: null, max_retries: 2, heartbeat_interval: 
 table: {rows: method.name, columns: data.clips}   # the comparison table printed at the end
 ```
 
+A trial's config is the base, then ``per_method`` of its method, then every ``per_point`` rule
+whose ``when`` values all equal the trial's (after the steps before; a key the trial does not
+set never matches), in order; the trial's own values (grid, baseline, search) win over both.
+
 Every point's experiment is built and validated (``harness.config``) when the spec loads,
-so a bad value anywhere fails before the first trial.
+so a bad value anywhere fails before the first trial; a ``per_point`` rule that matches none of
+the grid's and baselines' trials (a misspelt key or value) is refused unless a search may match it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ TOP_KEYS = (
     "experiment",
     "overrides",
     "per_method",
+    "per_point",
     "grid",
     "baselines",
     "search",
@@ -119,6 +127,7 @@ class StudySpec:
     grid: dict[str, list] = field(default_factory=dict)
     baselines: list[dict[str, Any]] = field(default_factory=list)
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_point: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     search: list[SearchParam] = field(default_factory=list)
     sampler: str = "tpe"
@@ -133,8 +142,8 @@ class StudySpec:
     table_columns: str = "data.clips"
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
-        """What the study's trials are: base config, per-method overrides, grid, baselines, seeds and
-        search space, hashed.
+        """What the study's trials are: base config, per-method and per-point overrides, grid,
+        baselines, seeds and search space, hashed.
 
         Leaves out what may differ between machines or runs without changing what is trained
         (runtime, eval, the manifests' paths, workers, the frame cache) and the search's trial
@@ -156,6 +165,8 @@ class StudySpec:
             "search": [repr(param) for param in self.search],
             "extra": extra or {},
         }
+        if self.per_point:  # only when given: specs without rules keep their fingerprints
+            payload["per_point"] = self.per_point
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def points(self) -> list[Point]:
@@ -168,8 +179,13 @@ class StudySpec:
         cells += [dict(b) for b in self.baselines]
         return [Point(cell, seed) for cell in cells for seed in self.seeds]
 
-    def experiment(self, overrides: dict[str, Any], seed: int, check_files: bool = True) -> Experiment:
-        """The validated experiment of one trial."""
+    def trial_tree(self, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        """One trial's config tree (without its seed) and the indices of the ``per_point`` rules it matched.
+
+        The base, the trial's ``overrides``, its method's ``per_method`` keys, then each
+        ``per_point`` rule in order whose ``when`` values all equal the tree's so far; a key the
+        trial sets itself is never replaced.
+        """
         tree = copy.deepcopy(self.base)
         for key, value in overrides.items():
             set_dotted(tree, key, copy.deepcopy(value))
@@ -177,6 +193,19 @@ class StudySpec:
         for key, value in self.per_method.get(method, {}).items():
             if key not in overrides:  # what a trial sweeps explicitly wins
                 set_dotted(tree, key, copy.deepcopy(value))
+        matched = []
+        for index, rule in enumerate(self.per_point):
+            flat = flatten(tree)
+            if all(key in flat and flat[key] == value for key, value in rule["when"].items()):
+                for key, value in rule["set"].items():
+                    if key not in overrides:
+                        set_dotted(tree, key, copy.deepcopy(value))
+                matched.append(index)
+        return tree, matched
+
+    def experiment(self, overrides: dict[str, Any], seed: int, check_files: bool = True) -> Experiment:
+        """The validated experiment of one trial."""
+        tree, _ = self.trial_tree(overrides)
         set_dotted(tree, "runtime.seed", seed)
         source = str(self.path) if self.path else self.name
         try:
@@ -224,6 +253,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, check_files: bool
     if not isinstance(per_method, dict) or not all(isinstance(v, dict) for v in per_method.values()):
         raise ConfigError("per_method", per_method, "a mapping of method name to dotted overrides", source)
     spec.per_method = per_method
+    spec.per_point = _parse_per_point(source, raw.get("per_point"))
 
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict):
@@ -256,7 +286,42 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, check_files: bool
         raise ConfigError("grid", grid, "at least one trial: give grid values, baselines or a search", source)
     for point in spec.points():  # every trial's config is valid before the first one runs
         spec.experiment(point.overrides, point.seed, check_files=check_files)
+    _check_rules_match(source, spec)
     return spec
+
+
+def _parse_per_point(source: str, rules: Any) -> list[dict[str, dict[str, Any]]]:
+    if rules is None:
+        return []
+    shape = "a list of {when: {dotted key: value}, set: {dotted key: value}}"
+    if not isinstance(rules, list):
+        raise ConfigError("per_point", rules, shape, source)
+    for index, rule in enumerate(rules):
+        where = f"per_point[{index}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(where, rule, shape, source)
+        _require(source, rule, where, f"{where}.", ("when", "set"))
+        for part in ("when", "set"):
+            if not isinstance(rule.get(part), dict) or not rule[part]:
+                raise ConfigError(
+                    f"{where}.{part}", rule.get(part), "a non-empty mapping of dotted keys", source
+                )
+    return [{"when": dict(rule["when"]), "set": dict(rule["set"])} for rule in rules]
+
+
+def _check_rules_match(source: str, spec: StudySpec) -> None:
+    """Refuse a ``per_point`` rule that no grid or baseline trial matches (a search may still match it)."""
+    if spec.search or not spec.per_point:
+        return
+    used = {index for point in spec.points() for index in spec.trial_tree(point.overrides)[1]}
+    for index, rule in enumerate(spec.per_point):
+        if index not in used:
+            raise ConfigError(
+                f"per_point[{index}].when",
+                rule["when"],
+                "values that some trial of the grid or baselines has",
+                source,
+            )
 
 
 def _base_tree(source: str, experiment: Any, path: Path | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from harness.train.loop import EpochContext, EpochProgress, padding_counts, trai
 from harness.train.prepare import Training, prepare_training
 from harness.train.resume import ResumePoint, remember_run, resume_point, training_state
 from harness.train.run_tracking import close_failed_run, log_artifacts, open_run, replay_history
+from harness.train.slowfast_batch import slowfast_batch_note
+
+log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -122,6 +126,7 @@ def _pretrain(
 ) -> PretrainResult:
     """``pretrain`` once the runtime is set up and the stop signals are caught."""
     training = prepare_training(experiment, runtime, output, run_name, tracking_uri)
+    _note_slowfast_batch(training)
     start = resume_point(training, resume_run=resume_run) if resume else ResumePoint()
     tracker = None
     if runtime.is_main:
@@ -150,6 +155,17 @@ def _pretrain(
     except BaseException as exc:
         close_failed_run(tracker, exc)
         raise
+
+
+def _note_slowfast_batch(training: Training) -> None:
+    """Rank 0 says, in one line, where the per-rank batch makes this run differ from SlowFast's
+    (BatchNorm group, ρMoCo's queue span): a warning on GPUs (the full-scale path), info on CPU."""
+    runtime = training.runtime
+    note = slowfast_batch_note(
+        training.experiment, runtime.world_size, training.local_batch, training.schedule.steps_per_epoch
+    )
+    if note and runtime.is_main:
+        log.log(logging.WARNING if runtime.device.type == "cuda" else logging.INFO, "%s", note)
 
 
 def _train_epochs(

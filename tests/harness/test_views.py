@@ -12,15 +12,15 @@ from harness.data.views import UNREADABLE, ViewDataset, collate_views, temporal_
 
 def test_temporal_starts_are_evenly_spaced_and_centred():
     assert temporal_starts(100, 10, 1).tolist() == [45]
-    assert temporal_starts(100, 10, 4).tolist() == [0, 30, 60, 90]
+    assert temporal_starts(100, 10, 4).tolist() == [0, 22, 45, 67]  # SlowFast: 90 * i / 4, truncated
     assert temporal_starts(5, 10, 3).tolist() == [0, 0, 0]
 
 
 def test_views_hold_the_planned_frames(index_manifest):
     dataset = ViewDataset(index_manifest, frames=4, stride=2, crop=64, short_side=64, temporal_views=3)
-    item = dataset[0]  # 100 frames, span 7 -> starts 0, 46, 93
+    item = dataset[0]  # 100 frames, span 7 -> starts 93 * i / 3: 0, 31, 62
     assert item["clips"].shape == (3, 3, 4, 64, 64)
-    for view, start in zip(item["clips"], [0, 46, 93], strict=True):
+    for view, start in zip(item["clips"], [0, 31, 62], strict=True):
         unnormalised = view * torch.tensor(STD).view(3, 1, 1, 1) + torch.tensor(MEAN).view(3, 1, 1, 1)
         assert [read_index(unnormalised[:, t].numpy()) for t in range(4)] == [start + 2 * j for j in range(4)]
     assert torch.equal(item["clips"], dataset[0]["clips"]), "deterministic"
