@@ -15,7 +15,7 @@ LATEST_TESTS := tests/harness/test_decode.py tests/harness/test_decode_backends.
 	tests/harness/test_dataset.py tests/harness/test_synth.py tests/harness/test_transforms.py \
 	tests/harness/test_check.py tests/harness/test_manifest.py tests/methods tests/harness/test_cli.py
 
-.PHONY: demo test test-fast test-latest lock lint install clean
+.PHONY: demo test test-fast test-latest lock lint install clean docs
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,9 +55,15 @@ test-latest:
 	cd $(LATEST)/run && ../bin/rho demo --spec studies/cpu/smoke.yaml
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
 
+# The docs site (mkdocs.yml, docs/): the reference pages generated from the code, then a strict
+# build into site/ (every warning an error: broken links and anchors, pages left out of the nav).
+docs: $(STAMP)
+	$(PY) docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check harness methods tests benchmarks
-	$(VENV)/bin/ruff format --check harness methods tests benchmarks
+	$(VENV)/bin/ruff check harness methods tests benchmarks examples docs
+	$(VENV)/bin/ruff format --check harness methods tests benchmarks examples docs
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache site

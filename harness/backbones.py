@@ -166,6 +166,11 @@ def _x3d(**kwargs: object) -> tuple[nn.Module, int]:
 
 
 def _slowfast_r50(alpha: int = 4, **kwargs: object) -> tuple[nn.Module, int]:
+    """SlowFast 8x8 R50 on one clip (``SlowFastFeatures``).
+
+    Args:
+        alpha: the slow pathway sees every alpha-th frame of the fast one (the fusion's temporal stride).
+    """
     # pytorchvideo hub ``slowfast_r50``; 2048 slow + 256 fast features.
     body = create_slowfast(
         model_depth=50,
@@ -180,7 +185,12 @@ def _slowfast_r50(alpha: int = 4, **kwargs: object) -> tuple[nn.Module, int]:
 
 
 def _mvit_b(temporal_size: int = 16, spatial_size: int = 224, **kwargs: object) -> tuple[nn.Module, int]:
-    """MViT-B 16x4 (pytorchvideo hub ``mvit_base_16x4``); its position embeddings fix the input size."""
+    """MViT-B 16x4 (pytorchvideo hub ``mvit_base_16x4``); its position embeddings fix the input size.
+
+    Args:
+        temporal_size: frames per clip, the only number it takes (its ``input_size`` T).
+        spatial_size: clip height and width in pixels, the only size it takes.
+    """
     model = create_multiscale_vision_transformers(
         spatial_size=spatial_size,
         temporal_size=temporal_size,
@@ -227,6 +237,11 @@ def _swin3d_t(**kwargs: object) -> tuple[nn.Module, int]:
 
 
 def _r3d_tiny(width: int = 32) -> tuple[nn.Module, int]:
+    """``TinyResNet3d``.
+
+    Args:
+        width: channels of the first stage (w; the stages have w, 2w, 4w, the features 4w).
+    """
     model = TinyResNet3d(width=width)
     return model, model.feature_dim
 

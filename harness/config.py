@@ -10,7 +10,11 @@ you mean" suggestion.
 ``method`` holds ``name`` plus the method's own keyword parameters, which are validated
 against the method's constructor (``methods.params_of``); ``backbone`` likewise holds
 ``name`` plus keyword parameters for ``harness.backbones.build``, validated against
-``harness.backbones.params_of``.
+``harness.backbones.params_of``. Both are read from the source where it says them
+(``harness.signatures``), so that validating a config imports no torch.
+
+Errors name where the value was written: the file, or ``command line`` and the override as
+typed (``command line: data.clip=3 is not allowed: unknown key; did you mean data.clips?``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +31,16 @@ from typing import Any
 
 import yaml
 
+from harness import plugins, signatures
 from harness.errors import RhoError
 from harness.resources import locate
 from harness.schema import (
+    SHORT_LIST,
     ConfigError,
+    MissingFile,
     build_section,
     check_value,
+    choice_hint,
     did_you_mean,
     field_spec,
     read_mapping,
@@ -46,12 +55,31 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALING = ("linear", "sqrt", "none")
 SCHEDULES = ("cosine_after_warmup", "cosine_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
-DECODERS = ("pyav", "torchcodec")  # harness.data.decode.DECODERS
+DECODERS = ("pyav", "torchcodec")  # the built-in data.decoder backends (harness.data.decode.decoder)
+DECODER_ENTRY_POINT_GROUP = "rho.decoders"  # where installed distributions add more
 DECODE_DEVICES = ("cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 CLIP_ORDERS = ("time", "shuffled")  # data.clip_order
 T_MAX_MODES = ("start_to_start", "gap")  # data.t_max_mode: what t_max bounds (harness.data.clip_starts)
 AUGMENT_PLACEMENTS = ("worker", "device")
+
+
+class DecoderNames:
+    """The names ``data.decoder`` takes, as its ``choices``: the built-in ``DECODERS`` and the
+    entry points of ``rho.decoders`` installed when a config is checked (not when this module
+    was imported), sorted; a refusal lists them with a "did you mean" suggestion."""
+
+    def names(self) -> list[str]:
+        return plugins.available(dict.fromkeys(DECODERS), DECODER_ENTRY_POINT_GROUP)
+
+    def __contains__(self, name: object) -> bool:
+        return name in DECODERS or name in self.names()
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        return repr(tuple(self.names()))
 
 
 @dataclass
@@ -137,8 +165,9 @@ class DataConfig:
     )
     decoder: str = field_spec(
         "pyav",
-        help="decoding backend: pyav, or torchcodec (pip install 'rho-harness[torchcodec]'; same frames)",
-        choices=DECODERS,
+        help="decoding backend: pyav, torchcodec (pip install 'rho-harness[torchcodec]'; same frames), "
+        "or one a package adds (entry points rho.decoders)",
+        choices=DecoderNames(),
     )
     decode_device: str = field_spec(
         "cpu",
@@ -360,6 +389,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return read_mapping(path, "config", "YAML file", f"sections {', '.join(SECTIONS)}")
 
 
+COMMAND_LINE = "command line"
+"""Where errors say a ``KEY=VALUE`` override was written (``load_experiment`` with a list)."""
+
+
 def load_experiment(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -367,6 +400,10 @@ def load_experiment(
     base: dict[str, Any] | None = None,
 ) -> Experiment:
     """Load and validate an experiment: ``base`` dict, then the YAML file, then the overrides.
+
+    ``overrides`` as a list are ``KEY=VALUE`` texts from the command line: a refusal of what
+    one of them set names it as typed (``command line: data.clip=3 ...``); anything else is
+    named by the file.
 
     Raises:
         ConfigError: the first invalid key or value, before anything is computed.
@@ -377,15 +414,38 @@ def load_experiment(
     if path is not None:
         for key, value in flatten(read_yaml(path)).items():
             set_dotted(tree, key, value)
-    items = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
-    for key, value in items.items():
-        set_dotted(tree, key, value)
+    written: dict[str, str] = {}
+    if isinstance(overrides, list):
+        items = {}
+        for item in overrides:
+            try:
+                items.update(parse_overrides([item]))
+            except ConfigError as exc:
+                raise exc.located(COMMAND_LINE, item) from None
+            written[item.partition("=")[0].strip()] = item
+    else:
+        items = dict(overrides or {})
     try:
+        for key, value in items.items():
+            set_dotted(tree, key, value)
         return build_experiment(tree, check_files=check_files)
     except ConfigError as exc:
+        item = _written_override(exc.key, written)
+        if item is not None:
+            raise exc.located(COMMAND_LINE, item) from None
         if source and exc.source != source:
             raise exc.located(source) from None
         raise
+
+
+def _written_override(key: str, written: dict[str, str]) -> str | None:
+    """The override (as typed) that set ``key``: the same key, a section above it or a key below it."""
+
+    def related(override: str) -> bool:
+        return any(a == b or a.startswith((f"{b}.", f"{b}[")) for a, b in ((key, override), (override, key)))
+
+    matches = [override for override in written if related(override)]
+    return written[max(matches, key=len)] if matches else None
 
 
 def load_experiment_text(text: str, source: str = "<text>", check_files: bool = False) -> Experiment:
@@ -412,13 +472,29 @@ def build_experiment(tree: dict[str, Any], check_files: bool = True) -> Experime
             raise ConfigError(name, value, f"a mapping of {name} settings")
         if cls in (MethodConfig, BackboneConfig):
             sections[name] = _build_named(name, cls, value)
-        else:
-            sections[name] = build_section(name, cls, value, check_files, suggest=all_keys())
+            continue
+        try:
+            sections[name] = build_section(
+                name, cls, value, check_files, suggest=all_keys(), listing="rho config keys {section}"
+            )
+        except MissingFile as exc:
+            raise _how_to_make(exc, value) from None
     experiment = Experiment(**sections)
     _check_cross_fields(experiment)
     if check_files:
         _check_decoder(experiment.data)
     return experiment
+
+
+def _how_to_make(exc: MissingFile, data: dict[str, Any]) -> MissingFile:
+    """A missing synthetic manifest, with the command that makes the data."""
+    if exc.key in ("data.train", "data.val") and data.get("dataset", DataConfig.dataset) == "synthetic":
+        folder = Path(str(exc.value)).parent
+        folder = folder if "$" not in str(folder) else Path("data/synth")
+        return exc.with_hint(
+            f"`rho data synth {folder}` makes the synthetic dataset (`make demo` makes data/synth)"
+        )
+    return exc
 
 
 def all_keys() -> list[str]:
@@ -444,6 +520,26 @@ def _all_keys() -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _registry(kind: str) -> Any:
+    """The imported registry of ``kind`` (``method``: ``methods``; ``backbone``: ``harness.backbones``)."""
+    if kind == "method":
+        import methods as registry
+    else:
+        from harness import backbones as registry
+    return registry
+
+
+def registry_names(kind: str) -> list[str]:
+    """The names ``method.name`` (``kind`` ``method``) or ``backbone.name`` accepts; imports no torch."""
+    names = signatures.available(kind)
+    return names if names is not None else _registry(kind).available()
+
+
+def registry_params(kind: str, name: str) -> dict[str, signatures.Param]:
+    """The keyword parameters of method or backbone ``name`` (``signatures.params``)."""
+    return signatures.params(kind, name, lambda: _registry(kind))
+
+
 def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
     """method/backbone: ``name`` plus free keyword params checked against the registry."""
     values = dict(values)
@@ -457,20 +553,18 @@ def _build_named(prefix: str, cls: type, values: dict[str, Any]) -> Any:
     nested = values.pop("params", None) or {}
     name = values.pop("name", cls().name)
     params = {**nested, **values}
-    if prefix == "method":
-        import methods as registry
-    else:
-        from harness import backbones as registry
-    choices = registry.available()
+    choices = registry_names(prefix)
     if name not in choices:
-        raise ConfigError(f"{prefix}.name", name, f"one of {', '.join(choices)}")
-    _check_params(prefix, name, params, registry.params_of(name))
+        raise ConfigError(f"{prefix}.name", name, choice_hint(name, choices))
+    _check_params(prefix, name, params, registry_params(prefix, name))
     if prefix == "method":
         return MethodConfig(name=name, params=params)
     return BackboneConfig(name=name, params=params, **extra_sync)
 
 
-def _check_params(prefix: str, name: str, params: dict[str, Any], allowed: dict[str, Any]) -> None:
+def _check_params(
+    prefix: str, name: str, params: dict[str, Any], allowed: dict[str, signatures.Param]
+) -> None:
     """Every key of ``params`` is a parameter of ``name`` with a value of its default's kind."""
     for key, value in params.items():
         if key not in allowed:
@@ -478,12 +572,15 @@ def _check_params(prefix: str, name: str, params: dict[str, Any], allowed: dict[
                 raise ConfigError(
                     f"{prefix}.{key}", value, f"{name} takes no parameters; drop {prefix}.{key}"
                 )
-            raise ConfigError(
-                f"{prefix}.{key}",
-                value,
-                f"unknown key; {did_you_mean(key, allowed)}{name} takes: {', '.join(allowed)}",
-            )
-        default = allowed[key]
+            suggestion = did_you_mean(f"{prefix}.{key}", [f"{prefix}.{k}" for k in allowed])
+            if len(allowed) <= SHORT_LIST:
+                listed = f"{name} takes: {', '.join(allowed)}"
+            else:
+                listed = f"(`rho config keys {prefix}.{name}` lists the {len(allowed)} parameters of {name})"
+            raise ConfigError(f"{prefix}.{key}", value, f"unknown key; {suggestion}{listed}")
+        default = allowed[key].default
+        if isinstance(default, signatures.Unevaluated):  # not a literal in the source: import to see it
+            default = _registry(prefix).params_of(name)[key]
         if default is not None and not _same_kind(value, default):
             raise ConfigError(
                 f"{prefix}.{key}", value, f"a {type(default).__name__} like the default {default!r}"
@@ -564,7 +661,18 @@ def torchcodec_unavailable() -> str | None:
 
 
 def _check_decoder(data: DataConfig) -> None:
-    """``data.decoder`` can decode on this machine (checked before a run starts)."""
+    """``data.decoder`` can decode on this machine (checked before a run starts): torchcodec
+    loads, and a decoder from an entry point (``rho.decoders``) imports."""
+    if data.decoder not in DECODERS:
+        entry = plugins.plugins(DECODER_ENTRY_POINT_GROUP)[data.decoder]
+        try:
+            entry.load()
+        except Exception as exc:  # whatever importing the plugin's module raises
+            raise ConfigError(
+                "data.decoder",
+                data.decoder,
+                f"a decoder that loads: its entry point {entry.value} raised {exc.__class__.__name__}: {exc}",
+            ) from None
     if data.decoder == "torchcodec":
         problem = torchcodec_unavailable()
         if problem:
@@ -576,21 +684,142 @@ def _check_decoder(data: DataConfig) -> None:
             raise ConfigError("data.decode_device", "cuda", "cpu: no CUDA device is visible")
 
 
-def describe() -> str:
-    """A table of every key, its default and its help, for ``rho config keys``."""
-    lines = []
-    defaults = flatten(dataclasses.asdict(Experiment()))
+@dataclass(frozen=True)
+class KeyInfo:
+    """One config key as ``rho config keys`` and ``docs/reference/config.md`` list it."""
 
-    def walk(prefix: str, cls: type) -> None:
+    key: str
+    type: str
+    default: str  # as YAML writes it; an expression's source text; "(required)"
+    allowed: str
+    help: str
+    group: str = ""  # "" for the sections' own keys; "method.moco": a parameter of method moco
+
+
+def type_name(hint: Any) -> str:
+    """An annotation as written: ``int``, ``float | None``, ``list[float]``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(arg) for arg in args)}]"
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def yaml_text(value: Any) -> str:
+    """``value`` as YAML writes it in a flow (``null``, ``true``, ``[0.2, 1.0]``); an expression as written."""
+    if isinstance(value, signatures.Unevaluated):
+        return value.source
+    if isinstance(value, tuple):
+        value = json.loads(json.dumps(value, default=str))
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    except yaml.YAMLError:
+        return repr(value)
+    return text.removesuffix("...").strip()
+
+
+def allowed_text(rules: typing.Mapping[str, Any]) -> str:
+    """What a field's rules (``field_spec``) allow, in words."""
+    parts = []
+    if "choices" in rules:
+        parts.append(f"one of {', '.join(str(choice) for choice in rules['choices'])}")
+    if "registry" in rules:
+        parts.append(f"one of {', '.join(registry_names(rules['registry'].rstrip('s')))}")
+    bounds = [
+        f"{sign} {rules[rule]}" for rule, sign in (("min", ">="), ("gt", ">"), ("max", "<=")) if rule in rules
+    ]
+    if bounds:
+        parts.append(("each " if rules.get("length") else "") + " and ".join(bounds))
+    if rules.get("length"):
+        parts.insert(0, f"{rules['length']} numbers")
+    if rules.get("pair01"):
+        parts.append("[low, high] with 0 < low <= high <= 1")
+    elif rules.get("pair"):
+        parts.append("[low, high] with 0 < low <= high")
+    if rules.get("file"):
+        parts.append("an existing file (${VAR} expands)")
+    if rules.get("files"):
+        parts.append("existing files (${VAR} expands)")
+    if rules.get("env") and not rules.get("file"):
+        parts.append("${VAR} expands")
+    return "; ".join(parts)
+
+
+def section_keys() -> list[KeyInfo]:
+    """Every key of the sections, from their dataclasses (method and backbone parameters aside)."""
+    rows = []
+
+    def walk(prefix: str, cls: type, instance: Any) -> None:
         for f in dataclasses.fields(cls):
-            t = type_hints(cls)[f.name]
-            if dataclasses.is_dataclass(t):
-                walk(f"{prefix}{f.name}.", t)
+            hint = type_hints(cls)[f.name]
+            value = getattr(instance, f.name)
+            if dataclasses.is_dataclass(hint):
+                walk(f"{prefix}{f.name}.", hint, value)
                 continue
-            key = f"{prefix}{f.name}"
-            rules = {k: v for k, v in f.metadata.items() if k in ("choices", "min", "max", "gt")}
-            extra = f"  [{', '.join(f'{k}={v}' for k, v in rules.items())}]" if rules else ""
-            lines.append(f"{key:28} {defaults.get(key, {})!r:24} {f.metadata.get('help', '')}{extra}")
+            rows.append(
+                KeyInfo(
+                    f"{prefix}{f.name}",
+                    type_name(hint),
+                    yaml_text(value),
+                    allowed_text(f.metadata),
+                    f.metadata.get("help", ""),
+                )
+            )
 
-    walk("", Experiment)
+    walk("", Experiment, Experiment())
+    return rows
+
+
+def param_keys(kind: str, name: str) -> list[KeyInfo]:
+    """The parameters of method or backbone ``name`` as keys ``kind.PARAM`` (how a config writes them)."""
+    rows = []
+    for param in registry_params(kind, name).values():
+        if param.annotation:
+            type_text = param.annotation
+        elif param.default is not None and not isinstance(param.default, signatures.Unevaluated):
+            type_text = type(param.default).__name__
+        else:
+            type_text = ""
+        default = "(required)" if param.required else yaml_text(param.default)
+        allowed = "" if param.required or param.default is None else "a value of the default's kind"
+        if isinstance(param.default, signatures.Unevaluated):
+            allowed = "not settable from YAML unless its kind is (checked by importing the default)"
+        help_text = param.help or f"passed to {param.owner.replace(':', '.')}"
+        rows.append(KeyInfo(f"{kind}.{param.name}", type_text, default, allowed, help_text, f"{kind}.{name}"))
+    return rows
+
+
+def config_keys(prefix: str | None = None) -> list[KeyInfo]:
+    """Every config key (``rho config keys``): the sections', then each method's and each backbone's
+    parameters; with ``prefix`` those under it (``data``, ``data.augment``, ``method.moco``, ``method``)."""
+    rows = section_keys()
+    for kind in ("method", "backbone"):
+        for name in registry_names(kind):
+            rows += param_keys(kind, name)
+    if not prefix:
+        return rows
+
+    def under(text: str) -> bool:
+        return text == prefix or text.startswith(f"{prefix}.")
+
+    return [row for row in rows if under(row.key) or (row.group and under(row.group))]
+
+
+def describe(prefix: str | None = None) -> str:
+    """A table of every key (or those under ``prefix``), its type, default, help and what is
+    allowed, for ``rho config keys``; the parameters of each method and backbone under a heading."""
+    lines, group = [], ""
+    for row in config_keys(prefix):
+        if row.group != group:
+            group = row.group
+            kind, _, name = group.partition(".")
+            lines += [
+                "",
+                f"# {kind}.name: {name}; its parameters, set as {kind}.KEY (rho config keys {group})",
+            ]
+        allowed = f"  [{row.allowed}]" if row.allowed and not row.group else ""
+        lines.append(f"{row.key:30} {row.type:16} {row.default:24} {row.help}{allowed}")
     return "\n".join(lines)

@@ -32,16 +32,38 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(RhoError, ValueError):
-    """A configuration value or key that is not allowed; the message says which and why."""
+    """A configuration value or key that is not allowed; the message says which and why.
 
-    def __init__(self, key: str, value: Any, allowed: str, source: str | None = None):
-        self.key, self.value, self.allowed, self.source = key, value, allowed, source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key} = {value!r} is not allowed: {allowed}")
+    ``source`` names where the value was written (a file, ``command line``); ``written`` is the
+    text as written there when it is not the file's (a command-line override ``data.clip=3``).
+    """
 
-    def located(self, source: str) -> ConfigError:
-        """The same refusal, reported as coming from ``source`` (a file name)."""
-        return ConfigError(self.key, self.value, self.allowed, source)
+    def __init__(
+        self, key: str, value: Any, allowed: str, source: str | None = None, written: str | None = None
+    ):
+        self.key, self.value, self.allowed, self.source, self.written = key, value, allowed, source, written
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        if self.written is None:
+            return f"{where}{self.key} = {self.value!r} is not allowed: {self.allowed}"
+        if self.written.partition("=")[0].strip() == self.key:  # data.clip=3: the key and value as typed
+            return f"{where}{self.written} is not allowed: {self.allowed}"
+        return f"{where}{self.written}: {self.key} = {self.value!r} is not allowed: {self.allowed}"
+
+    def located(self, source: str, written: str | None = None) -> ConfigError:
+        """The same refusal (same class), reported as coming from ``source`` (a file name, or
+        ``command line`` with the override as ``written``)."""
+        return type(self)(self.key, self.value, self.allowed, source, written)
+
+    def with_hint(self, hint: str) -> ConfigError:
+        """The same refusal with ``hint`` (what to do about it) added to what is allowed."""
+        return type(self)(self.key, self.value, f"{self.allowed}; {hint}", self.source, self.written)
+
+
+class MissingFile(ConfigError):
+    """A path key naming no file (raised only when files are checked; ``rho config show`` warns instead)."""
 
 
 def did_you_mean(value: Any, choices: Iterable[Any], quoted: bool = False) -> str:
@@ -50,15 +72,35 @@ def did_you_mean(value: Any, choices: Iterable[Any], quoted: bool = False) -> st
     The one suggestion of every refusal: unknown keys (``unknown_key_hint``) and bad choices
     (``choice_hint``); ``quoted`` writes the choice as a value (``'ucf101'``) rather than a key.
     """
-    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.5)
+    text = str(value)
+    close = difflib.get_close_matches(text, [str(choice) for choice in choices], n=3, cutoff=0.5)
+    section, _, name = text.rpartition(".")
+    # keys of one section share their section's name: their own names must be close too
+    close = [
+        c for c in close
+        if c.rpartition(".")[0] != section or difflib.SequenceMatcher(None, c.rpartition(".")[2], name).ratio() >= 0.5
+    ]  # fmt: skip
     if not close:
         return ""
     return f"did you mean {close[0]!r}? " if quoted else f"did you mean {close[0]}? "
 
 
-def unknown_key_hint(key: str, known: Sequence[str]) -> str:
-    """What a refusal of the unknown ``key`` says is allowed: a suggestion and the known keys."""
-    return f"unknown key; {did_you_mean(key, known)}known keys: {', '.join(known)}"
+SHORT_LIST = 8  # at most this many known keys are listed in a refusal; more: the command that lists them
+
+
+def unknown_key_hint(key: str, known: Sequence[str], listing: str | None = None) -> str:
+    """What a refusal of the unknown ``key`` says is allowed: a suggestion and the known keys.
+
+    With ``listing`` (the command that lists them: ``rho config keys data``), more than
+    ``SHORT_LIST`` known keys are not written out: the refusal names the command instead.
+    """
+    known = list(dict.fromkeys(known))
+    suggestion = did_you_mean(key, known)
+    if listing and len(known) > SHORT_LIST:
+        if suggestion:
+            return f"unknown key; {suggestion}(`{listing}` lists the rest)"
+        return f"unknown key; `{listing}` lists the known ones"
+    return f"unknown key; {suggestion}known keys: {', '.join(known)}"
 
 
 def choice_hint(value: Any, choices: Sequence[Any]) -> str:
@@ -238,12 +280,14 @@ def build_section(
     *,
     source: str | None = None,
     suggest: Sequence[str] = (),
+    listing: str | None = None,
 ) -> T:
     """``cls`` (a dataclass of ``field_spec`` fields) from ``values``, every key and value checked.
 
     Keys are reported as ``prefix.key`` (just ``key`` when ``prefix`` is empty). An unknown key
     is refused with a suggestion among the section's keys and ``suggest`` (more dotted keys
-    worth naming); a field without a default is required; a dataclass-typed field is a nested
+    worth naming; ``listing``, the command that lists a section's keys, with ``{section}`` for
+    its dotted name, is named instead of many keys); a field without a default is required; a dataclass-typed field is a nested
     section, built the same way on top of its field's default (so a factory's own defaults
     stay under a partial mapping). With ``check_files`` the paths of ``file`` fields must
     exist, defaults included.
@@ -252,7 +296,7 @@ def build_section(
         ConfigError: the first bad key or value, naming ``source`` when given.
     """
     try:
-        return _build(prefix, cls, values or {}, check_files, None, suggest)
+        return _build(prefix, cls, values or {}, check_files, None, suggest, listing)
     except ConfigError as exc:
         if source is None:
             raise
@@ -266,6 +310,7 @@ def _build(
     check_files: bool,
     base: Any,
     suggest: Sequence[str],
+    listing: str | None = None,
 ) -> T:
     hints = type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -276,8 +321,11 @@ def _build(
     unknown = [k for k in values if k not in fields]
     if unknown:
         known = [dotted(k) for k in fields]
+        command = listing.format(section=prefix).strip() if listing else None
         raise ConfigError(
-            dotted(unknown[0]), values[unknown[0]], unknown_key_hint(dotted(unknown[0]), [*known, *suggest])
+            dotted(unknown[0]),
+            values[unknown[0]],
+            unknown_key_hint(dotted(unknown[0]), [*known, *suggest], command),
         )
     kwargs = {}
     for name, f in fields.items():
@@ -287,7 +335,7 @@ def _build(
             sub = values.get(name) or {}
             if not isinstance(sub, dict):
                 raise ConfigError(key, sub, f"a mapping of {name} settings")
-            kwargs[name] = _build(key, hint, sub, check_files, default, suggest)  # type: ignore[arg-type]
+            kwargs[name] = _build(key, hint, sub, check_files, default, suggest, listing)  # type: ignore[arg-type]
         elif name in values:
             kwargs[name] = check_value(key, values[name], hint, f.metadata, check_files)
         elif default is dataclasses.MISSING:
@@ -340,7 +388,7 @@ def check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any], check
     if check_files and rules.get("files"):
         for item in value:
             if not rules.get("resolve", Path)(item).is_file():
-                raise ConfigError(
+                raise MissingFile(
                     key, item, f"existing files ({help_text}); no file at {Path(item).resolve()}"
                 )
     return value
@@ -354,7 +402,7 @@ def _check_file(key: str, raw: Any, path: str | Path, variables: list[str], help
     if variables:
         settings = ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in variables)
         origin = f"; the path comes from {settings}: set it to the folder that holds the file"
-    raise ConfigError(key, raw, f"an existing file ({help_text}); no file at {Path(path).resolve()}{origin}")
+    raise MissingFile(key, raw, f"an existing file ({help_text}); no file at {Path(path).resolve()}{origin}")
 
 
 def _coerce(key: str, value: Any, hint: Any, origin: Any, help_text: str) -> Any:

@@ -4,7 +4,7 @@ Checks: no import cycle between modules (imports run at import time) nor between
 (counting function-local lazy imports too); no private name imported across packages; the
 design's layering rules (methods uses only small shared pieces of harness, nothing but
 ``harness/__main__.py`` imports ``harness.cli``, ...); and every import allowed by ``MAY_IMPORT``,
-the package map that README.md's "Development" section shows, which must agree with it.
+the package map that docs/architecture.md shows, which must agree with it.
 
 A *package* here is a subpackage of harness (``harness.train``), a top-level module of harness
 (``harness.config``), ``methods``, or ``benchmarks.speed`` (the speed-benchmark scripts).
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("harness", "methods", "benchmarks/speed")
 OURS = ("harness", "methods", "benchmarks")
 
-#: package -> the packages it may import (directly, lazily or not). README.md shows the same map.
+#: package -> the packages it may import (directly, lazily or not). docs/architecture.md shows the same map.
 MAY_IMPORT: dict[str, set[str]] = {
     "harness": set(),
     "harness.__main__": {"harness.cli"},
@@ -36,6 +36,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "harness.progress": set(),
     "harness.distributed": set(),
     "harness.plugins": set(),
+    "harness.signatures": {"harness.plugins"},
     "harness.dashboard": set(),
     "harness.schema": {"harness.errors"},
     "harness.preflight": {"harness.errors"},
@@ -47,19 +48,22 @@ MAY_IMPORT: dict[str, set[str]] = {
     "harness.config": {
         "harness.backbones",
         "harness.errors",
+        "harness.plugins",
         "harness.resources",
         "harness.schema",
+        "harness.signatures",
         "methods",
     },
     "harness.optim": {"harness.config"},
     "harness.runtime": {"harness.config"},
-    "harness.data": {"harness.atomic", "harness.config", "harness.errors"},
+    "harness.data": {"harness.atomic", "harness.config", "harness.errors", "harness.plugins"},
     "harness.eval": {
         "harness.atomic",
         "harness.config",
         "harness.data",
         "harness.errors",
         "harness.optim",
+        "harness.plugins",
         "harness.progress",
         "harness.resources",
         "harness.runtime",
@@ -120,6 +124,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.report",
         "harness.resources",
         "harness.runtime",
+        "harness.schema",
         "harness.slowfast_import",
         "harness.speed",
         "harness.study",
@@ -400,7 +405,7 @@ def test_the_package_map_keeps_the_design_rules():
 def test_every_package_is_on_the_map():
     packages = {package_of(module) for module in modules()}
     assert packages - MAY_IMPORT.keys() == set(), (
-        "packages missing from MAY_IMPORT (and README.md's package map): "
+        "packages missing from MAY_IMPORT (and docs/architecture.md's package map): "
         f"{sorted(packages - MAY_IMPORT.keys())}"
     )
     stale = {source for source in MAY_IMPORT if source not in packages}
@@ -417,15 +422,15 @@ def test_imports_follow_the_package_map():
                 f"{found}  ({source} may import {sorted(MAY_IMPORT.get(source, set())) or 'nothing of ours'})"
             )
     assert not offenders, (
-        "imports outside the package map (MAY_IMPORT here, README.md's Development section):\n"
+        "imports outside the package map (MAY_IMPORT here, docs/architecture.md's package map):\n"
         + "\n".join(offenders)
     )
 
 
 def readme_map() -> dict[str, set[str]]:
-    """README.md's package map: table rows ``| `harness.x` | owns | `config`, `methods` |`` of "Development"."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Development", 1)[1].split("\n## ", 1)[0]
+    """docs/architecture.md's package map: table rows ``| `harness.x` | owns | `config`, `methods` |``."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("\n## Package map", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, set[str]] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -441,11 +446,14 @@ def readme_map() -> dict[str, set[str]]:
 def test_readme_shows_the_package_map():
     shown = readme_map()
     differences = [
-        f"{package}: README says {sorted(shown.get(package, ())) or 'nothing'}, MAY_IMPORT {sorted(allowed) or 'nothing'}"
+        f"{package}: docs/architecture.md says {sorted(shown.get(package, ())) or 'nothing'}, MAY_IMPORT {sorted(allowed) or 'nothing'}"
         for package, allowed in sorted(MAY_IMPORT.items())
         if package not in shown or shown[package] != allowed
     ]
     differences += [
-        f"{package}: in README.md, not in MAY_IMPORT" for package in sorted(shown.keys() - MAY_IMPORT.keys())
+        f"{package}: in docs/architecture.md, not in MAY_IMPORT"
+        for package in sorted(shown.keys() - MAY_IMPORT.keys())
     ]
-    assert not differences, "README.md's package map and MAY_IMPORT differ:\n" + "\n".join(differences)
+    assert not differences, "docs/architecture.md's package map and MAY_IMPORT differ:\n" + "\n".join(
+        differences
+    )

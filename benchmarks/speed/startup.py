@@ -1,7 +1,9 @@
 """Start-up: wall time of the light ``rho`` commands, each in a fresh Python process.
 
-``python -m harness --help``, ``config keys`` and ``data import folders`` (a small class
-tree of empty stand-in files: the importer never decodes) are each run ``rounds`` times; the
+``python -m harness --help``, ``config keys``, ``config show`` (the demo config with an
+override: every key checked, the method's and backbone's parameters read from source) and
+``data import folders`` (a small class tree of empty stand-in files: the importer never
+decodes) are each run ``rounds`` times; the
 median is held to the goal and also shown against a bare ``python -c pass``, the interpreter's
 own start, which no command can go below. ``heavy imports`` names the heavy packages
 (torch, mlflow, optuna, ...) the command imported, read from ``-X importtime``: none is the goal
@@ -19,7 +21,10 @@ from pathlib import Path
 
 from harness.speed import Check, SpeedContext, SpeedResult
 
-TITLE = "wall time of `rho --help`, `rho config keys` and `rho data import folders` (fresh process)"
+TITLE = (
+    "wall time of `rho --help`, `rho config keys`, `rho config show` and `rho data import folders` "
+    "(fresh process)"
+)
 GOAL = "each under 1 s, importing none of torch, mlflow, optuna, pandas, matplotlib, av"
 ORDER = 9
 PARAMS = {"rounds": "runs per command (default 7; quick 2)"}
@@ -61,6 +66,15 @@ def run(ctx: SpeedContext) -> SpeedResult:
     commands = {
         "rho --help": ["-m", "harness", "--help"],
         "rho config keys": ["-m", "harness", "config", "keys"],
+        "rho config show": [
+            "-m",
+            "harness",
+            "config",
+            "show",
+            "studies/experiments/demo.yaml",
+            "data.clips=3",
+            "--no-check-files",
+        ],
         "rho data import folders": ["-m", "harness", "data", "import", "folders", str(tree), str(tree)],
     }
     bare = statistics.median(_run(["-c", "pass"])[0] for _ in range(rounds))

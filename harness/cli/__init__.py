@@ -14,6 +14,7 @@ import sys
 from harness import __version__
 from harness.cli import (
     bench,
+    completion,
     config,
     dashboard,
     data,
@@ -47,11 +48,13 @@ EPILOG = """examples:
   rho report clips                                tables, plots and report.html in reports/clips/
   rho leaderboard --benchmark synth-linear        the best run per method, backbone and rho
   rho dashboard clips                             optuna-dashboard of a study on 127.0.0.1
+  eval "$(rho completion bash)"                   tab completion in this shell (zsh: rho completion zsh)
 """
 
 
 COMMANDS = (
-    init, config, data, pretrain, study, evaluate, import_checkpoint, demo, ui, report, dashboard, bench
+    init, config, data, pretrain, study, evaluate, import_checkpoint, demo, ui, report, dashboard, bench,
+    completion,
 )  # fmt: skip
 """The command modules, each with ``add_parser(commands)``, in the order ``rho --help`` lists them."""
 

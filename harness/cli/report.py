@@ -34,7 +34,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         "report",
         help="comparison tables and plots of a study (Markdown, CSV, HTML)",
         description="Read STUDY's runs from MLflow and write reports/<study>/: comparison tables (mean ± std "
-        "over seeds, n, 95%% interval, best of each column marked, baselines as rows), plots and report.html; "
+        "over seeds, n, 95% interval, best of each column marked, baselines as rows), plots and report.html; "
         "the files are also logged to the study's parent run.",
     )
     report.add_argument("study", help="the study's name (its MLflow experiment)")

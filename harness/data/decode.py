@@ -22,11 +22,14 @@ their short side is at most that many pixels, rather than converted at full size
 
 Backends (``data.decoder``): this module is the PyAV one (``PyAVDecoder``) and defines the
 interface, ``Decoder.open(path) -> OpenVideo`` whose ``at(times)`` is ``decode_times``'
-contract; ``harness.data.decode_torchcodec`` is the torchcodec one. ``decoder(name)`` picks one.
+contract; ``harness.data.decode_torchcodec`` is the torchcodec one. ``decoder(name)`` picks one:
+a built-in name (``harness.config.DECODERS``) or a class that an installed distribution adds
+through the entry-point group ``rho.decoders`` (docs/extending.md).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import threading
@@ -34,12 +37,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from harness import plugins
+from harness.config import DECODER_ENTRY_POINT_GROUP, DECODERS
 from harness.data.clip_starts import ClipTiming, grid_length
 from harness.data.manifest import VideoEntry
 
@@ -486,15 +491,32 @@ class PyAVDecoder:
         return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
 
 
-DECODERS = ("pyav", "torchcodec")
+def _is_decoder_class(cls: Any) -> bool:
+    """Whether an entry point of ``rho.decoders`` loaded a decoder class (a ``name`` and an ``open``)."""
+    return (
+        inspect.isclass(cls)
+        and isinstance(getattr(cls, "name", None), str)
+        and callable(getattr(cls, "open", None))
+    )
+
+
+def available_decoders() -> list[str]:
+    """Every name ``decoder`` takes: the built-in ``DECODERS`` and the ``rho.decoders`` entry points, sorted."""
+    return plugins.available(dict.fromkeys(DECODERS), DECODER_ENTRY_POINT_GROUP)
 
 
 def decoder(name: str = "pyav", device: str = "cpu") -> Decoder:
     """The backend called ``name`` (``data.decoder``); ``device`` = "cuda" is torchcodec's NVDEC.
 
+    A name that is not built in (``DECODERS``) is looked up among the entry points of
+    ``rho.decoders``: a class with a ``name`` and ``open`` (the ``Decoder`` protocol), made
+    with no arguments; such a decoder decodes on the CPU.
+
     Raises:
         DecoderUnavailable: torchcodec or its FFmpeg libraries are missing (the message says
             what to install).
+        ValueError: an unknown name (listing the choices), an entry point that is not a decoder
+            class, or a device the decoder does not decode on.
     """
     if name == "pyav":
         if device != "cpu":
@@ -504,7 +526,17 @@ def decoder(name: str = "pyav", device: str = "cpu") -> Decoder:
         from harness.data.decode_torchcodec import TorchcodecDecoder
 
         return TorchcodecDecoder(device)
-    raise ValueError(f"unknown decoder {name!r}; one of {', '.join(DECODERS)}")
+    found = plugins.lookup(
+        dict.fromkeys(DECODERS),
+        DECODER_ENTRY_POINT_GROUP,
+        name,
+        kind="decoder",
+        accept=_is_decoder_class,
+        must_be="a decoder class (a name attribute and an open method)",
+    )
+    if device != "cpu":
+        raise ValueError(f"decoder {name} decodes on the CPU only, got device {device!r}")
+    return found()
 
 
 def decode_clips(

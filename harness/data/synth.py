@@ -57,7 +57,7 @@ LABEL_STREAM = 2**31  # the third seed word of the label shuffle: an index no vi
 CUES = ("none", "grating", "flicker", "blobs")
 # The flicker's depth range (a fraction of the luminance) at cue_strength 1: 2.5 times the first
 # one tried, (0.15, 0.35), which suppressed rho = 1 for rho-SimCLR, rho-MoCo and rho-SwAV but not
-# rho-BYOL; at this depth it does for all four (docs/demo-findings.md, Sessions 7-8).
+# rho-BYOL; at this depth it does for all four (docs/findings.md).
 FLICKER_DEPTH = (0.375, 0.875)
 CUE_STREAM = 1  # the fourth seed word of a video's cue draws: a stream apart from its plan's
 
@@ -191,7 +191,7 @@ def _draw_colours(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.
     0.05) and are weakly saturated, so the object, not the background's stripes, carries most
     of the frame's contrast. (With strong, two-hued gratings a tiny 3D CNN's features are
     dominated by the background, and ρ = 2 positives, which share only the object, stay near
-    chance for hundreds of steps; see docs/demo-findings.md.)
+    chance for hundreds of steps; see docs/findings.md.)
     """
     object_value = rng.uniform(0.0, 1.0, count)
     background_value = (object_value + rng.uniform(0.3, 0.7, count)) % 1.0

@@ -2,7 +2,9 @@
 
 Each protocol pairs the settings class its benchmark-file section is validated into
 (``harness.eval.spec``) with the function that runs it. Accuracies are percentages; top-5 is
-top-min(5, classes).
+top-min(5, classes). Installed distributions add protocols through the entry-point group
+``rho.protocols`` (``name = "package.module:PROTOCOL"``, a ``Protocol``); a built-in name wins
+over an entry point of the same name (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from harness.eval.finetune import run_finetune
 from harness.eval.knn import run_knn
 from harness.eval.linear import run_linear
 from harness.eval.linear_slowfast import run_linear_slowfast
-from harness.eval.spec import Benchmark, FinetuneSpec, KnnSpec, LinearSlowFastSpec, LinearSpec
+from harness.eval.spec import (
+    Benchmark,
+    FinetuneSpec,
+    KnnSpec,
+    LinearSlowFastSpec,
+    LinearSpec,
+    plugin_protocol,
+)
 from harness.runtime import Device, Runtime
 
 ProtocolRunner = Callable[[nn.Module, Benchmark, EvalContext], dict[str, float]]
@@ -26,7 +35,14 @@ ProtocolRunner = Callable[[nn.Module, Benchmark, EvalContext], dict[str, float]]
 
 @dataclass(frozen=True)
 class Protocol:
-    """One evaluation protocol: its settings class and its runner (encoder, benchmark, context → top1/top5)."""
+    """One evaluation protocol: its settings class and its runner (encoder, benchmark, context → top1/top5).
+
+    Attributes:
+        settings: a dataclass of ``harness.schema.field_spec`` fields: the benchmark file's
+            section of the protocol (its name) is validated into one (``benchmark.settings``).
+        run: ``run(encoder, benchmark, context) -> {"top1": %, "top5": %, ...}``; ``evaluate``
+            names each key ``eval.<benchmark>.<protocol>.<key>`` and adds ``skipped``.
+    """
 
     settings: type
     run: ProtocolRunner
@@ -40,6 +56,20 @@ PROTOCOLS: dict[str, Protocol] = {
     "knn": Protocol(KnnSpec, run_knn),
     "finetune": Protocol(FinetuneSpec, run_finetune),
 }
+
+
+def protocol(name: str) -> Protocol:
+    """The protocol called ``name``: a built-in one (``PROTOCOLS``), else the one its entry point
+    (``rho.protocols``) loads.
+
+    Raises:
+        ValueError: for an unknown name (listing the choices), or an entry point that is not a
+            protocol (``settings`` dataclass and ``run``).
+    """
+    if name in PROTOCOLS:
+        return PROTOCOLS[name]
+    found = plugin_protocol(name)
+    return found if isinstance(found, Protocol) else Protocol(found.settings, found.run)
 
 
 def evaluate(
@@ -90,7 +120,7 @@ def evaluate(
         batch_size=batch_size,
         decoder=decoder,
     )
-    scores = PROTOCOLS[benchmark.protocol].run(encoder, benchmark, context)
+    scores = protocol(benchmark.protocol).run(encoder, benchmark, context)
     for skipped in context.skipped:
         print(f"{benchmark.name}: {skipped.summary()}", flush=True)
     scores["skipped"] = float(len(context.skipped_files()))

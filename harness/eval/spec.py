@@ -7,7 +7,7 @@ in brackets; the protocol defaults are the paper's Slow 8×8 R-50 settings)::
 
     name: ucf101-split1            # [file stem] metric names: eval.<name>.<protocol>.top1 / .top5
     dataset: ucf101                # [custom] tag: synthetic, kinetics400, ucf101, hmdb51, ...
-    protocol: finetune             # linear | linear_slowfast | knn | finetune (required)
+    protocol: finetune             # linear | linear_slowfast | knn | finetune | a plugin's (required)
     train: ${RHO_DATA}/ucf101/split1/train.csv   # training manifest (required)
     val: ${RHO_DATA}/ucf101/split1/val.csv       # test manifest (required)
     views:                         # clips, and the fixed views ViewDataset takes of each video
@@ -27,6 +27,12 @@ in brackets; the protocol defaults are the paper's Slow 8×8 R-50 settings)::
     knn:      {k, temperature}
     finetune: {epochs, lr, batch_size, weight_decay, momentum, warmup_epochs, dropout,
                augment: {crop_scale, aspect, flip, color_p, color_strength, grayscale_p, blur_p}}
+    <plugin>: the fields of its settings dataclass
+
+Installed distributions add protocols through the entry-point group ``rho.protocols``
+(``name = "package.module:PROTOCOL"``, an object with ``settings``, a dataclass of
+``field_spec`` fields, and ``run``: ``harness.eval.Protocol``); their section is validated
+like the built-in ones, and a built-in name wins over an entry point of the same name.
 
 ``train`` and ``val`` expand ``${VAR}`` and ``${VAR:-default}`` (the default also applies
 when VAR is empty, as in the shell); a relative path resolves against the current directory.
@@ -36,11 +42,13 @@ that names the file and the variable to set.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import plugins
 from harness.config import DATASETS, AugmentConfig
 from harness.data.manifest import ManifestError, dataset_classes, read_manifest
 from harness.resources import locate
@@ -110,6 +118,7 @@ class FinetuneSpec:
     batch_size: int = field_spec(64, help="clips per step", min=1)
     weight_decay: float = field_spec(1e-4, help="weight decay (not on biases and norm layers)", min=0.0)
     momentum: float = field_spec(0.9, help="SGD momentum", min=0.0, max=1.0)
+    nesterov: bool = field_spec(True, help="Nesterov momentum (SlowFast SOLVER.NESTEROV, defaults.py:842)")
     warmup_epochs: float = field_spec(0.0, help="linear warmup epochs before the half-cosine", min=0.0)
     dropout: float = field_spec(0.5, help="dropout before the classifier", min=0.0, max=1.0)
     augment: AugmentConfig = field_spec(factory=finetune_augment, help="per-clip training augmentation")
@@ -145,6 +154,7 @@ class LinearSlowFastSpec:
     batch_size: int = field_spec(64, help="clips per step", min=1)
     weight_decay: float = field_spec(0.0, help="weight decay of the classifier", min=0.0)
     momentum: float = field_spec(0.9, help="SGD momentum", min=0.0, max=1.0)
+    nesterov: bool = field_spec(True, help="Nesterov momentum (SlowFast SOLVER.NESTEROV, defaults.py:842)")
     warmup_epochs: float = field_spec(
         8.0, help="linear warmup from 0 to the cosine's value at its end (SlowFast's schedule)", min=0.0
     )
@@ -166,7 +176,8 @@ PROTOCOL_SPECS: dict[str, type] = {
     "knn": KnnSpec,
     "finetune": FinetuneSpec,
 }
-PROTOCOL_NAMES = tuple(PROTOCOL_SPECS)
+PROTOCOL_NAMES = tuple(PROTOCOL_SPECS)  # the built-in protocols
+PROTOCOL_ENTRY_POINT_GROUP = "rho.protocols"
 
 
 @dataclass
@@ -179,7 +190,7 @@ class Benchmark:
     train: Path
     val: Path
     views: ViewsSpec
-    settings: ProtocolSpec
+    settings: Any  # a ProtocolSpec, or the settings dataclass of a protocol from an entry point
     source: Path
 
     def metric(self, what: str) -> str:
@@ -191,7 +202,51 @@ class Benchmark:
         return f"eval.{self.name}.{self.protocol}.{what}"
 
 
-TOP_LEVEL = ("name", "dataset", "protocol", "train", "val", "views", *PROTOCOL_NAMES)
+BENCHMARK_KEYS = ("name", "dataset", "protocol", "train", "val", "views")  # besides the protocol sections
+TOP_LEVEL = (*BENCHMARK_KEYS, *PROTOCOL_NAMES)
+
+
+def _is_protocol(protocol: Any) -> bool:
+    """Whether an entry point of ``rho.protocols`` loaded a protocol: a ``settings`` dataclass and a ``run``."""
+    settings = getattr(protocol, "settings", None)
+    return (
+        isinstance(settings, type)
+        and dataclasses.is_dataclass(settings)
+        and callable(getattr(protocol, "run", None))
+    )
+
+
+def protocol_names() -> list[str]:
+    """Every protocol a benchmark file may name: the built-in ones, then those of entry points
+    (``rho.protocols``), sorted; an entry point named like a benchmark key (``views``, ...) is
+    left out, as its section could not be told from that key."""
+    added = set(plugins.plugins(PROTOCOL_ENTRY_POINT_GROUP)) - {*PROTOCOL_NAMES, *BENCHMARK_KEYS}
+    return [*PROTOCOL_NAMES, *sorted(added)]
+
+
+def plugin_protocol(name: str) -> Any:
+    """The protocol (``settings`` and ``run``) that the ``rho.protocols`` entry point ``name`` loads
+    (for a name that is not built in: ``PROTOCOL_SPECS``).
+
+    Raises:
+        ValueError: for an unknown name (listing the choices), or an entry point without a
+            ``settings`` dataclass and a ``run`` function.
+    """
+    if name in PROTOCOL_SPECS:
+        raise ValueError(f"{name} is a built-in protocol (PROTOCOL_SPECS), not an entry point")
+    return plugins.lookup(
+        PROTOCOL_SPECS,
+        PROTOCOL_ENTRY_POINT_GROUP,
+        name,
+        kind="protocol",
+        accept=_is_protocol,
+        must_be="a protocol (a settings dataclass and a run function: harness.eval.Protocol)",
+    )
+
+
+def protocol_settings(name: str) -> type:
+    """The settings class of protocol ``name``: ``PROTOCOL_SPECS``' for a built-in, else its entry point's."""
+    return PROTOCOL_SPECS[name] if name in PROTOCOL_SPECS else plugin_protocol(name).settings
 
 
 MANIFEST_RULES = {
@@ -237,11 +292,16 @@ def check_manifests(benchmark: Benchmark) -> None:
 
 def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
     """A ``Benchmark`` from the file's mapping; every key and value checked."""
+    protocols = protocol_names()
     for key in raw:
-        if key not in TOP_LEVEL:
-            raise ConfigError(key, raw[key], unknown_key_hint(key, list(TOP_LEVEL)))
-    protocol = check_value("protocol", raw.get("protocol"), str, {"choices": PROTOCOL_NAMES}, False)
-    for other in PROTOCOL_NAMES:
+        if key not in BENCHMARK_KEYS and key not in protocols:
+            raise ConfigError(key, raw[key], unknown_key_hint(key, [*BENCHMARK_KEYS, *protocols]))
+    protocol = check_value("protocol", raw.get("protocol"), str, {"choices": protocols}, False)
+    try:
+        settings_class = protocol_settings(protocol)
+    except ValueError as exc:  # an entry point that does not load a protocol
+        raise ConfigError("protocol", protocol, str(exc)) from None
+    for other in protocols:
         if other != protocol and other in raw:
             raise ConfigError(
                 other, raw[other], f"only the section of the protocol ({protocol}) is allowed here"
@@ -267,7 +327,7 @@ def _build(raw: dict[str, Any], path: Path, check_files: bool) -> Benchmark:
         train=check_value("train", raw.get("train"), Path, MANIFEST_RULES, check_files),
         val=check_value("val", raw.get("val"), Path, MANIFEST_RULES, check_files),
         views=views,
-        settings=build_section(protocol, PROTOCOL_SPECS[protocol], _mapping(protocol, raw.get(protocol))),
+        settings=build_section(protocol, settings_class, _mapping(protocol, raw.get(protocol))),
         source=path,
     )
 

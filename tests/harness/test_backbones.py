@@ -160,7 +160,7 @@ def test_entry_point_backbone_is_available_validated_and_builds(plugin_root, mon
     assert feature_dim == 5 and model(torch.randn(2, 3, 1, 4, 4)).shape == (2, 5)
     with pytest.raises(
         ConfigError,
-        match=r"backbone.dimm = 5 is not allowed: unknown key; did you mean dim\? tiny_backbone takes: dim",
+        match=r"backbone.dimm = 5 is not allowed: unknown key; did you mean backbone.dim\? tiny_backbone takes: dim",
     ):
         build_experiment({"backbone": {"name": "tiny_backbone", "dimm": 5}}, check_files=False)
 

@@ -51,7 +51,7 @@ def test_ints_are_accepted_for_floats_and_lists_are_typed():
         ("optim.nesterov=yes please", "optim.nesterov", "true or false"),
         ("data.clip=3", "data.clip", "did you mean data.clips?"),
         ("data.augment.colr_p=0.5", "data.augment.colr_p", "did you mean data.augment.color_p?"),
-        ("method.temperatur=0.2", "method.temperatur", "did you mean temperature?"),
+        ("method.temperatur=0.2", "method.temperatur", "did you mean method.temperature?"),
         ("method.temperature=cold", "method.temperature", "a float"),
         ("optim.warmup_epochs=50", "optim.warmup_epochs", "fewer than optim.epochs"),
         ("optim.schedule=step", "optim.schedule", "one of cosine_after_warmup, cosine_with_warmup"),
@@ -64,8 +64,9 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(override, key, al
         load(override)
     message = str(info.value)
     assert info.value.key == key
-    assert f"{key} = " in message and allowed in message
-    assert str(DEMO) in message, "the message names the config file"
+    assert allowed in message
+    assert message.startswith(f"command line: {override}"), "the message names the override as typed"
+    assert str(DEMO) not in message, "not the config file: the value was not written there"
 
 
 def test_choices_are_listed():
@@ -74,9 +75,9 @@ def test_choices_are_listed():
 
 
 def test_files_must_exist(tmp_path):
-    with pytest.raises(ConfigError, match=r"data.train = .*an existing file"):
+    with pytest.raises(ConfigError, match=r"data.train=.* is not allowed: an existing file"):
         load(f"data.train={tmp_path}/none.csv", check_files=True)
-    with pytest.raises(ConfigError, match=r"eval.benchmarks = .*existing files"):
+    with pytest.raises(ConfigError, match=r"eval.benchmarks=.* is not allowed: existing files"):
         load(f"eval.benchmarks=[{tmp_path}/b.yaml]", f"data.train={DEMO}", "data.val=null", check_files=True)
 
 
@@ -116,7 +117,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback():
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
-    assert "data.clips = 0" in out.stderr and ">= 1" in out.stderr
+    assert "command line: data.clips=0 is not allowed" in out.stderr and ">= 1" in out.stderr
 
 
 def test_output_dir_expands_environment_variables(monkeypatch):
@@ -124,7 +125,7 @@ def test_output_dir_expands_environment_variables(monkeypatch):
     assert load("runtime.output_dir=${RHO_TEST_SCRATCH}/ckpt").runtime.output_dir == "/scratch/me/ckpt"
     monkeypatch.delenv("RHO_TEST_SCRATCH")
     assert load("runtime.output_dir=${RHO_TEST_SCRATCH:-runs}/ckpt").runtime.output_dir == "runs/ckpt"
-    with pytest.raises(ConfigError, match=r"runtime.output_dir .*export RHO_TEST_SCRATCH="):
+    with pytest.raises(ConfigError, match=r"runtime.output_dir=.*export RHO_TEST_SCRATCH="):
         load("runtime.output_dir=${RHO_TEST_SCRATCH}/ckpt")
 
 
@@ -133,9 +134,9 @@ def test_backbone_params_are_checked_against_the_builder_at_load():
         load("backbone.widht=3")
     assert info.value.key == "backbone.widht"
     assert str(info.value).endswith(
-        "backbone.widht = 3 is not allowed: unknown key; did you mean width? r3d_tiny takes: width"
+        "backbone.widht=3 is not allowed: unknown key; did you mean backbone.width? r3d_tiny takes: width"
     )
-    with pytest.raises(ConfigError, match="backbone.width = 'wide' is not allowed: .* like the default 32"):
+    with pytest.raises(ConfigError, match="backbone.width=wide is not allowed: .* like the default 32"):
         load("backbone.width=wide")
 
 
@@ -149,7 +150,8 @@ def test_a_forwarded_backbone_param_is_accepted_and_reaches_the_model():
     assert dim == 2048
     assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in default.parameters())
     with pytest.raises(
-        ConfigError, match=r"backbone.width_factr = .*did you mean width_factor\? x3d_xs takes"
+        ConfigError,
+        match=r"backbone.width_factr = .*did you mean backbone.width_factor\? \(`rho config keys backbone.x3d_xs`",
     ):
         load("backbone={name: x3d_xs, width_factr: 1.0}")
 
@@ -157,7 +159,8 @@ def test_a_forwarded_backbone_param_is_accepted_and_reaches_the_model():
 def test_a_preset_of_a_builder_is_not_a_parameter():
     """slow_r50 is the depth-50 ResNet: its builder sets model_depth, so the key is refused at load."""
     with pytest.raises(
-        ConfigError, match=r"backbone.model_depth = 101 is not allowed: unknown key; .*slow_r50 takes"
+        ConfigError,
+        match=r"backbone.model_depth = 101 is not allowed: unknown key; .*rho config keys backbone.slow_r50",
     ):
         load("backbone={name: slow_r50, model_depth: 101}")
 

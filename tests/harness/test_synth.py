@@ -225,7 +225,7 @@ def test_a_bad_spec_names_the_field(field, value):
 
 
 def test_the_object_not_the_background_carries_the_contrast():
-    """The design that lets ρ = 2 learn: a large object on a soft grating (docs/demo-findings.md).
+    """The design that lets ρ = 2 learn: a large object on a soft grating (docs/findings.md).
 
     The object covers about an eighth of the frame on average (0.06 before FORMAT_VERSION 2), and
     the grating's two colours lie much closer to each other than to the object's colour (their

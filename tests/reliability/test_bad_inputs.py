@@ -125,7 +125,7 @@ def test_every_bounded_key_refuses_values_just_outside_its_range():
         ("optim.lr_scale", "linear", "did you mean optim.lr_scaling?"),
         ("method.name", "simclr2", "one of"),
         ("backbone.name", "resnet50", "one of"),
-        ("method.tempreature", 0.1, "did you mean temperature?"),
+        ("method.tempreature", 0.1, "did you mean method.temperature?"),
     ],
 )
 def test_unknown_names_are_refused_with_a_suggestion(key, value, hint):
@@ -175,7 +175,7 @@ def test_bad_configs_specs_and_manifests_end_in_one_line_from_the_cli(tiny_synth
 
     config = write_yaml(tmp_path / "exp.yaml", tree)
     code, _, err = run_main(capsys, "pretrain", str(config), "optim.epochs=0")
-    assert code == 2 and "optim.epochs = 0" in err and str(config) in err and ">= 1" in err
+    assert code == 2 and "command line: optim.epochs=0 is not allowed" in err and ">= 1" in err
 
     spec = {"name": "s", "experiment": tree, "grid": {"data.clips": []}}
     code, _, err = run_main(capsys, "study", "run", str(write_yaml(tmp_path / "s.yaml", spec)))
@@ -189,7 +189,7 @@ def test_a_bad_config_in_a_real_process_exits_2_without_a_traceback(tiny_synth, 
     config = write_yaml(tmp_path / "exp.yaml", tiny_experiment_tree(tiny_synth, tmp_path))
     result = rho("pretrain", str(config), "data.clips=-1", timeout=120)
     line = error_line(result, 2)
-    assert "data.clips = -1" in line and ">= 1" in line
+    assert "command line: data.clips=-1 is not allowed" in line and ">= 1" in line
 
 
 def test_training_skips_and_counts_every_kind_of_broken_video(tiny_synth, tmp_path, mlflow_uri):

@@ -354,7 +354,8 @@ def test_tracking_server_gone_mid_study_fails_clearly_and_a_rerun_finishes(tiny_
         states = [t.state for t in trials]
         done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-        assert len(done) >= 1 and len(failed) == 1, states
+        reasons = [(t.number, t.state.name, t.user_attrs.get("failure_reason")) for t in trials]
+        assert len(done) >= 1 and len(failed) == 1, (reasons, stdout[-3000:], stderr[-3000:])
         assert "TrackingUnavailableError" in failed[0].user_attrs["failure_reason"]
         assert states.count(optuna.trial.TrialState.WAITING) == 3 - len(done) - 1, "the worker stopped"
         kept = {r.info.run_id: r.info.status for r in study_runs(server.backend, "gone")}

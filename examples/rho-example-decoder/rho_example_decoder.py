@@ -1,0 +1,73 @@
+"""PyAV with FFmpeg's own decoding threads, an example decoder plugin (``data.decoder: pyav_threads``).
+
+The built-in ``pyav`` backend decodes each video on one thread, because DataLoader workers
+give the parallelism. With ``data.workers: 0`` (a debugger, a notebook, a machine short of
+memory for worker processes) or a few large videos, FFmpeg's frame and slice threads use the
+idle cores instead. The frames are the same as ``pyav``'s: threading changes how
+FFmpeg decodes, not what, and the frames at the requested times are picked by the harness's
+own ``decode_times``, as ``pyav`` picks them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from harness.data.decode import VideoInfo, decode_times, open_video, probe
+
+
+@dataclass
+class ThreadedVideo:
+    """One open video (the ``harness.data.decode.OpenVideo`` protocol): ``info``, ``at``, ``close``."""
+
+    container: av.container.InputContainer
+    info: VideoInfo
+    path: str | Path
+    seek_threshold: float
+    autorotate: bool
+    short_side: int | None
+
+    def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
+        """uint8 frames [len(times), H, W, 3] shown at ``times`` (s), and how many times lie past the end."""
+        return decode_times(
+            self.container, times, self.seek_threshold, self.path, self.autorotate, self.short_side
+        )
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class ThreadedPyAVDecoder:
+    """The decoder class (the ``harness.data.decode.Decoder`` protocol): a ``name`` and ``open``.
+
+    The harness makes one with no arguments; ``RHO_DECODE_THREADS`` sets the threads per
+    video (default 0: FFmpeg picks, one per core).
+    """
+
+    name = "pyav_threads"
+
+    def __init__(self) -> None:
+        self.threads = int(os.environ.get("RHO_DECODE_THREADS", "0"))
+
+    def open(
+        self,
+        path: str | Path,
+        *,
+        seek_threshold: float = 1.0,
+        autorotate: bool = True,
+        short_side: int | None = None,
+    ) -> ThreadedVideo:
+        container = open_video(path)  # BadVideo for a file that does not open, as pyav raises
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame and slice threads (open_video set one thread)
+            stream.codec_context.thread_count = self.threads
+            info = probe(container, path)
+        except BaseException:
+            container.close()
+            raise
+        return ThreadedVideo(container, info, path, seek_threshold, autorotate, short_side)
