@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from harness import __version__
@@ -101,3 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rho: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rho config keys | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it

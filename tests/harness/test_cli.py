@@ -237,3 +237,18 @@ def test_inspect_counts_exactly_the_bad_files_it_warns_about(tiny_synth, tmp_pat
     assert {kind: len(lines) for kind, lines in by_kind.items()} == dict.fromkeys(bad, 1), out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("padded/skip"))
     assert "3 unreadable videos skipped" in line, line
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`rho config keys | head -1`: the pipe closes after one line; rho stops quietly with 141."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness", "config", "keys"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    first = process.stdout.readline()
+    process.stdout.close()  # the reader leaves while rho still has lines to write
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert first.strip() and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
