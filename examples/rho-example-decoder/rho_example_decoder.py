@@ -11,34 +11,9 @@ own ``decode_times``, as ``pyav`` picks them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import av
-import numpy as np
-
-from harness.data.decode import VideoInfo, decode_times, open_video, probe
-
-
-@dataclass
-class ThreadedVideo:
-    """One open video (the ``harness.data.decode.OpenVideo`` protocol): ``info``, ``at``, ``close``."""
-
-    container: av.container.InputContainer
-    info: VideoInfo
-    path: str | Path
-    seek_threshold: float
-    autorotate: bool
-    short_side: int | None
-
-    def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
-        """uint8 frames [len(times), H, W, 3] shown at ``times`` (s), and how many times lie past the end."""
-        return decode_times(
-            self.container, times, self.seek_threshold, self.path, self.autorotate, self.short_side
-        )
-
-    def close(self) -> None:
-        self.container.close()
+from harness.data.decode import PyAVVideo, open_video, probe
 
 
 class ThreadedPyAVDecoder:
@@ -60,7 +35,7 @@ class ThreadedPyAVDecoder:
         seek_threshold: float = 1.0,
         autorotate: bool = True,
         short_side: int | None = None,
-    ) -> ThreadedVideo:
+    ) -> PyAVVideo:
         container = open_video(path)  # BadVideo for a file that does not open, as pyav raises
         try:
             stream = container.streams.video[0]
@@ -70,4 +45,6 @@ class ThreadedPyAVDecoder:
         except BaseException:
             container.close()
             raise
-        return ThreadedVideo(container, info, path, seek_threshold, autorotate, short_side)
+        # The open video (``harness.data.decode.OpenVideo``: ``info``, ``at(times)``, ``close``) is
+        # the built-in one: only how the container decodes differs.
+        return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
