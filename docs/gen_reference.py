@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT = ROOT  # the clone these pages are generated in: its path never goes into them
 OUT = ROOT / "docs" / "reference"
 sys.path.insert(0, str(ROOT))
 
@@ -189,6 +190,10 @@ def argument_rows(parser: argparse.ArgumentParser) -> list[list[str]]:
         shown = "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else str(default)
         if isinstance(default, list) and not default:
             shown = ""
+        # a default under the checkout (rho bench --output) is shown relative to it: the pages must
+        # read the same from every clone
+        shown = shown.replace(f"{CHECKOUT}{os.sep}", "")
+        help_text = help_text.replace(f"{CHECKOUT}{os.sep}", "")
         rows.append([code_cell(name), code_cell(shown), text_cell(help_text)])
     return rows
 

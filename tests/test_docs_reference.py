@@ -56,3 +56,10 @@ def test_check_exits_1_naming_the_stale_page_and_the_fix(tmp_path, monkeypatch, 
     assert (
         f"{tmp_path.name}/cli.md" in err and "config.md" not in err and "python docs/gen_reference.py" in err
     )
+
+
+def test_the_pages_are_the_same_from_every_checkout():
+    """Nothing of this clone's location (a default under the checkout, such as `rho bench --output`)
+    ends up in a page: a fresh clone elsewhere must generate the same text."""
+    for name, text in generator().pages().items():
+        assert str(ROOT) not in text, f"{name} holds this checkout's path {ROOT}"
