@@ -19,9 +19,20 @@ def _report(args: argparse.Namespace) -> int:
         rows=args.rows,
         columns=args.columns,
         log_to_parent=not args.no_log,
+        compare=args.compare,
+        at=dict(args.at or []),
     )
     for comp in result.comparisons:
         print(f"{comp.metric}: {len(comp.row_labels)} rows x {len(comp.column_labels)} columns")
+        for diff in result.differences.get(comp.metric, []):
+            where = f" at {diff.at}" if diff.at else ""
+            interval = (
+                f"95% CI {diff.low:+.4g} to {diff.high:+.4g}" if diff.low == diff.low else "no interval"
+            )
+            print(
+                f"  {diff.a} - {diff.b}{where}: {diff.mean:+.4g} ({interval}, {diff.test}, n={diff.n}): "
+                f"{diff.verdict}"
+            )
     print(f"report in {result.out}: {', '.join(p.name for p in result.files)}")
     print(f"open {result.out / 'report.html'}")
     if not args.no_log:
@@ -46,7 +57,45 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--rows", help="config key of the table rows (default method.name)")
     report.add_argument("--columns", help="config key of the table columns (default data.clips when swept)")
     report.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    add_compare_options(report)
     report.set_defaults(func=_report)
+
+
+def _compare_arg(text: str) -> tuple[str, list[str]]:
+    from harness.report.paired import parse_compare
+
+    try:
+        return parse_compare(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _at_arg(text: str) -> tuple[str, str]:
+    from harness.report.paired import parse_at
+
+    try:
+        return parse_at(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_compare_options(parser: argparse.ArgumentParser) -> None:
+    """``--compare KEY=A,B`` and ``--at KEY=VALUE``: the pairs of cells compared seed by seed."""
+    parser.add_argument(
+        "--compare",
+        action="append",
+        type=_compare_arg,
+        metavar="KEY=A,B",
+        help="compare these values of KEY seed by seed, e.g. method.name=byol,moco (repeatable; default: "
+        "each column against the one before it per row, and the rows at the last column)",
+    )
+    parser.add_argument(
+        "--at",
+        action="append",
+        type=_at_arg,
+        metavar="KEY=VALUE",
+        help="hold KEY at VALUE in --compare's pairs, e.g. data.clips=3 (repeatable; default: each value)",
+    )
 
 
 def _leaderboard(args: argparse.Namespace) -> int:

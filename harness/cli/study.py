@@ -210,6 +210,78 @@ def _add_list_parser(study: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=_study_list)
 
 
+def _study_plan(args: argparse.Namespace) -> int:
+    """Seeds needed to resolve ``--effect`` per comparison, from the variance a study measured."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from harness.report.paired import plan_seeds
+    from harness.tracking import resolve_tracking_uri
+
+    name, planned = args.study, None
+    if args.study.endswith((".yaml", ".yml")) or Path(args.study).is_file():
+        from harness.study import load_study
+
+        spec = load_study(args.study, check_files=False)
+        name, planned = spec.name, len(spec.seeds)
+    source = args.source or name
+    plan = plan_seeds(
+        resolve_tracking_uri(args.tracking_uri),
+        source,
+        args.effect,
+        metric=args.metric,
+        target=args.power,
+        compare=args.compare,
+        at=dict(args.at or []),
+        rows=args.rows,
+        columns=args.columns,
+    )
+    print(
+        f"seeds for study {name} to resolve a difference of {args.effect:g} in {plan.metric} with "
+        f"{args.power:.0%} power (95% paired t interval above 0), from the sd of the paired differences "
+        f"that study {source} measured:"
+    )
+    table = plan.table.assign(**{"seeds needed": plan.table["seeds needed"].map(_seeds_text)})
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 50):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    needed = plan.table["seeds needed"].iloc[-1]
+    if planned is not None:
+        print(
+            f"{name} plans {planned} seed{'s' if planned != 1 else ''}; pooled, it needs {_seeds_text(needed)}"
+        )
+    return 0
+
+
+def _seeds_text(value) -> str:
+    return "over 10000" if value is None or value != value else str(int(value))
+
+
+def _add_plan_parser(study: argparse._SubParsersAction) -> None:
+    from harness.cli.report import add_compare_options
+
+    plan = study.add_parser(
+        "plan",
+        help="how many seeds a study needs to resolve a given difference",
+        description="From the variance of the seed-paired differences that a finished study (--from, default "
+        "the study itself) measured: the smallest number of seeds with which the 95% paired t interval "
+        "resolves a true difference --effect with probability --power, per comparison (as `rho report` "
+        "makes them) and pooled over them.",
+    )
+    plan.add_argument("study", metavar="SPEC_OR_NAME", help="studies/X.yaml or a study's name")
+    plan.add_argument(
+        "--effect", type=float, required=True, help="the difference to resolve, in the metric's units"
+    )
+    plan.add_argument("--from", dest="source", metavar="STUDY", help="the study whose runs give the variance")
+    plan.add_argument("--metric", help="metric (default: the study's objective)")
+    plan.add_argument("--power", type=float, default=0.8, help="probability of resolving it (default 0.8)")
+    plan.add_argument("--rows", help="config key of the table rows (default method.name)")
+    plan.add_argument("--columns", help="config key of the table columns (default data.clips when swept)")
+    plan.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    add_compare_options(plan)
+    plan.set_defaults(func=_study_plan)
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """``rho study`` and its actions."""
     study = commands.add_parser("study", help="run and inspect studies (Optuna + MLflow)").add_subparsers(
@@ -220,3 +292,4 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     _add_status_parser(study)
     _add_delete_parser(study)
     _add_list_parser(study)
+    _add_plan_parser(study)

@@ -10,7 +10,9 @@ An item is a dict:
 - ``padded`` int, frames that repeat a video's last frame because it is shorter than a clip;
 - ``skipped`` int, unreadable videos passed over to produce this item;
 - ``bad_videos`` str, those videos and why (JSON ``[[path, reason], ...]``: a string, so that
-  the default collate keeps it), for ``note_skips``.
+  the default collate keeps it), for ``note_skips``;
+- ``bytes_read`` int, the compressed bytes decoded to produce this item (``decode_clips``' count:
+  PyAV's demuxed packets; 0 for frames from ``data.cache``), for the run's cost accounting.
 
 With a ``DeferredAugment`` transform (``data.augment.placement: device``) ``clips`` is replaced
 by ``frames``, uint8 [V, T, H, W, 3] as decoded, and ``draws`` [V, P], each clip's augmentation
@@ -41,7 +43,7 @@ from torch.utils.data import Dataset, get_worker_info
 from harness.config import CLIP_ORDERS, T_MAX_MODES
 from harness.data.batched import DRAWS, FRAMES, DeferredAugment
 from harness.data.clip_starts import clip_order, clip_starts, gap_clip_starts
-from harness.data.decode import BadVideo, Decoder, FrameCache, decode_clips
+from harness.data.decode import BadVideo, BytesRead, Decoder, FrameCache, decode_clips
 from harness.data.manifest import ManifestRows, VideoEntry, read_manifest
 from harness.data.transforms import ClipTransform
 from harness.errors import RhoError
@@ -194,12 +196,13 @@ class MultiClipDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         bad: list[tuple[str, str]] = []
+        read = BytesRead()  # compressed bytes decoded for this item (bad videos' attempts included)
         for skipped in range(min(MAX_SKIPS, len(self.entries))):
             row = (index + skipped) % len(self.entries)
             entry = self.entries[row]
             rng = np.random.default_rng([self.seed, epoch, row])
             try:
-                views, starts, padded = self._load(entry, rng)
+                views, starts, padded = self._load(entry, rng, read)
             except BadVideo as exc:
                 bad.append((str(entry.path), str(exc)))
                 if get_worker_info() is None:  # in a worker: the batch carries it to note_skips
@@ -213,6 +216,7 @@ class MultiClipDataset(Dataset):
                 "padded": padded,
                 "skipped": skipped,
                 "bad_videos": json.dumps(bad),
+                "bytes_read": read.count,
             }
         raise unreadable_videos(self.source, len(self.entries), bad, index)
 
@@ -232,7 +236,9 @@ class MultiClipDataset(Dataset):
             self.bad_files.add(path)
             log.warning("skipping unreadable video %s; `rho data check` lists all such files", reason)
 
-    def _load(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[dict, np.ndarray, int]:
+    def _load(
+        self, entry: VideoEntry, rng: np.random.Generator, read: BytesRead | None = None
+    ) -> tuple[dict, np.ndarray, int]:
         """Decode one video once and build its V transformed clips (``clips``), or, for a
         ``DeferredAugment`` transform, their uint8 frames and drawn parameters (``frames``, ``draws``)."""
 
@@ -254,6 +260,7 @@ class MultiClipDataset(Dataset):
             self.autorotate,
             self.decoder,
             self.decode_short_side,
+            read,
         )
         frames_per_clip = torch.as_tensor(frames)  # NumPy, or CUDA tensors from NVDEC
         if self.views > self.clips:  # ρ = 1 with two views: two augmentations of the one clip

@@ -34,7 +34,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
@@ -335,6 +335,21 @@ def _keyframe_indices(stream, fps: float, origin: int, time_base: Fraction) -> n
     return np.sort(np.round((np.array(stamps, dtype=np.float64) - origin) * float(time_base) * fps))
 
 
+@dataclass
+class BytesRead:
+    """Compressed bytes demuxed so far (the sizes of the packets PyAV read), for cost accounting."""
+
+    count: int = 0
+
+
+def _demuxed_frames(container: av.container.InputContainer, stream, read: BytesRead | None):
+    """``container.decode(stream)`` (which is this loop), with each packet's size added to ``read``."""
+    for packet in container.demux(stream):
+        if read is not None:
+            read.count += packet.size
+        yield from packet.decode()
+
+
 def decode_times(
     container: av.container.InputContainer,
     times: np.ndarray,
@@ -342,6 +357,7 @@ def decode_times(
     path: str | Path = "",
     autorotate: bool = True,
     short_side: int | None = None,
+    read: BytesRead | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the frames shown at ``times``.
 
@@ -354,6 +370,7 @@ def decode_times(
         autorotate: turn frames as the stream's display matrix says (``display_turn``).
         short_side: scale frames in the RGB conversion so their short side is at most this
             (``scaled_size``); None keeps the stored size.
+        read: add the sizes of the packets demuxed to it (the compressed bytes decoded).
 
     Returns:
         (frames uint8 [len(times), H, W, 3] in the order of ``times``, number of times past
@@ -393,7 +410,7 @@ def decode_times(
             if seeked:
                 offset = origin + int(targets[i] / fps / time_base)
                 container.seek(offset, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
+            for frame in _demuxed_frames(container, stream, read):
                 if frame.pts is None:
                     continue
                 start = frame_position(frame, origin, time_base, fps)
@@ -464,10 +481,17 @@ class PyAVVideo:
     seek_threshold: float
     autorotate: bool
     short_side: int | None
+    bytes_read: BytesRead = field(default_factory=BytesRead)  # packets demuxed so far
 
     def at(self, times: np.ndarray) -> tuple[np.ndarray, int]:
         return decode_times(
-            self.container, times, self.seek_threshold, self.path, self.autorotate, self.short_side
+            self.container,
+            times,
+            self.seek_threshold,
+            self.path,
+            self.autorotate,
+            self.short_side,
+            self.bytes_read,
         )
 
     def close(self) -> None:
@@ -550,6 +574,7 @@ def decode_clips(
     autorotate: bool = True,
     backend: Decoder | None = None,
     short_side: int | None = None,
+    read: BytesRead | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Open a manifest entry once and decode the clips whose starts ``pick_starts`` chooses.
 
@@ -565,6 +590,8 @@ def decode_clips(
         backend: the decoder (``decoder(name)``; None: PyAV).
         short_side: scale frames in the decoder to at most this short side (``scaled_size``;
             not with a cache, which keeps full frames).
+        read: add the compressed bytes decoded to it: the packets PyAV demuxed, or for another
+            backend (which does not say) the file's size; nothing for frames from the cache.
 
     Returns:
         (uint8 [n, T, H, W, 3], start times in seconds [n], frames padded past the end).
@@ -579,6 +606,19 @@ def decode_clips(
         return _clips(entry, opened.info, frames, stride, fps, pick_starts, opened.at)
     finally:
         opened.close()
+        if read is not None:
+            read.count += _bytes_read(opened, entry.path)
+
+
+def _bytes_read(opened: OpenVideo, path: str | Path) -> int:
+    """The compressed bytes an open video read: PyAV's demuxed packets, else the file's size."""
+    counted = getattr(opened, "bytes_read", None)
+    if isinstance(counted, BytesRead):
+        return counted.count
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _clips(

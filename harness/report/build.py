@@ -22,9 +22,27 @@ from harness.report.compare import (
     metric_direction,
     reference_table,
 )
+from harness.report.paired import (
+    POWER,
+    Difference,
+    default_pairs,
+    differences,
+    differences_frame,
+    requested_pairs,
+)
 from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot, training_curves
 from harness.report.references import SOURCES
-from harness.report.render import Block, Heading, Image, Table, Text, comparison_block, to_html, to_markdown
+from harness.report.render import (
+    Block,
+    Heading,
+    Image,
+    Table,
+    Text,
+    comparison_block,
+    differences_block,
+    to_html,
+    to_markdown,
+)
 from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
 from harness.tracking import mlflow_client
 
@@ -43,6 +61,7 @@ class ReportResult:
     runs: StudyRuns
     pareto_run_ids: list[str] = field(default_factory=list)
     best_run_ids: list[str] = field(default_factory=list)
+    differences: dict[str, list[Difference]] = field(default_factory=dict)
 
 
 def default_metrics(frame: pd.DataFrame, objective: str | None) -> list[str]:
@@ -62,10 +81,17 @@ def write_report(
     log_to_parent: bool = True,
     page_size: int = PAGE_SIZE,
     best_curves: int = 3,
+    compare: list[tuple[str, list[str]]] | None = None,
+    at: dict[str, str] | None = None,
 ) -> ReportResult:
     """Write the report of ``study`` (tables as Markdown, CSV and one HTML page; PNG plots) to ``out``
     (default ``reports/<study>``) and, unless ``log_to_parent`` is False, log the files to the
-    study's MLflow parent run."""
+    study's MLflow parent run.
+
+    Each metric's table is followed by its differences paired by seed (``harness.report.paired``):
+    the pairs of ``compare`` (``[("method.name", ["byol", "moco"])]``) with the keys of ``at``
+    fixed, else each column against the one before it in every row and the rows at the last column.
+    """
     runs = load_study_runs(tracking_uri, study, page_size)
     finished = runs.finished
     if finished.empty:
@@ -84,13 +110,21 @@ def write_report(
         )
     try:
         rows, columns = choose_axes(finished, runs.swept, rows, columns)
+        pairs = (
+            requested_pairs(finished, compare, at or {}, runs.swept)
+            if compare
+            else default_pairs(finished, rows, columns)
+        )
     except KeyError as exc:
         raise ReportError(exc.args[0]) from None
+    if at and not compare:
+        raise ReportError("--at fixes keys of --compare's pairs: give --compare KEY=A,B with it")
     out = Path(out) if out is not None else Path("reports") / study
     out.mkdir(parents=True, exist_ok=True)
 
     files: list[Path] = []
     comparisons = []
+    all_differences: dict[str, list[Difference]] = {}
     description = runs.parent.data.tags.get("mlflow.note.content", "").strip()
     blocks: list[Block] = [Heading(f"Study {study}", 1)]
     blocks += [Text(description)] if description else []
@@ -112,6 +146,15 @@ def write_report(
             ]
             blocks += [Text(f"[{i + 1}] {c}") for i, c in enumerate(citations)]
             files.append(_write_csv(references, out / f"{_slug(metric)}.references.csv"))
+        diffs = differences(finished, metric, pairs, at)
+        all_differences[metric] = diffs
+        if diffs:
+            blocks += [
+                Heading(f"{metric}: differences paired by seed", 3),
+                differences_block(diffs, float(finished[metric].abs().mean()), metric),
+                Text(_differences_note(diffs)),
+            ]
+            files.append(_write_csv(differences_frame(diffs, metric), out / f"{_slug(metric)}.paired.csv"))
 
     primary = metrics[0]
     maximize = metric_direction(primary, runs.objective, runs.direction) == "maximize"
@@ -130,11 +173,30 @@ def write_report(
                     "error bars: std over seeds; dashed: baselines",
                 )
             )
-    png, pareto = compute_plot(
-        finished, primary, rows, out / f"{_slug(primary)}_vs_compute.png", maximize, title=study
-    )
-    files.append(png)
-    blocks.append(Image(png, f"{primary} against compute; the line is the Pareto front ({len(pareto)} runs)"))
+    pareto: list[str] = []  # the device-hours plot's front (ReportResult.pareto_run_ids)
+    for axis, suffix, unit in (
+        ("device_hours", "", "device-hours"),
+        ("train_pflops", "_flops", "training PFLOPs"),
+    ):
+        if axis == "train_pflops" and not finished.get(axis, pd.Series(dtype=float)).notna().any():
+            continue  # runs logged before FLOPs were counted: no second plot
+        png, front = compute_plot(
+            finished,
+            primary,
+            rows,
+            out / f"{_slug(primary)}_vs_compute{suffix}.png",
+            maximize,
+            title=study,
+            x=axis,
+        )
+        files.append(png)
+        blocks.append(
+            Image(
+                png, f"{primary} against compute ({unit}); the line is the Pareto front ({len(front)} runs)"
+            )
+        )
+        if axis == "device_hours":
+            pareto = front
 
     best = finished[finished[primary].notna()].sort_values(primary, ascending=not maximize).head(best_curves)
     client = mlflow_client(tracking_uri)
@@ -159,7 +221,7 @@ def write_report(
     if log_to_parent:
         for path in files:
             client.log_artifact(runs.parent.info.run_id, str(path), "report")
-    return ReportResult(out, files, comparisons, runs, pareto, best["run_id"].to_list())
+    return ReportResult(out, files, comparisons, runs, pareto, best["run_id"].to_list(), all_differences)
 
 
 def _summary(runs: StudyRuns, tracking_uri: str, rows: str, columns: str) -> str:
@@ -172,6 +234,25 @@ def _summary(runs: StudyRuns, tracking_uri: str, rows: str, columns: str) -> str
         "Each cell: mean ± sample std over the finished runs (seeds) of that cell, n, and the 95% "
         "Student-t interval of the mean; the best mean of each column in bold (ties: each); baselines "
         f"in italics, in the column {BASELINE_COLUMN!r}. Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC."
+    )
+
+
+def _differences_note(diffs: list[Difference]) -> str:
+    tests = sorted({d.test for d in diffs})
+    welch = (
+        " Where the seeds of two cells do not pair up (the note says why), Welch's unequal-variance "
+        "t interval of the difference of means instead."
+        if "Welch t" in tests
+        else ""
+    )
+    return (
+        "A − B per seed (the same seed: the same data order, and the same initialisation where the "
+        "architecture matches); mean ± sd of the differences over n seeds and their 95% paired "
+        "Student-t interval (scipy's ttest_rel; a bootstrap has too few distinct resamples at a "
+        f"handful of seeds).{welch} Verdict: A > B where the interval lies above 0, B > A below, "
+        f"else not resolved at n. Detectable: the smallest true difference this test resolves with "
+        f"{POWER:.0%} power at this n (noncentral t, given the sd measured); `rho study plan` gives the "
+        "seeds a smaller difference needs."
     )
 
 

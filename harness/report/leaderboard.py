@@ -1,9 +1,11 @@
 """``rho leaderboard``: across every study in the MLflow store, the best finished run per
 (method, backbone, ρ) on each benchmark (``eval.<benchmark>.<protocol>.top1``), ranked, with the
-run id of each row; written as Markdown, CSV and one HTML page."""
+cost of its pretraining (device-hours, training PFLOPs) and the run id of each row; written as
+Markdown, CSV and one HTML page."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +15,30 @@ import pandas as pd
 from harness.redact import redact
 from harness.report.compare import format_value
 from harness.report.render import Block, Heading, Table, Text, to_html, to_markdown
-from harness.report.runs import PAGE_SIZE, ReportError, iter_experiments, iter_runs, parse_value
+from harness.report.runs import PAGE_SIZE, ReportError, iter_experiments, iter_runs, parse_value, run_cost
 from harness.tracking import mlflow_client
 
 TOP1 = re.compile(r"^eval\.(?P<benchmark>.+)\.(?P<protocol>[^.]+)\.top1$")
 GROUP = ["method", "backbone", "rho"]
-COLUMNS = ["rank", *GROUP, "top1", "top5", "runs", "study", "run_id", "run_name"]
+COLUMNS = [
+    "rank",
+    *GROUP,
+    "top1",
+    "top5",
+    "device_hours",
+    "train_pflops",
+    "runs",
+    "study",
+    "run_id",
+    "run_name",
+]
+
+
+def cost_cell(value: float | None) -> str:
+    """A cost for a table: three significant digits, "-" when unknown."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3g}"
 
 
 @dataclass
@@ -33,7 +53,9 @@ class Leaderboard:
             Heading("Leaderboard", 1),
             Text(
                 f"MLflow store {redact(self.tracking_uri)}: the best finished study run per (method, backbone, ρ) "
-                "on each benchmark, ranked by top-1 (%); 'runs' counts the runs of that group (seeds, studies)."
+                "on each benchmark, ranked by top-1 (%); 'runs' counts the runs of that group (seeds, studies). "
+                "Cost of the row's pretraining: device-hours (training wall time × GPUs or CPU processes) "
+                "and training PFLOPs (one step's FLOPs × steps × devices; '-' for a run logged without them)."
             ),
         ]
         for (benchmark, protocol), table in self.tables.items():
@@ -46,13 +68,27 @@ class Leaderboard:
                     (str(row["rho"]), ""),
                     (format_value(row["top1"]), ""),
                     (format_value(row["top5"]), ""),
+                    (cost_cell(row["device_hours"]), ""),
+                    (cost_cell(row["train_pflops"]), ""),
                     (str(row["runs"]), ""),
                     (str(row["study"]), ""),
                     (str(row["run_id"]), ""),
                 ]
                 for _, row in table.iterrows()
             ]
-            header = ["rank", "method", "backbone", "ρ", "top-1", "top-5", "runs", "study", "MLflow run id"]
+            header = [
+                "rank",
+                "method",
+                "backbone",
+                "ρ",
+                "top-1",
+                "top-5",
+                "device-hours",
+                "train PFLOPs",
+                "runs",
+                "study",
+                "MLflow run id",
+            ]
             blocks.append(
                 Table(header, rows, bold={(0, 4)} if rows else set(), id=f"lb-{benchmark}-{protocol}")
             )
@@ -69,6 +105,9 @@ def study_runs_everywhere(tracking_uri: str, page_size: int = PAGE_SIZE) -> pd.D
             tags = run.data.tags
             if "study" not in tags or tags.get("rho.role") == "study":
                 continue
+            end = run.info.end_time
+            wall_s = (end - run.info.start_time) / 1000 if end else math.nan
+            cost = run_cost(run.data.metrics, wall_s, int(tags.get("world_size", 1)))
             for key, value in run.data.metrics.items():
                 match = TOP1.match(key)
                 if not match:
@@ -83,6 +122,7 @@ def study_runs_everywhere(tracking_uri: str, page_size: int = PAGE_SIZE) -> pd.D
                         "rho": parse_value(tags.get("rho")),
                         "top1": value,
                         "top5": top5,
+                        **cost,
                         "study": tags["study"],
                         "run_id": run.info.run_id,
                         "run_name": run.info.run_name,

@@ -101,15 +101,31 @@ def pareto_front(cost: list[float], value: list[float], maximize: bool = True) -
     return front
 
 
+COMPUTE_AXES = {  # compute_plot's x: a column of harness.report.runs and its axis title
+    "device_hours": "compute (device-hours: training wall time × GPUs or CPU processes)",
+    "train_pflops": "compute (training PFLOPs: one step's FLOPs × steps × devices)",
+}
+
+
 def compute_plot(
-    frame: pd.DataFrame, metric: str, series: str, path: str | Path, maximize: bool = True, title: str = ""
+    frame: pd.DataFrame,
+    metric: str,
+    series: str,
+    path: str | Path,
+    maximize: bool = True,
+    title: str = "",
+    x: str = "device_hours",
 ) -> tuple[Path, list[str]]:
-    """``metric`` of every finished run against its compute (wall time × ranks, in process-seconds),
-    coloured by ``series``, with the Pareto front; returns the PNG and the run ids on the front."""
+    """``metric`` of every finished run against its compute ``x`` (``COMPUTE_AXES``: device-hours,
+    the default, or training PFLOPs), coloured by ``series``, with the Pareto front; returns the PNG
+    and the run ids on the front. Runs without that cost (logged before cost accounting: no
+    FLOPs) are left out."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs = frame[frame[metric].notna() & frame["wall_s"].notna()]
-    cost = (runs["wall_s"] * runs["world_size"]).to_list()
+    if x not in frame:
+        frame = frame.assign(**{x: float("nan")})
+    runs = frame[frame[metric].notna() & frame[x].notna()]
+    cost = runs[x].to_list()
     value = runs[metric].to_list()
     front = pareto_front(cost, value, maximize)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -125,7 +141,7 @@ def compute_plot(
         linewidth=1,
         label="Pareto front",
     )
-    ax.set(xlabel="compute (process-seconds: run wall time × ranks)", ylabel=metric, title=title)
+    ax.set(xlabel=COMPUTE_AXES.get(x, x), ylabel=metric, title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

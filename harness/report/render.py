@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.report.compare import Comparison, format_value
+from harness.report.paired import POWER, Difference
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -73,6 +74,42 @@ def comparison_block(comp: Comparison) -> Table:
         rows.append(cells)
     header = [f"{comp.rows} \\ {comp.columns}", *columns]
     return Table(header, rows, bold, shaded, id=f"table-{comp.metric}")
+
+
+def differences_block(diffs: list[Difference], like: float, metric: str = "") -> Table:
+    """Differences A − B as a table, one row per pair: where, A, B, the test and n, mean ± sd of
+    the differences, the 95% interval, the verdict (bold where resolved) and the smallest
+    difference detectable at this n; numbers with the decimals of the metric's scale ``like``."""
+    header = ["at", "A", "B", "test", "A − B", "95% CI", "verdict", f"detectable ({POWER:.0%} power)"]
+    rows, bold = [], set()
+    for r, d in enumerate(diffs):
+        n = f"n={d.n}" if d.test == "paired t" else f"n={d.n_a}+{d.n_b}"
+        spread = (
+            f"sd {format_value(d.sd, like)}"
+            if d.test == "paired t"
+            else f"se {format_value(d.sd / d.n**0.5, like)}"
+        )
+        interval = "-" if d.low != d.low else f"{_signed(d.low, like)} to {_signed(d.high, like)}"
+        rows.append(
+            [
+                (d.at or "-", ""),
+                (d.a, ""),
+                (d.b, ""),
+                (d.test, f"{n}; {d.note}" if d.note else n),
+                (_signed(d.mean, like), spread if d.sd == d.sd else ""),
+                (interval, ""),
+                (d.verdict, ""),
+                (format_value(d.mde, like), ""),
+            ]
+        )
+        if not d.verdict.startswith("not resolved"):
+            bold.add((r, 6))
+    return Table(header, rows, bold, id=f"paired-{metric}" if metric else "paired")
+
+
+def _signed(value: float, like: float) -> str:
+    text = format_value(value, like)
+    return text if text == "-" or text.startswith("-") else f"+{text}"
 
 
 def _cell(stats) -> tuple[str, str]:

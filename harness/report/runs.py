@@ -5,7 +5,9 @@ per trial, tagged with its study, trial, seed, point key (``rho.key``) and swept
 (``swept.<key>``), with the flattened config as params and the final metrics. This module
 pages through ``search_runs`` (a study may have thousands of runs) and turns that into a
 frame whose columns are the run's identity, every config key (a swept value where the trial
-swept it, else the logged param) and every metric's last value.
+swept it, else the logged param) and every metric's last value, with the run's cost:
+``device_hours`` (``cost.device_seconds`` / 3600; for a run logged before cost accounting, its
+wall time × world size) and ``train_pflops`` (``cost.train_flops`` / 1e15; none before).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ IDENTITY = (
     "baseline_label",
     "wall_s",
     "world_size",
+    "device_hours",
+    "train_pflops",
 )
 
 
@@ -147,7 +151,19 @@ def run_row(run: Run) -> dict:
     row["seed"] = parse_value(tags.get("seed"))
     row["_swept"] = sorted(key.removeprefix("swept.") for key in tags if key.startswith("swept."))
     row.update(run.data.metrics)
+    row.update(run_cost(run.data.metrics, row["wall_s"], row["world_size"]))
     return row
+
+
+def run_cost(metrics: dict[str, float], wall_s: float, world_size: int) -> dict[str, float]:
+    """A run's ``device_hours`` and ``train_pflops`` from its ``cost.*`` metrics (harness.train.cost);
+    a run logged before them: its wall time × world size, and no FLOPs (NaN)."""
+    device_seconds = metrics.get("cost.device_seconds")
+    flops = metrics.get("cost.train_flops")
+    return {
+        "device_hours": (device_seconds if device_seconds is not None else wall_s * world_size) / 3600,
+        "train_pflops": flops / 1e15 if flops is not None else math.nan,
+    }
 
 
 def load_study_runs(tracking_uri: str, study: str, page_size: int = PAGE_SIZE) -> StudyRuns:

@@ -8,4 +8,5 @@ ATTR_RUN, ATTR_REASON = "mlflow_run_id", "failure_reason"  # trial: its MLflow c
 ATTR_METRIC_PREFIX, ATTR_DURATION = "metric.", "duration_s"  # trial: final metrics, seconds it ran
 ATTR_SAMPLED = "rho.sampled"  # trial: drawn by the sampler (counts against ``search.n_trials``)
 ATTR_SURPLUS = "rho.surplus"  # trial: asked for after the search budget ran out; nothing ran
+ATTR_DEVICE_SECONDS = "cost.device_seconds"  # trial: device-seconds its run trained so far (per epoch)
 ATTR_DUPLICATE = "rho.duplicate"  # trial: a point another trial had already taken; nothing ran

@@ -6,6 +6,8 @@ system attributes Optuna keeps); the rest of the study code goes through them.""
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -24,6 +26,8 @@ from harness.study import queries
 from harness.study.attrs import ATTR_REASON
 from harness.study.spec import StudySpec
 from harness.study.storage import ReconnectingRDBStorage, trials_with_heartbeat
+
+log = logging.getLogger(__name__)
 
 ATTR_PREEMPTED = "preempted"  # trial: why and where a stopped worker put it back in the queue
 
@@ -78,28 +82,72 @@ def open_study(spec: StudySpec, storage: RDBStorage) -> optuna.Study:
 
 def pruner_settings(spec: StudySpec) -> dict[str, Any]:
     """``make_pruner``'s arguments for ``spec`` (plain values, so that a torchrun trial's ranks get
-    them as JSON): its pruner and warm-up, and the epochs of its validated base experiment."""
+    them as JSON): its pruner and warm-up, the epochs of its validated base experiment, the pruner
+    metric's direction (``pruning_callback``) and the ``asha`` rungs."""
     epochs = spec.experiment({}, spec.seeds[0], check_files=False).optim.epochs
-    return {"kind": spec.pruner, "warmup": spec.pruner_warmup, "epochs": epochs}
+    return {
+        "kind": spec.pruner,
+        "warmup": spec.pruner_warmup,
+        "epochs": epochs,
+        "direction": spec.pruner_direction,
+        **spec.pruner_asha,
+    }
 
 
-def make_pruner(kind: str, warmup: int, epochs: int) -> optuna.pruners.BasePruner:
-    """The Optuna pruner of a spec's ``pruner`` (``none``, ``median``, ``hyperband``)."""
+def make_pruner(
+    kind: str,
+    warmup: int,
+    epochs: int,
+    direction: str = "maximize",
+    min_resource: int | None = None,
+    reduction_factor: int = 3,
+    min_early_stopping_rate: int = 0,
+) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of a spec's ``pruner`` (``none``, ``median``, ``hyperband``, ``asha``); a step
+    is an epoch. ``direction`` is the metric's, used by ``pruning_callback``, not here."""
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup), max_resource=epochs)
+    if kind == "asha":  # asynchronous successive halving: rungs at min_resource * factor**(rate + k) epochs
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=min_resource or max(1, warmup),
+            reduction_factor=reduction_factor,
+            min_early_stopping_rate=min_early_stopping_rate,
+        )
     return optuna.pruners.NopPruner()
 
 
-def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, dict[str, float]], None]:
-    """An ``on_epoch_end`` that reports ``metric`` to Optuna and raises TrialPruned when the pruner says so."""
+ATTR_PRUNED_AT = "pruned_at_epoch"
+
+
+def pruning_callback(
+    trial: optuna.Trial, metric: str, direction: str = "maximize", epochs: int | None = None
+) -> Callable[[int, dict[str, float]], None]:
+    """An ``on_epoch_end`` that reports ``metric`` to Optuna and raises TrialPruned when the pruner says so.
+
+    Optuna's pruners rank intermediate values in the study's direction (the objective's); a metric
+    of the other direction (``loss`` in a study that maximizes an accuracy) is reported negated, so
+    that better is always the study's better. Before raising, the trial's ``pruned_at_epoch``
+    attribute is set (written to the storage: a torchrun rank 0 sets it too). A trial whose epochs
+    lack ``metric`` is never pruned (warned once); nor is one after its last epoch (``epochs``): its
+    training is done, and stopping it then would only lose its result."""
+    sign = 1.0 if direction == trial.study.direction.name.lower() else -1.0
+    warned = []
 
     def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if metric in metrics:
-            trial.report(metrics[metric], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={metrics[metric]:.4g}")
+        if metric not in metrics:
+            if not warned:
+                log.warning("pruner metric %r not logged after epoch %d; not pruning", metric, epoch)
+                warned.append(True)
+            return
+        value = sign * float(metrics[metric])
+        if math.isnan(value):  # a diverged trial: the worst value in the study's direction
+            value = -math.inf if trial.study.direction.name == "MAXIMIZE" else math.inf
+        trial.report(value, epoch)
+        if (epochs is None or epoch < epochs) and trial.should_prune():
+            set_trial_attr(trial, ATTR_PRUNED_AT, epoch)
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric}={metrics[metric]:.4g}")
 
     return report_epoch
 

@@ -114,7 +114,12 @@ def torchrun_pruning_callback() -> Callable[[int, dict[str, float]], None] | Non
             trial = open_trial(
                 settings["study"], os.environ["RHO_STORAGE"], settings["trial_id"], settings["pruner"]
             )
-            state["callback"] = pruning_callback(trial, settings["metric"])
+            state["callback"] = pruning_callback(
+                trial,
+                settings["metric"],
+                settings["pruner"].get("direction", "maximize"),
+                settings.get("epochs"),
+            )
         state["callback"](epoch, metrics)
 
     return report_epoch
@@ -183,6 +188,7 @@ def run_torchrun(
         "study": spec.name,
         "trial_id": trial_id(trial),
         "metric": spec.pruner_metric,
+        "epochs": experiment.optim.epochs,  # the trial's own: no pruning after its last epoch
         "pruner": pruner_settings(spec),
     }
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, RHO_STORAGE=storage_url)

@@ -22,8 +22,8 @@ search:                             # Optuna-sampled trials, after the grid
     method.temperature: {type: categorical, choices: [0.1, 0.2]}
 seeds: [0, 1]                       # each point × each seed is a trial
 objective: {metric: eval.synth-linear.linear.top1, direction: maximize}
-pruner: {type: median, metric: knn_top1, warmup_epochs: 1}   # none | median | hyperband
-limits: {timeout: null, max_failures: null, max_retries: 2, heartbeat_interval: 10, grace_period: 60}
+pruner: {type: asha, metric: knn_top1, min_resource: 2, reduction_factor: 3}   # type: none | median | hyperband | asha (successive halving; rungs at min_resource × reduction_factor^k epochs); metric: a per-epoch metric (knn_top1, loss, positive_accuracy, embedding_std), its direction inferred or given (direction:); per trial, each seed on its own
+limits: {timeout: null, max_failures: null, max_retries: 2, heartbeat_interval: 10, grace_period: 60, device_hours: null}   # when workers stop taking trials: timeout (s per worker), max_failures, device_hours (a compute budget: the device-hours the study's trials logged, ``cost.device_seconds``); and the stale-trial retries
 table: {rows: method.name, columns: data.clips}   # the comparison table printed at the end
 ```
 
@@ -67,7 +67,25 @@ TOP_KEYS = (
     "table",
 )
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "asha")
+# The per-epoch metrics a pruner may watch (what the training loop logs after every epoch) and
+# their direction (``pruner.direction`` overrides it): knn_top1 needs eval.knn_monitor: true;
+# positive_accuracy is SimCLR's and MoCo's.
+PRUNER_METRICS = {
+    "knn_top1": "maximize",
+    "loss": "minimize",
+    "positive_accuracy": "maximize",
+    "embedding_std": "maximize",
+}
+PRUNER_KEYS = (
+    "type",
+    "metric",
+    "direction",
+    "warmup_epochs",
+    "min_resource",
+    "reduction_factor",
+    "min_early_stopping_rate",
+)
 DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("float", "int", "categorical")
 LIMIT_DEFAULTS = {
@@ -76,6 +94,7 @@ LIMIT_DEFAULTS = {
     "max_retries": 2,
     "heartbeat_interval": 10,
     "grace_period": 60,
+    "device_hours": None,  # stop taking trials once the study's trials spent this many device-hours
 }
 
 
@@ -137,6 +156,8 @@ class StudySpec:
     pruner: str = "none"
     pruner_metric: str = "knn_top1"
     pruner_warmup: int = 1
+    pruner_direction: str = "maximize"  # the pruner metric's own direction (loss: minimize)
+    pruner_asha: dict[str, int] = field(default_factory=dict)  # asha: min_resource, reduction_factor, ...
     limits: dict[str, Any] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     table_rows: str = "method.name"
     table_columns: str = "data.clips"
@@ -416,12 +437,38 @@ def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
     pruner = pruner or {}
     if isinstance(pruner, str):
         pruner = {"type": pruner}
-    _require(source, pruner, "pruner", "pruner.", ("type", "metric", "warmup_epochs"))
+    if not isinstance(pruner, dict):
+        raise ConfigError("pruner", pruner, "a mapping {type: ..., metric: ...} or a pruner type", source)
+    _require(source, pruner, "pruner", "pruner.", PRUNER_KEYS)
     spec.pruner = pruner.get("type", "none")
     if spec.pruner not in PRUNERS:
         raise ConfigError("pruner.type", spec.pruner, f"one of {', '.join(PRUNERS)}", source)
     spec.pruner_metric = pruner.get("metric", "knn_top1")
-    spec.pruner_warmup = pruner.get("warmup_epochs", 1)
+    if spec.pruner_metric not in PRUNER_METRICS:
+        raise ConfigError(
+            "pruner.metric",
+            spec.pruner_metric,
+            f"a metric the training loop logs after every epoch: one of {', '.join(PRUNER_METRICS)}",
+            source,
+        )
+    spec.pruner_direction = pruner.get("direction", PRUNER_METRICS[spec.pruner_metric])
+    if spec.pruner_direction not in DIRECTIONS:
+        raise ConfigError("pruner.direction", spec.pruner_direction, "maximize or minimize", source)
+    spec.pruner_warmup = _count_key(source, pruner, "warmup_epochs", 1, 0)
+    if spec.pruner == "asha":
+        spec.pruner_asha = {
+            "min_resource": _count_key(source, pruner, "min_resource", max(1, spec.pruner_warmup), 1),
+            "reduction_factor": _count_key(source, pruner, "reduction_factor", 3, 2),
+            "min_early_stopping_rate": _count_key(source, pruner, "min_early_stopping_rate", 0, 0),
+        }
+    else:
+        extra = [
+            key for key in ("min_resource", "reduction_factor", "min_early_stopping_rate") if key in pruner
+        ]
+        if extra:
+            raise ConfigError(
+                f"pruner.{extra[0]}", pruner[extra[0]], "a key of pruner.type: asha only", source
+            )
     if (
         spec.pruner != "none"
         and not spec.base.get("eval", {}).get("knn_monitor")
@@ -433,6 +480,14 @@ def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
             "a per-epoch metric; knn_top1 needs eval.knn_monitor: true",
             source,
         )
+
+
+def _count_key(source: str, mapping: dict, key: str, default: int, low: int) -> int:
+    """``mapping[key]`` (else ``default``): an integer >= ``low`` (epochs or a factor)."""
+    value = mapping.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"pruner.{key}", value, f"an integer >= {low}", source)
+    return value
 
 
 def _parse_limits(source: str, limits: Any, spec: StudySpec) -> None:

@@ -29,6 +29,7 @@ from harness.redact import redact
 from harness.runtime import Preempted, signal_name, stop_requested, stop_signals
 from harness.study import queries
 from harness.study.attrs import (
+    ATTR_DEVICE_SECONDS,
     ATTR_DURATION,
     ATTR_KEY,
     ATTR_METRIC_PREFIX,
@@ -38,6 +39,7 @@ from harness.study.attrs import (
     ATTR_SEED,
 )
 from harness.study.backend import (
+    ATTR_PRUNED_AT,
     fail_dead_trials,
     make_storage,
     open_study,
@@ -68,6 +70,7 @@ class WorkerReport:
     failed: int = 0
     pruned: int = 0
     preempted: int = 0  # 1 when a stop signal ended the worker (its trial, if any, re-queued)
+    over_budget: bool = False  # it stopped because the study spent ``limits.device_hours``
 
 
 class Heartbeat:
@@ -102,8 +105,8 @@ def run_worker(
     gpus_per_trial: int = 0,
     quiet: bool = False,
 ) -> WorkerReport:
-    """Take and run trials of ``spec`` until none is left (or a limit is reached, or a stop signal
-    came: the trial under way stops at a step with a checkpoint there and is put back in the queue,
+    """Take and run trials of ``spec`` until none is left (or a limit is reached — ``limits.timeout``,
+    ``max_failures``, ``device_hours`` —, or a stop signal came: the trial under way stops at a step with a checkpoint there and is put back in the queue,
     not failed, and resumes there when a worker takes it again)."""
     storage = make_storage(storage_url, spec)
     study = open_study(spec, storage)
@@ -113,6 +116,7 @@ def run_worker(
     report = WorkerReport()
     started = time.monotonic()
     timeout, max_failures = spec.limits["timeout"], spec.limits["max_failures"]
+    device_hours = spec.limits.get("device_hours")
     # A stop signal (runtime.stop_signals) stops the trial at a step with a checkpoint there and
     # re-queues it; a torchrun trial gets the signal too (forward_signal).
     with stop_signals(stop_signal_names(spec), on_signal=forward_signal):
@@ -132,6 +136,17 @@ def run_worker(
                     flush=True,
                 )
                 break
+            if device_hours is not None:
+                spent = device_seconds_spent(study) / 3600
+                if spent >= device_hours:
+                    print(
+                        f"study {spec.name}: compute budget spent: its trials used {spent:.4g} "
+                        f"device-hours of the {device_hours:g} allowed (limits.device_hours); "
+                        "not starting more trials",
+                        flush=True,
+                    )
+                    report.over_budget = True
+                    break
             fail_dead_trials(study)
             trial = next_trial(study, spec)
             if trial is None:
@@ -169,6 +184,37 @@ def stop_signal_names(spec: StudySpec) -> list[str]:
 
 def _count(study: optuna.Study, state: TrialState) -> int:
     return queries.count_trials(study, (state,))
+
+
+def device_seconds_spent(study: optuna.Study) -> float:
+    """The device-seconds the study's trials trained, finished or running (their ``cost.device_seconds``
+    attribute, set at each epoch end and when the trial ends): per point, the largest of its
+    attempts' (a retried attempt resumes its point's checkpoint, whose totals carry the earlier
+    attempts' on), summed over points. Work lost with an attempt that died before a checkpoint
+    is not counted."""
+    per_point: dict[str, float] = {}
+    attrs = queries.attrs_of_trials_with(study, ATTR_DEVICE_SECONDS, (ATTR_DEVICE_SECONDS, ATTR_KEY))
+    for number, values in attrs.items():
+        key = values.get(ATTR_KEY, f"trial-{number}")
+        per_point[key] = max(per_point.get(key, 0.0), float(values[ATTR_DEVICE_SECONDS]))
+    return sum(per_point.values())
+
+
+def _record_cost(trial: optuna.Trial, tracking_uri: str) -> None:
+    """Set the trial's ``cost.device_seconds`` from its MLflow run's last value, before Optuna is
+    told the outcome (a torchrun trial reports no epoch to this process; the final value covers
+    the whole run); a failure only warns."""
+    from harness.tracking import mlflow_client
+
+    try:
+        run_id = stored_trial(trial).user_attrs.get(ATTR_RUN)
+        if not run_id:
+            return
+        value = mlflow_client(tracking_uri).get_run(run_id).data.metrics.get(ATTR_DEVICE_SECONDS)
+        if value is not None:
+            set_trial_attr(trial, ATTR_DEVICE_SECONDS, round(float(value), 3))
+    except Exception as exc:
+        log.warning("could not record the cost of trial %s: %s", trial.number, redact(str(exc)))
 
 
 def _run_trial(
@@ -215,7 +261,19 @@ def _run_trial(
         resumed += " after a stop signal" if continuing else ""
         print(f"\n== trial {trial.number} of study {spec.name}: {label}{resumed}", flush=True)
 
-    report_epoch = pruning_callback(trial, spec.pruner_metric) if spec.pruner != "none" else None
+    pruner_report = (
+        pruning_callback(trial, spec.pruner_metric, spec.pruner_direction, experiment.optim.epochs)
+        if spec.pruner != "none"
+        else None
+    )
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        """The trial's cost so far (for ``limits.device_hours``), then the pruner's verdict."""
+        if ATTR_DEVICE_SECONDS in metrics:
+            set_trial_attr(trial, ATTR_DEVICE_SECONDS, round(float(metrics[ATTR_DEVICE_SECONDS]), 3))
+        if pruner_report is not None:
+            pruner_report(epoch, metrics)
+
     started = time.monotonic()
 
     def remember_run(run_id: str) -> None:
@@ -224,40 +282,44 @@ def _run_trial(
     preempted = None
     with Heartbeat(trial, spec.limits["heartbeat_interval"] or 1):
         try:
-            if gpus_per_trial > 1:
-                metrics = run_torchrun(
-                    spec,
-                    trial,
-                    experiment,
-                    output,
-                    gpus=gpus_per_trial,
-                    tracking_uri=tracking_uri,
-                    storage_url=storage_url,
-                    parent_run_id=parent_run_id,
-                    tags=tags,
-                    run_name=run_name,
-                    on_run_start=remember_run,
-                    new_run=not continuing,
-                )
-            else:
-                result = pretrain(
-                    experiment,
-                    resume=True,
-                    resume_run=continuing,
-                    output=output,
-                    run_name=run_name,
-                    tracking_uri=tracking_uri,
-                    parent_run_id=parent_run_id,
-                    tags=tags,
-                    on_epoch_end=report_epoch,
-                    on_run_start=remember_run,
-                    print_progress=not quiet,
-                )
-                metrics = result.metrics
+            try:
+                if gpus_per_trial > 1:
+                    metrics = run_torchrun(
+                        spec,
+                        trial,
+                        experiment,
+                        output,
+                        gpus=gpus_per_trial,
+                        tracking_uri=tracking_uri,
+                        storage_url=storage_url,
+                        parent_run_id=parent_run_id,
+                        tags=tags,
+                        run_name=run_name,
+                        on_run_start=remember_run,
+                        new_run=not continuing,
+                    )
+                else:
+                    result = pretrain(
+                        experiment,
+                        resume=True,
+                        resume_run=continuing,
+                        output=output,
+                        run_name=run_name,
+                        tracking_uri=tracking_uri,
+                        parent_run_id=parent_run_id,
+                        tags=tags,
+                        on_epoch_end=report_epoch,
+                        on_run_start=remember_run,
+                        print_progress=not quiet,
+                    )
+                    metrics = result.metrics
+            finally:  # before the trial is told its outcome (then its attributes are frozen)
+                _record_cost(trial, tracking_uri)
         except Preempted as exc:
             preempted = exc
         except optuna.TrialPruned as exc:
             set_trial_attr(trial, ATTR_REASON, str(exc))
+            _mark_pruned_run(trial, tracking_uri, str(exc))
             study.tell(trial, state=TrialState.PRUNED)
             print(f"trial {trial.number} pruned: {exc}", flush=True)
             return TrialState.PRUNED
@@ -303,6 +365,32 @@ def _run_trial(
         return TrialState.FAIL
     study.tell(trial, float(metrics[spec.objective_metric]))
     return TrialState.COMPLETE
+
+
+def _mark_pruned_run(trial: optuna.Trial, tracking_uri: str, message: str) -> None:
+    """A pruned trial's MLflow run: KILLED (reports show FINISHED runs only) with the tags ``pruned``
+    (why) and ``pruned_at_epoch`` (the last epoch it trained, also the trial's user attribute),
+    instead of the FAILED with a ``failure_reason`` the training left; its checkpoint stays where
+    it was written (``last.pt`` of that epoch). A failure here only warns."""
+    from harness.tracking import mlflow_client
+
+    try:
+        attrs = stored_trial(trial).user_attrs
+        epoch = attrs.get(ATTR_PRUNED_AT)
+        if epoch is None:  # a torchrun job whose rank 0 could not write it: the last reported epoch
+            epoch = max(stored_trial(trial).intermediate_values, default=0)
+            set_trial_attr(trial, ATTR_PRUNED_AT, epoch)
+        run_id = attrs.get(ATTR_RUN)
+        if not run_id:
+            return
+        client = mlflow_client(tracking_uri)
+        client.set_tag(run_id, "pruned", message[:5000])
+        client.set_tag(run_id, ATTR_PRUNED_AT, str(epoch))
+        if "failure_reason" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "failure_reason")
+        client.set_terminated(run_id, "KILLED")
+    except Exception as exc:
+        log.warning("could not mark the run of pruned trial %s: %s", trial.number, redact(str(exc)))
 
 
 def _last_failed_attempt(study: optuna.Study, key: str, number: int) -> int | None:

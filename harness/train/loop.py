@@ -18,6 +18,7 @@ from harness.optim import lr_at, scaled_lr, set_lr
 from harness.progress import ProgressBar
 from harness.runtime import Runtime
 from harness.tracking import RunLogger
+from harness.train.cost import RunCost
 from methods import SSLMethod
 
 
@@ -86,6 +87,8 @@ class EpochContext:
         step: the global step (optimizer steps so far); ``train_epoch`` advances it.
         after_step: called with the epoch's progress after every step (the step boundary: a
             mid-epoch checkpoint, a stop); it may raise to end the epoch there.
+        cost: the run's cost totals (clips, bytes decoded, the step's FLOPs counted on the first
+            batch), or None.
     """
 
     method: SSLMethod
@@ -98,6 +101,7 @@ class EpochContext:
     bar: ProgressBar | None = None
     step: int = 0
     after_step: Callable[[EpochProgress], None] | None = None
+    cost: RunCost | None = None
 
 
 @dataclass
@@ -157,7 +161,12 @@ def train_epoch(
     for batch in batches:
         loaded = time.perf_counter()
         progress.wait_time += loaded - tick
+        bytes_read = batch.get("bytes_read")
         batch = runtime.to_device(batch)
+        cost = context.cost
+        if cost is not None and cost.step_flops is None and not cost.tried_flops:
+            cost.count_flops(method, batch, runtime.autocast)  # on a copy, outside the step's time
+            loaded = time.perf_counter()
         step = context.step
         lr = schedule.lr(step)
         set_lr(optimizer, lr)
@@ -180,7 +189,10 @@ def train_epoch(
         method.on_step_end(step / schedule.total_steps)
         tock = time.perf_counter()
         progress.compute_time += tock - loaded
-        progress.clips += batch["clips"].shape[0] * batch["clips"].shape[1] * runtime.world_size
+        clips = batch["clips"].shape[0] * batch["clips"].shape[1] * runtime.world_size
+        progress.clips += clips
+        if cost is not None:
+            cost.add_batch(clips, int(torch.as_tensor(bytes_read).sum()) if bytes_read is not None else 0)
         metrics = {**out.metrics, "loss": loss, "lr": lr}
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value)

@@ -26,6 +26,7 @@ from harness.progress import ProgressBar
 from harness.runtime import Preempted, Runtime, signal_name, stop_requested, stop_signals
 from harness.tracking import RunLogger
 from harness.train.callbacks import on_main_then_all
+from harness.train.cost import RunCost
 from harness.train.evaluation import evaluate_benchmarks, knn_monitor_top1
 from harness.train.factories import fill_cache, train_loader
 from harness.train.loop import EpochContext, EpochProgress, padding_counts, train_epoch
@@ -47,6 +48,7 @@ class PretrainResult:
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    cost: dict[str, float] = field(default_factory=dict)  # the run's ``cost.*`` metrics (harness.train.cost)
 
 
 def pretrain(
@@ -77,8 +79,9 @@ def pretrain(
         tracking_uri: MLflow store (default: config, then $MLFLOW_TRACKING_URI, then ./mlruns).
         parent_run_id: nest the MLflow run under this run (study trials).
         tags: extra MLflow tags.
-        on_epoch_end: called with (epoch, metrics) after each epoch's checkpoint, on rank 0; it
-            may raise to stop the run (Optuna pruning), and then every rank raises the same.
+        on_epoch_end: called with (epoch, metrics) after each epoch's checkpoint, on rank 0, the
+            metrics with the run's ``cost.*`` totals so far; it may raise to stop the run (Optuna
+            pruning), and then every rank raises the same.
         on_run_start: called with the MLflow run id once the run exists (rank 0).
         print_progress: show a progress bar per epoch.
 
@@ -136,11 +139,12 @@ def _pretrain(
         remember_run(training, tracker.run_id)
         if on_run_start is not None:
             on_run_start(tracker.run_id)
+    cost = RunCost(runtime.world_size, start.cost)
     try:
-        history, step = _train_epochs(training, start, tracker, on_epoch_end, print_progress)
+        history, step = _train_epochs(training, start, tracker, on_epoch_end, print_progress, cost)
         metrics = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
         if runtime.is_main:
-            _final_checkpoint(training, history, step, tracker)
+            _final_checkpoint(training, history, step, tracker, cost)
             signum = stop_requested()
             if signum and experiment.eval.benchmarks:
                 raise Preempted(
@@ -148,10 +152,15 @@ def _pretrain(
                     f"checkpoint {training.output / LAST}: --resume evaluates it",
                     signum,
                 )
+            began = time.perf_counter()
             metrics.update(evaluate_benchmarks(training, tracker))
+            cost.eval_seconds = time.perf_counter() - began
+            tracker.log_metrics(cost.metrics(step), step=experiment.optim.epochs)
             log_artifacts(tracker, training, history)
             tracker.finish("FINISHED")
-        return PretrainResult(training.output / LAST, tracker.run_id if tracker else None, metrics, history)
+        return PretrainResult(
+            training.output / LAST, tracker.run_id if tracker else None, metrics, history, cost.metrics(step)
+        )
     except BaseException as exc:
         close_failed_run(tracker, exc)
         raise
@@ -174,14 +183,35 @@ def _train_epochs(
     tracker: RunLogger | None,
     on_epoch_end: EpochCallback | None,
     print_progress: bool,
+    cost: RunCost,
 ) -> tuple[list[dict[str, float]], int]:
     """Train the remaining epochs; after each, the kNN monitor, a checkpoint, the epoch's metrics
-    and ``on_epoch_end``. Returns the history of all epochs and the final global step."""
-    experiment, runtime, method = training.experiment, training.runtime, training.method
+    (and the ``cost.*`` totals) and ``on_epoch_end``. Returns the history of all epochs and the
+    final global step; ``cost`` holds the run's totals after it."""
+    experiment, method = training.experiment, training.method
     epochs, history = experiment.optim.epochs, list(start.history)
     first = start.epoch if method.trainable else epochs  # nothing to train (random init): evaluate as built
     if first >= epochs:
         return history, start.step
+    cost.start()
+    try:
+        return _train_remaining(training, start, tracker, on_epoch_end, print_progress, cost, first)
+    finally:
+        cost.stop()
+
+
+def _train_remaining(
+    training: Training,
+    start: ResumePoint,
+    tracker: RunLogger | None,
+    on_epoch_end: EpochCallback | None,
+    print_progress: bool,
+    cost: RunCost,
+    first: int,
+) -> tuple[list[dict[str, float]], int]:
+    """``_train_epochs`` from epoch ``first`` on, its clock running."""
+    experiment, runtime, method = training.experiment, training.runtime, training.method
+    epochs, history = experiment.optim.epochs, list(start.history)
     resumed = EpochProgress.from_state(start.in_epoch) if start.in_epoch else None
     if resumed is not None:  # the loader skips the batches done, without reading their videos
         training.sampler.resume_at(first, resumed.batches * training.local_batch)
@@ -212,6 +242,7 @@ def _train_epochs(
         clip_grad=experiment.optim.clip_grad,
         tracker=tracker,
         step=start.step,
+        cost=cost,
     )
     boundary = _StepBoundary(training, context, tracker, history)
     for epoch in range(first, epochs):
@@ -228,14 +259,14 @@ def _train_epochs(
             metrics["knn_top1"] = knn_monitor_top1(training)
         history.append({"epoch": epoch + 1, **metrics})
         if runtime.is_main:
-            save_checkpoint(
-                training.output / LAST, training_state(training, epoch + 1, context.step, history, tracker)
-            )
+            state = training_state(training, epoch + 1, context.step, history, tracker, cost=cost.state())
+            save_checkpoint(training.output / LAST, state)
             boundary.saved()
             tracker.log_metrics({f"epoch.{k}": v for k, v in metrics.items()}, step=epoch + 1)
+            tracker.log_metrics(cost.metrics(context.step), step=epoch + 1)
             tracker.flush()
         if on_epoch_end is not None:
-            on_main_then_all(on_epoch_end, runtime, epoch + 1, metrics)
+            on_main_then_all(on_epoch_end, runtime, epoch + 1, {**metrics, **cost.metrics(context.step)})
     return history, context.step
 
 
@@ -293,7 +324,10 @@ class _StepBoundary:
 
     def _save(self, epoch: int, progress: EpochProgress) -> None:
         in_epoch = progress.state() if progress.batches else None
-        state = training_state(self.training, epoch, self.context.step, self.history, self.tracker, in_epoch)
+        cost = self.context.cost.state() if self.context.cost is not None else None
+        state = training_state(
+            self.training, epoch, self.context.step, self.history, self.tracker, in_epoch, cost
+        )
         save_checkpoint(self.training.output / LAST, state)
         if self.tracker is not None:
             self.tracker.flush()  # the step metrics up to the checkpoint
@@ -301,10 +335,11 @@ class _StepBoundary:
 
 
 def _final_checkpoint(
-    training: Training, history: list[dict[str, float]], step: int, tracker: RunLogger
+    training: Training, history: list[dict[str, float]], step: int, tracker: RunLogger, cost: RunCost
 ) -> None:
     """A checkpoint for a run that wrote none (no epoch left to train) or trains nothing (random init)."""
     if (training.output / LAST).is_file() and training.method.trainable:
         return
     epochs = training.experiment.optim.epochs
-    save_checkpoint(training.output / LAST, training_state(training, epochs, step, history, tracker))
+    state = training_state(training, epochs, step, history, tracker, cost=cost.state())
+    save_checkpoint(training.output / LAST, state)

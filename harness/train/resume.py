@@ -32,6 +32,7 @@ class ResumePoint:
     history: list[dict[str, float]] = field(default_factory=list)  # the finished epochs' metrics
     run_id: str | None = None
     in_epoch: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None  # the cost totals so far (``RunCost.state``)
 
 
 def resume_point(training: Training, *, resume_run: bool) -> ResumePoint:
@@ -67,6 +68,7 @@ def resume_point(training: Training, *, resume_run: bool) -> ResumePoint:
         list(state["history"]),
         state.get("run_id") if resume_run else None,
         in_epoch or None,
+        state.get("cost"),
     )
 
 
@@ -77,9 +79,11 @@ def training_state(
     history: list[dict[str, float]],
     tracker: RunLogger | None,
     in_epoch: dict[str, Any] | None = None,
+    cost: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of a training after ``epoch`` epochs (and, with ``in_epoch``, part of the
-    next one): weights, optimizer, RNGs, history, run id."""
+    next one): weights, optimizer, RNGs, history, run id and, with ``cost``, the cost totals so far
+    (``RunCost.state``: a resumed run carries them on)."""
     experiment, optimizer = training.experiment, training.optimizer
     if in_epoch is not None:
         in_epoch = {**in_epoch, "bad_files": sorted(str(p) for p in training.dataset.bad_files)}
@@ -94,6 +98,7 @@ def training_state(
         "history": history,
         "run_id": tracker.run_id if tracker is not None else None,
         **({"in_epoch": in_epoch} if in_epoch is not None else {}),
+        **({"cost": cost} if cost is not None else {}),
     }
 
 
