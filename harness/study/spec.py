@@ -48,7 +48,7 @@ from typing import Any
 
 from harness.config import Experiment, flatten, load_experiment, read_yaml, set_dotted
 from harness.resources import locate
-from harness.schema import ConfigError, unknown_key_hint
+from harness.schema import ConfigError, did_you_mean, unknown_key_hint
 
 TOP_KEYS = (
     "name",
@@ -444,14 +444,21 @@ def _parse_pruner(source: str, pruner: Any, spec: StudySpec) -> None:
     if spec.pruner not in PRUNERS:
         raise ConfigError("pruner.type", spec.pruner, f"one of {', '.join(PRUNERS)}", source)
     spec.pruner_metric = pruner.get("metric", "knn_top1")
-    if spec.pruner_metric not in PRUNER_METRICS:
+    if not isinstance(spec.pruner_metric, str) or not spec.pruner_metric:
+        raise ConfigError("pruner.metric", spec.pruner_metric, "a metric logged after every epoch", source)
+    known = PRUNER_METRICS.get(spec.pruner_metric)
+    if known is None and "direction" not in pruner and did_you_mean(spec.pruner_metric, PRUNER_METRICS):
+        # close to a known name but not it: a typo would never prune (the metric never arrives)
         raise ConfigError(
             "pruner.metric",
             spec.pruner_metric,
-            f"a metric the training loop logs after every epoch: one of {', '.join(PRUNER_METRICS)}",
+            f"{did_you_mean(spec.pruner_metric, PRUNER_METRICS)}a metric logged after every epoch "
+            f"({', '.join(PRUNER_METRICS)}, lr, or a method's own; another name needs pruner.direction)",
             source,
         )
-    spec.pruner_direction = pruner.get("direction", PRUNER_METRICS[spec.pruner_metric])
+    # Any metric the epoch logs may be watched (lr, a method's own); the known ones carry their
+    # direction, another takes the objective's unless pruner.direction says.
+    spec.pruner_direction = pruner.get("direction", known or spec.direction)
     if spec.pruner_direction not in DIRECTIONS:
         raise ConfigError("pruner.direction", spec.pruner_direction, "maximize or minimize", source)
     spec.pruner_warmup = _count_key(source, pruner, "warmup_epochs", 1, 0)
