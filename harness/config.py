@@ -153,8 +153,12 @@ class DataConfig:
     )
     batch_size: int = field_spec(64, help="global batch size in videos", min=1)
     workers: int = field_spec(2, help="DataLoader worker processes", min=0)
-    seek_threshold: float = field_spec(
-        1.0, help="seek instead of decoding forward across gaps longer than this (s)", min=0.0
+    seek_threshold: float | None = field_spec(
+        None,
+        help="null: seek where the keyframe index says it saves decoding (short-GOP and all-intra "
+        "files: per GOP or frame; long GOPs: gaps over 1 s); a number: seek across gaps longer than "
+        "this (s) whatever the GOP",
+        min=0.0,
     )
     cache: bool = field_spec(
         False,

@@ -32,7 +32,7 @@ class ThreadedPyAVDecoder:
         self,
         path: str | Path,
         *,
-        seek_threshold: float = 1.0,
+        seek_threshold: float | None = None,
         autorotate: bool = True,
         short_side: int | None = None,
     ) -> PyAVVideo:

@@ -103,7 +103,8 @@ class MultiClipDataset(Dataset):
             float [3, T, H, W] in [0, 1] without augmentation; a ``DeferredAugment`` only draws.
         seed: base seed of the per-item generators.
         fps: resample to this rate (None: each video's own rate).
-        seek_threshold: decoder gap (s) above which it seeks rather than decodes forward.
+        seek_threshold: None: the decoder seeks where the keyframe index says it saves work
+            (``decode_times``); a number: the gap (s) above which it seeks rather than decodes forward.
         cache: keep each video decoded in this cache after its first read (``preload`` fills
             it up front); the items are the same with or without it.
         min_views: V is max(ρ, min_views). 2 (the default) makes ρ = 1 items two augmentations
@@ -131,7 +132,7 @@ class MultiClipDataset(Dataset):
         transform: ClipTransform | DeferredAugment | None = None,
         seed: int = 0,
         fps: float | None = None,
-        seek_threshold: float = 1.0,
+        seek_threshold: float | None = None,
         cache: FrameCache | None = None,
         min_views: int = 2,
         autorotate: bool = True,

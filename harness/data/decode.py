@@ -1,11 +1,14 @@
 """Decode exactly the frames an item needs from a video file, with one container open.
 
-The requested times are served in order: frames between two requested ranges are decoded
-forward (never converted to RGB) when the gap is short, and skipped by a seek to the keyframe
-before the next range when it is longer than ``seek_threshold`` seconds and the container's
-index shows that keyframe after what was already decoded (a seek to an earlier keyframe
-would decode those frames again; long GOPs such as x264's 250 make that common). Decoding stops at
-the last requested frame, so a short clip never costs a whole long video.
+The requested times are served in order: frames between two requested frames are decoded
+forward (never converted to RGB) or skipped by a seek to the keyframe before the next one,
+chosen from the container's keyframe index. On short-GOP and all-intra streams (what ``rho data
+transcode`` writes) a seek is taken wherever that keyframe lies a few frames past what was
+decoded, so a clip costs little more than its own frames; on long GOPs (x264's 250, most
+downloaded video) only gaps over a second with a keyframe after what was decoded are sought
+(a seek to an earlier keyframe would decode those frames again). ``seek_threshold`` sets that
+gap rule for every stream. Decoding stops at the last requested frame, so a short clip never
+costs a whole long video.
 
 A time maps to the frame shown then, by presentation timestamps: the last frame that starts
 no later than half a frame (of the stream's average rate) after it. On a constant-rate stream
@@ -335,6 +338,36 @@ def _keyframe_indices(stream, fps: float, origin: int, time_base: Fraction) -> n
     return np.sort(np.round((np.array(stamps, dtype=np.float64) - origin) * float(time_base) * fps))
 
 
+# Streams whose keyframes lie at most this many frames apart (median) are "short-GOP": there a
+# seek is judged frame by frame (``seeks_past``). On longer GOPs (x264's default 250, Kinetics)
+# seeking saves little inside a clip and a gap rule is kept (``NO_INDEX_GAP``).
+SHORT_GOP_FRAMES = 32
+# A seek is worth this many decoded frames: on 340x256 H.264 at GOP 1, 8 and 16 (``rho bench
+# decode``'s files), seeking whenever the keyframe lies over 0-2 frames ahead was fastest, 8 and
+# more gave the gain back; a seek and its decoder flush cost about two decoded frames.
+SEEK_COST_FRAMES = 2.0
+# Long GOPs, or no keyframe index (some mkv/webm files): gaps longer than this (s) are crossed
+# by seeking.
+NO_INDEX_GAP = 1.0
+
+
+def keyframe_spacing(keyframes: np.ndarray | None) -> float:
+    """The median distance between keyframes, in frames (inf with fewer than two or no index)."""
+    if keyframes is None or len(keyframes) < 2:
+        return math.inf
+    return float(np.median(np.diff(keyframes)))
+
+
+def seeks_past(keyframes: np.ndarray, position: float, target: float) -> bool:
+    """Whether seeking for the frame at ``target`` saves decoding on a short-GOP stream: the
+    keyframe a seek lands on (the last at or before it) lies more than ``SEEK_COST_FRAMES``
+    frames past ``position``, the frame decoded last (-1 before the first). All-intra files get
+    a seek per frame a clip needs, short GOPs one per GOP.
+    """
+    before = np.searchsorted(keyframes, target, side="right") - 1
+    return bool(before >= 0 and keyframes[before] - position > SEEK_COST_FRAMES)
+
+
 @dataclass
 class BytesRead:
     """Compressed bytes demuxed so far (the sizes of the packets PyAV read), for cost accounting."""
@@ -353,7 +386,7 @@ def _demuxed_frames(container: av.container.InputContainer, stream, read: BytesR
 def decode_times(
     container: av.container.InputContainer,
     times: np.ndarray,
-    seek_threshold: float = 1.0,
+    seek_threshold: float | None = None,
     path: str | Path = "",
     autorotate: bool = True,
     short_side: int | None = None,
@@ -364,8 +397,13 @@ def decode_times(
     Args:
         container: an open container (from ``open_video``).
         times: seconds from the stream's start, any order, repeats allowed.
-        seek_threshold: gaps (s) longer than this are crossed by seeking, shorter ones by
-            decoding forward.
+        seek_threshold: None (the default): chosen from the container's keyframe index. On
+            short-GOP and all-intra streams (keyframes at most ``SHORT_GOP_FRAMES`` apart)
+            seek wherever a keyframe saves decoding (``seeks_past``), so a clip's frames are
+            decoded nearly alone; on long GOPs, or without an index, gaps over
+            ``NO_INDEX_GAP`` s are crossed by seeking. A number: gaps (s) longer than this
+            are crossed by seeking (where a keyframe lies between), shorter ones by decoding
+            forward, whatever the GOP.
         path: for error messages.
         autorotate: turn frames as the stream's display matrix says (``display_turn``).
         short_side: scale frames in the RGB conversion so their short side is at most this
@@ -388,15 +426,21 @@ def decode_times(
     found: list[np.ndarray | None] = [None] * len(targets)
     position = -math.inf  # where the last decoded frame starts, in frames
     last_frame, last_length, turn = None, 1.0, _unturned
-    gap = max(1, seek_threshold * fps)  # frames worth crossing by a seek
-    seeking_helps = True  # False once a seek lands behind what was decoded (long GOPs)
+    seeking_helps = True  # False once a seek lands behind what was decoded (an index gone wrong)
     keyframes = _keyframe_indices(stream, fps, origin, time_base)
+    auto = seek_threshold is None and keyframe_spacing(keyframes) <= SHORT_GOP_FRAMES
+    gap = max(1, (NO_INDEX_GAP if seek_threshold is None else seek_threshold) * fps)  # frames
     context = stream.codec_context
     size = scaled_size(context.width, context.height, short_side) if short_side else None
 
     def worth_seeking(target: float) -> bool:
-        """A long gap, and (where the container has an index) a keyframe after what was decoded."""
-        if not seeking_helps or target - max(position, 0) <= gap:
+        """Whether to seek for ``target``: by the keyframe index (``auto``), else a long gap and
+        (where the container has an index) a keyframe after what was decoded."""
+        if not seeking_helps:
+            return False
+        if auto:
+            return seeks_past(keyframes, max(position, -1.0), target)
+        if target - max(position, 0) <= gap:
             return False
         if keyframes is None:
             return True
@@ -467,7 +511,7 @@ class Decoder(Protocol):
     name: str
 
     def open(
-        self, path: str | Path, *, seek_threshold: float, autorotate: bool, short_side: int | None
+        self, path: str | Path, *, seek_threshold: float | None, autorotate: bool, short_side: int | None
     ) -> OpenVideo: ...
 
 
@@ -478,7 +522,7 @@ class PyAVVideo:
     container: av.container.InputContainer
     info: VideoInfo
     path: str | Path
-    seek_threshold: float
+    seek_threshold: float | None
     autorotate: bool
     short_side: int | None
     bytes_read: BytesRead = field(default_factory=BytesRead)  # packets demuxed so far
@@ -504,7 +548,7 @@ class PyAVDecoder:
     name = "pyav"
 
     def open(
-        self, path: str | Path, *, seek_threshold: float = 1.0, autorotate: bool = True, short_side=None
+        self, path: str | Path, *, seek_threshold: float | None = None, autorotate: bool = True, short_side=None
     ) -> OpenVideo:
         container = open_video(path)
         try:
@@ -569,7 +613,7 @@ def decode_clips(
     stride: int,
     fps: float | None,
     pick_starts: Callable[[int, int, float], np.ndarray],
-    seek_threshold: float = 1.0,
+    seek_threshold: float | None = None,
     cache: FrameCache | None = None,
     autorotate: bool = True,
     backend: Decoder | None = None,

@@ -7,6 +7,12 @@ the file), and the frames shown at the requested times are picked from them by t
 ``decode_times`` follows (``shown_by``), so both backends return the same frames: bit-identical
 on constant-rate H.264 (tested), where both convert to RGB with FFmpeg's swscale.
 
+The frame index costs a demux of every packet of the file, so each process (each DataLoader
+worker) keeps the indexes it built, keyed by the file's path, size, modification time and inode,
+up to ``INDEX_CACHE_BYTES``, least recently used first out: a video opened again (the next epoch,
+or the next ρ-clip item of a small dataset) skips PyAV entirely. A file rewritten in place gets a
+new key.
+
 torchcodec applies the display matrix's rotation but not its flips; a stream with a display
 matrix (phone videos, rare) has its turn read the PyAV way (``read_turn``) and torchcodec's
 rotation undone and the full turn applied, so ``autorotate`` means the same here.
@@ -19,6 +25,8 @@ CPU decoding in DataLoader workers usually wins. ``data.decode_device`` guards i
 from __future__ import annotations
 
 import json
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -101,26 +109,76 @@ def _frame_index(container: av.container.InputContainer, path: str | Path) -> _F
     )
 
 
+@dataclass
+class _Indexed:
+    """What opening a video with PyAV told: its info, frame starts and end (in frames of its
+    average rate), torchcodec's frame mappings, and its display turn once read."""
+
+    info: VideoInfo
+    starts: np.ndarray
+    end: float
+    mappings: str
+    turn: str | None = None  # read (PyAV decodes the first frame) only for a stream torchcodec rotates
+
+    @classmethod
+    def build(cls, container: av.container.InputContainer, info: VideoInfo, index: _FrameIndex) -> _Indexed:
+        stream = container.streams.video[0]
+        time_base, origin = stream.time_base or Fraction(1, 1), stream.start_time or 0
+        starts = _snap((index.pts - origin).astype(np.float64) * float(time_base) * info.fps)
+        last = float(index.durations[-1] * time_base) * info.fps if index.durations[-1] else 1.0
+        end = starts[-1] + (float(round(last)) if abs(last - round(last)) <= ON_GRID else last)
+        return cls(info, starts, end, index.mappings())
+
+    def nbytes(self) -> int:
+        return self.starts.nbytes + len(self.mappings) + 256
+
+
+# Frame indexes kept per process (``_INDEXES``): at ~45 bytes a frame, 64 MiB holds ~5,000
+# ten-second 30 fps videos, a worker's share of an epoch for most datasets that fit on one node.
+INDEX_CACHE_BYTES = 64 << 20
+_INDEXES: OrderedDict[tuple, _Indexed] = OrderedDict()
+_INDEX_BYTES = [0]
+
+
+def _file_key(path: str | Path) -> tuple | None:
+    """The cache key of a file: path, size, modification time and inode (None when it can't be read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _remember(key: tuple, indexed: _Indexed) -> None:
+    """Keep ``indexed`` under ``key``, dropping the least recently used past ``INDEX_CACHE_BYTES``."""
+    size = indexed.nbytes()
+    if size > INDEX_CACHE_BYTES:
+        return
+    _INDEXES[key] = indexed
+    _INDEX_BYTES[0] += size
+    while _INDEX_BYTES[0] > INDEX_CACHE_BYTES:
+        _, dropped = _INDEXES.popitem(last=False)
+        _INDEX_BYTES[0] -= dropped.nbytes()
+
+
+def _recall(key: tuple | None) -> _Indexed | None:
+    """The index kept under ``key`` (now the most recently used), or None."""
+    if key is None or key not in _INDEXES:
+        return None
+    _INDEXES.move_to_end(key)
+    return _INDEXES[key]
+
+
 class _TorchcodecVideo:
     """One video: torchcodec's decoder on the PyAV-demuxed frame index."""
 
     def __init__(
-        self,
-        container: av.container.InputContainer,
-        info: VideoInfo,
-        index: _FrameIndex,
-        path: str | Path,
-        device: str,
-        autorotate: bool,
-        short_side: int | None,
+        self, indexed: _Indexed, path: str | Path, device: str, autorotate: bool, short_side: int | None
     ):
-        stream = container.streams.video[0]
+        info = indexed.info
         self.info, self.path, self.device = info, path, device
-        time_base, origin = stream.time_base or Fraction(1, 1), stream.start_time or 0
-        self.starts = _snap((index.pts - origin).astype(np.float64) * float(time_base) * info.fps)
-        last = float(index.durations[-1] * time_base) * info.fps if index.durations[-1] else 1.0
-        self.end = self.starts[-1] + (float(round(last)) if abs(last - round(last)) <= ON_GRID else last)
-        mappings = index.mappings()
+        self.starts, self.end = indexed.starts, indexed.end
+        mappings = indexed.mappings
         width, height = scaled_size(info.width, info.height, short_side)  # stored orientation
         try:
             self.decoder = self._decoder(mappings, (width, height), (info.width, info.height))
@@ -131,7 +189,12 @@ class _TorchcodecVideo:
         except (RuntimeError, ValueError) as exc:
             raise BadVideo(f"{path}: truncated (torchcodec could not open it: {_first_line(exc)})") from None
         # a display matrix (phone videos, rare): its full turn, flips too, read the PyAV way
-        self.turn = read_turn(container) if rotation is not None and autorotate else "none"
+        self.turn = "none"
+        if rotation is not None and autorotate:
+            if indexed.turn is None:
+                with open_video(path) as container:
+                    indexed.turn = read_turn(container)
+            self.turn = indexed.turn
 
     def _decoder(self, mappings: str, size: tuple[int, int], full: tuple[int, int]):
         from torchcodec.decoders import VideoDecoder
@@ -199,21 +262,27 @@ class TorchcodecDecoder:
         self,
         path: str | Path,
         *,
-        seek_threshold: float = 1.0,
+        seek_threshold: float | None = None,
         autorotate: bool = True,
         short_side: int | None = None,
     ) -> OpenVideo:
-        container = open_video(path)
-        try:
-            info = probe(container, path)
-            index = _frame_index(container, path)
-            if index is None:  # no timestamps to index by: PyAV decodes this file (the same frames)
-                return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
-            video = _TorchcodecVideo(container, info, index, path, self.device, autorotate, short_side)
-        except BaseException:
+        key = _file_key(path)
+        indexed = _recall(key)
+        if indexed is None:
+            container = open_video(path)
+            try:
+                info = probe(container, path)
+                index = _frame_index(container, path)
+                if index is None:  # no timestamps to index by: PyAV decodes this file (the same frames)
+                    return PyAVVideo(container, info, path, seek_threshold, autorotate, short_side)
+                indexed = _Indexed.build(container, info, index)
+            except BaseException:
+                container.close()
+                raise
             container.close()
-            raise
-        container.close()
+            if key is not None:
+                _remember(key, indexed)
+        video = _TorchcodecVideo(indexed, path, self.device, autorotate, short_side)
         if self.device != "cpu" and (video.undo or video.turn != "none"):
             raise BadVideo(
                 f"{path}: not a video NVDEC decodes here (a display matrix: use decode_device cpu)"

@@ -16,20 +16,12 @@ from harness.redact import redact
 from harness.report.compare import (
     BASELINE_COLUMN,
     Comparison,
-    choose_axes,
     comparison,
     format_value,
     metric_direction,
     reference_table,
 )
-from harness.report.paired import (
-    POWER,
-    Difference,
-    default_pairs,
-    differences,
-    differences_frame,
-    requested_pairs,
-)
+from harness.report.paired import POWER, Difference, differences, differences_frame, select_pairs
 from harness.report.plots import FACTOR_TITLES, compute_plot, factor_plot, training_curves
 from harness.report.references import SOURCES
 from harness.report.render import (
@@ -43,7 +35,7 @@ from harness.report.render import (
     to_html,
     to_markdown,
 )
-from harness.report.runs import IDENTITY, PAGE_SIZE, ReportError, StudyRuns, load_study_runs
+from harness.report.runs import IDENTITY, PAGE_SIZE, StudyRuns, load_study_runs
 from harness.tracking import mlflow_client
 
 SOURCE_TITLES = {"paper": "paper", "model zoo": "SlowFast model zoo"}
@@ -93,32 +85,15 @@ def write_report(
     fixed, else each column against the one before it in every row and the rows at the last column.
     """
     runs = load_study_runs(tracking_uri, study, page_size)
-    finished = runs.finished
-    if finished.empty:
-        counts = runs.frame["status"].value_counts().to_dict() if not runs.frame.empty else {}
-        raise ReportError(
-            f"study {study!r} has no finished runs yet ({counts or 'no child runs'}); "
-            f"run it with `rho study run` (`rho study status {study}` lists its trials)"
-        )
-    metrics = metrics or default_metrics(finished, runs.objective)
-    missing = [m for m in metrics if m not in finished]
-    if missing or not metrics:
-        logged = sorted(c for c in finished.columns if c.startswith(("eval.", "epoch.")))
-        raise ReportError(
-            f"--metric {', '.join(missing) or '(none)'}: not logged by any finished run of {study!r}; "
-            f"logged: {', '.join(logged)}"
-        )
-    try:
-        rows, columns = choose_axes(finished, runs.swept, rows, columns)
-        pairs = (
-            requested_pairs(finished, compare, at or {}, runs.swept)
-            if compare
-            else default_pairs(finished, rows, columns)
-        )
-    except KeyError as exc:
-        raise ReportError(exc.args[0]) from None
-    if at and not compare:
-        raise ReportError("--at fixes keys of --compare's pairs: give --compare KEY=A,B with it")
+    metrics = metrics or default_metrics(runs.finished, runs.objective)
+    chosen = select_pairs(runs, study, metrics, compare, at, rows, columns)
+    finished, metrics, rows, columns, pairs = (
+        chosen.finished,
+        chosen.metrics,
+        chosen.rows,
+        chosen.columns,
+        chosen.pairs,
+    )
     out = Path(out) if out is not None else Path("reports") / study
     out.mkdir(parents=True, exist_ok=True)
 

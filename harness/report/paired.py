@@ -325,6 +325,65 @@ class SeedPlan:
     table: pd.DataFrame
 
 
+@dataclass
+class Selection:
+    """What a report or a seed plan compares: the finished runs, the checked metrics, the table's
+    axes and the pairs (``select_pairs``)."""
+
+    finished: pd.DataFrame
+    metrics: list[str]
+    rows: str
+    columns: str
+    pairs: list[Pair]
+
+
+def select_pairs(
+    runs,
+    study: str,
+    metrics: list[str],
+    compare: list[tuple[str, list[str]]] | None = None,
+    at: dict[str, str] | None = None,
+    rows: str | None = None,
+    columns: str | None = None,
+) -> Selection:
+    """The finished runs of ``runs`` (study ``study``'s ``StudyRuns``), ``metrics`` checked against what they
+    logged, the table's axes (``choose_axes``) and the pairs to compare: ``compare``'s with the
+    keys of ``at`` fixed, else ``default_pairs``.
+
+    Raises:
+        ReportError: no finished runs, a metric no finished run logged, or a bad key.
+    """
+    from harness.report.compare import choose_axes
+    from harness.report.runs import ReportError
+
+    finished = runs.finished
+    if finished.empty:
+        counts = runs.frame["status"].value_counts().to_dict() if not runs.frame.empty else {}
+        raise ReportError(
+            f"study {study!r} has no finished runs yet ({counts or 'no child runs'}); "
+            f"run it with `rho study run` (`rho study status {study}` lists its trials)"
+        )
+    missing = [m for m in metrics if m not in finished]
+    if missing or not metrics:
+        logged = sorted(c for c in finished.columns if c.startswith(("eval.", "epoch.")))
+        raise ReportError(
+            f"--metric {', '.join(missing) or '(none)'}: not logged by any finished run of {study!r}; "
+            f"logged: {', '.join(logged)}"
+        )
+    if at and not compare:
+        raise ReportError("--at fixes keys of --compare's pairs: give --compare KEY=A,B with it")
+    try:
+        rows, columns = choose_axes(finished, runs.swept, rows, columns)
+        pairs = (
+            requested_pairs(finished, compare, at or {}, runs.swept)
+            if compare
+            else default_pairs(finished, rows, columns)
+        )
+    except KeyError as exc:
+        raise ReportError(exc.args[0]) from None
+    return Selection(finished, metrics, rows, columns, pairs)
+
+
 def plan_seeds(
     tracking_uri: str,
     study: str,
@@ -342,7 +401,6 @@ def plan_seeds(
     Raises:
         ReportError: no such study, no finished runs, an unlogged metric or a bad key.
     """
-    from harness.report.compare import choose_axes
     from harness.report.runs import ReportError, load_study_runs
 
     if not effect > 0:
@@ -350,25 +408,9 @@ def plan_seeds(
     if not 0 < target < 1:
         raise ReportError(f"--power {target}: give a probability between 0 and 1, e.g. 0.8")
     runs = load_study_runs(tracking_uri, study)
-    finished = runs.finished
-    if finished.empty:
-        raise ReportError(f"study {study!r} has no finished runs to measure the variance from")
     metric = metric or runs.objective
-    if not metric or metric not in finished:
-        logged = sorted(c for c in finished.columns if c.startswith("eval."))
-        raise ReportError(
-            f"--metric {metric}: not logged by any finished run of {study!r}; logged: {', '.join(logged)}"
-        )
-    try:
-        rows, columns = choose_axes(finished, runs.swept, rows, columns)
-        pairs = (
-            requested_pairs(finished, compare, at or {}, runs.swept)
-            if compare
-            else default_pairs(finished, rows, columns)
-        )
-    except KeyError as exc:
-        raise ReportError(exc.args[0]) from None
-    diffs = [d for d in differences(finished, metric, pairs, at) if math.isfinite(d.sd)]
+    chosen = select_pairs(runs, study, [metric] if metric else [], compare, at, rows, columns)
+    diffs = [d for d in differences(chosen.finished, metric, chosen.pairs, at) if math.isfinite(d.sd)]
     if not diffs:
         raise ReportError(
             f"study {study!r}: no comparison with two or more seeds to measure the sd of differences from"

@@ -234,3 +234,52 @@ def test_evaluation_views_decoded_by_torchcodec_are_the_pyav_views(tmp_path):
         assert torch.equal(a["clips"], b["clips"]), index
     assert UNREADABLE in pyav[2] and UNREADABLE in torchcodec[2]
     assert opened == ["v0.mp4", "v1.mp4", "broken.mp4"], "the views were decoded by the backend given"
+
+
+@needs_torchcodec
+def test_torchcodec_keeps_each_frame_index_and_a_rewritten_file_gets_a_new_one(tmp_path, monkeypatch):
+    import harness.data.decode_torchcodec as tc
+
+    monkeypatch.setattr(tc, "_INDEXES", type(tc._INDEXES)())
+    monkeypatch.setattr(tc, "_INDEX_BYTES", [0])
+    opened = []
+    real_open = tc.open_video
+    monkeypatch.setattr(tc, "open_video", lambda path: opened.append(path) or real_open(path))
+    path = write_index_video(tmp_path / "v.mp4", 30)
+    times = np.array([0.0, 1.3, 2.9])
+    backend = decoder("torchcodec")
+
+    def frames_at(p):
+        video = backend.open(p)
+        try:
+            return [read_index(f) for f in video.at(times)[0]]
+        finally:
+            video.close()
+
+    assert frames_at(path) == [0, 13, 29] and len(opened) == 1
+    assert frames_at(path) == [0, 13, 29] and len(opened) == 1  # the index came from memory: no PyAV
+    write_index_video(tmp_path / "other.mp4", 40)
+    os.replace(tmp_path / "other.mp4", path)  # a new file under the same name: a new key
+    assert frames_at(path) == [0, 13, 29] and len(opened) == 2
+    assert frames_at(path.with_name("v.mp4")) == [0, 13, 29] and len(opened) == 2
+    video = backend.open(path)
+    assert video.info.num_frames == 40  # the new file's info, not the old one's
+    video.close()
+
+
+@needs_torchcodec
+def test_torchcodec_index_cache_drops_the_least_recently_used_past_its_budget(tmp_path, monkeypatch):
+    import harness.data.decode_torchcodec as tc
+
+    monkeypatch.setattr(tc, "_INDEXES", type(tc._INDEXES)())
+    monkeypatch.setattr(tc, "_INDEX_BYTES", [0])
+    paths = [write_index_video(tmp_path / f"v{i}.mp4", 30) for i in range(3)]
+    backend = decoder("torchcodec")
+    backend.open(paths[0]).close()
+    one = tc._INDEX_BYTES[0]
+    monkeypatch.setattr(tc, "INDEX_CACHE_BYTES", 2 * one)  # room for two indexes of this size
+    backend.open(paths[1]).close()
+    backend.open(paths[0]).close()  # v0 is now the most recently used
+    backend.open(paths[2]).close()  # over budget: v1 goes
+    kept = [key[0] for key in tc._INDEXES]
+    assert kept == [str(paths[0]), str(paths[2])] and tc._INDEX_BYTES[0] == 2 * one
