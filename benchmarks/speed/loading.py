@@ -47,6 +47,7 @@ PARAMS = {
     "decoders": "decoder backends of the matrix (default: every choice of data.decoder), comma-separated",
 }
 
+PROFILE_HINT_WAIT = 0.20  # data wait (share of step time) above which the results point to `rho data profile`
 DEMO = Path(__file__).resolve().parents[2] / "studies" / "experiments" / "demo.yaml"
 QUICK = {**QUICK_OVERRIDES, "method.hidden_dims": [16], "method.out_dim": 8}
 
@@ -248,6 +249,11 @@ def run(ctx: SpeedContext) -> SpeedResult:
             )
         result.notes.append("The ρ = 4 matrix (one row per run, epochs 2+):\n\n" + "\n".join(table) + "\n")
     result.notes.extend(matrix_notes)
+    if steady[default_threads] > PROFILE_HINT_WAIT:
+        result.notes.append(
+            f"Data wait is {steady[default_threads]:.0%} of the training time: `rho data profile {data.train}` "
+            "measures what decoding one item costs and whether `rho data transcode` would make it cheaper."
+        )
     if not result.checks[0].met:
         result.notes.append(
             f"What limits it: the training process and {workers} workers share {cores} cores. Decoding is "

@@ -1,10 +1,11 @@
-"""``rho data``: synthesise, check, inspect and import video datasets."""
+"""``rho data``: synthesise, check, inspect, profile, transcode and import video datasets."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.cli.common import UserError
@@ -115,6 +116,7 @@ def _data_check(args: argparse.Namespace) -> int:
             )
         bar.update(checked, {"bad": bad})
     print(f"{checked - bad} of {checked} videos ok, {bad} bad")
+    print(f"slow data loading? `rho data profile {args.manifest}` measures the decode cost", file=sys.stderr)
     return 1 if bad else 0
 
 
@@ -136,6 +138,141 @@ def _add_check_parser(data: argparse._SubParsersAction) -> None:
         "data.allow_outside_root: true does for training; without it they are refused as training refuses them",
     )
     check.set_defaults(func=_data_check)
+
+
+def _data_transcode(args: argparse.Namespace) -> int:
+    from harness.data.transcode import TranscodeSettings, default_workers, transcode_manifest
+    from harness.progress import ProgressBar
+
+    settings = TranscodeSettings(
+        short_side=None if args.short_side == 0 else args.short_side,
+        gop=args.gop,
+        fps=args.fps,
+        codec=args.codec,
+        crf=args.crf,
+        preset=args.preset,
+    )
+    bar: ProgressBar | None = None
+
+    def progress(done: int, total: int, bad: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = ProgressBar("transcode", total, log_every=100)
+            bar.started = started  # the clock of the whole command, not of the first video
+        bar.update(done, {"bad": bad})
+
+    started = time.monotonic()
+    summary = transcode_manifest(
+        args.manifest,
+        args.out,
+        settings,
+        workers=default_workers() if args.workers is None else args.workers,
+        progress=progress,
+    )  # a bad option, folder or manifest raises a RhoError (status 2) before any work
+    print(
+        f"{summary.converted} converted, {summary.kept} already done, {len(summary.bad)} bad "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    for path, reason in summary.bad:
+        print(f"BAD  {path}: {reason}")
+    if summary.bad_list is not None:
+        print(f"bad inputs listed in {summary.bad_list}")
+    if summary.manifest != Path():
+        print(f"manifest: {summary.manifest}")
+    else:
+        print("no video could be converted: no manifest written")
+    return 1 if summary.bad else 0
+
+
+def _add_transcode_parser(data: argparse._SubParsersAction) -> None:
+    from harness.data.transcode import TranscodeSettings
+
+    defaults = TranscodeSettings()
+    transcode = data.add_parser(
+        "transcode",
+        help="re-encode a dataset once for fast training reads (short side, GOP, no B-frames, upright)",
+        description="Re-encode every video of MANIFEST into OUT (the same relative paths, .mp4) with PyAV: "
+        "short side at most --short-side, a keyframe every --gop frames, no B-frames, constant frame rate, "
+        "the display matrix applied to the pixels, audio dropped; then write OUT/<manifest name> with the "
+        "same labels and columns. Resumable: finished videos are kept on a rerun (partial ones never appear). "
+        "Exit status 0 when every video converted, 1 when some were bad (skipped, listed in "
+        "OUT/<manifest stem>.bad.txt; the manifest lists the rest), 2 for bad options.",
+    )
+    transcode.add_argument("manifest")
+    transcode.add_argument("out", help="folder of the new dataset (not the manifest's folder)")
+    transcode.add_argument(
+        "--short-side",
+        type=int,
+        default=defaults.short_side,
+        help=f"scale the short side down to this, never up; 0 keeps the size (default {defaults.short_side})",
+    )
+    transcode.add_argument(
+        "--gop",
+        type=int,
+        default=defaults.gop,
+        help=f"keyframe interval in frames; 1: all-intra, the fastest seeks and the most disk (default {defaults.gop})",
+    )
+    transcode.add_argument("--fps", type=float, help="frame rate of the copies (default: each video's own)")
+    transcode.add_argument("--codec", default=defaults.codec, help=f"PyAV encoder (default {defaults.codec})")
+    transcode.add_argument(
+        "--crf",
+        type=int,
+        default=defaults.crf,
+        help=f"quality, lower is better (default {defaults.crf}: x264's; fewer bits decode faster; 18: visually lossless)",
+    )
+    transcode.add_argument(
+        "--preset", default=defaults.preset, help=f"x264/x265 speed preset (default {defaults.preset})"
+    )
+    transcode.add_argument(
+        "--workers",
+        type=int,
+        help="processes (default: min(CPUs, 8))",
+    )
+    transcode.set_defaults(func=_data_transcode)
+
+
+def _data_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.config import load_experiment
+    from harness.data.manifest import read_manifest
+    from harness.data.profile import format_profile, profile_manifest
+
+    if args.sample < 1:
+        raise UserError(f"--sample {args.sample}: profile at least 1 video")
+    data = load_experiment(args.config, args.overrides, check_files=False).data
+    entries = read_manifest(args.manifest, check_files=False)
+    profile = profile_manifest(
+        entries, data, sample=args.sample, seed=args.seed, candidates=not args.no_transcode
+    )
+    print(json.dumps(profile.as_dict(), indent=2) if args.json else format_profile(profile))
+    return 0
+
+
+def _add_profile_parser(data: argparse._SubParsersAction) -> None:
+    profile = data.add_parser(
+        "profile",
+        help="measure a dataset's encoding and decode cost per training item; recommend a transcode",
+        description="Over a seeded sample of MANIFEST's videos, report codec, size, frame rate, GOP and "
+        "B-frames (measured from the packets), duration, bytes/s and the time to decode one training item "
+        "at the config's data.clips, data.frames and data.stride; then transcode two of them at a few "
+        "settings in a temp folder, time the same items and recommend `rho data transcode` options when "
+        "one is at least 1.3x faster (else: the data is fine as is).",
+    )
+    profile.add_argument("manifest")
+    profile.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.clips=4)")
+    profile.add_argument(
+        "--config", help="experiment YAML whose data section to time (default: the defaults)"
+    )
+    profile.add_argument(
+        "--sample", type=int, default=16, help="videos to profile, spread over the manifest (default 16)"
+    )
+    profile.add_argument("--seed", type=int, default=0, help="which videos and clips are sampled (default 0)")
+    profile.add_argument(
+        "--no-transcode", action="store_true", help="skip the transcode trials and the recommendation"
+    )
+    profile.add_argument("--json", action="store_true", help="machine-readable output")
+    profile.set_defaults(func=_data_profile)
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -257,10 +394,12 @@ def _add_import_parser(data: argparse._SubParsersAction) -> None:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """``rho data`` and its actions."""
-    data = commands.add_parser("data", help="make, import, check and inspect video datasets").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
+    data = commands.add_parser(
+        "data", help="make, import, check, inspect, profile and transcode video datasets"
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
     _add_synth_parser(data)
     _add_check_parser(data)
     _add_inspect_parser(data)
+    _add_transcode_parser(data)
+    _add_profile_parser(data)
     _add_import_parser(data)

@@ -548,7 +548,12 @@ class PyAVDecoder:
     name = "pyav"
 
     def open(
-        self, path: str | Path, *, seek_threshold: float | None = None, autorotate: bool = True, short_side=None
+        self,
+        path: str | Path,
+        *,
+        seek_threshold: float | None = None,
+        autorotate: bool = True,
+        short_side=None,
     ) -> OpenVideo:
         container = open_video(path)
         try:

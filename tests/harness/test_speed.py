@@ -82,7 +82,7 @@ def test_results_file_keeps_each_benchmark_last_run(tmp_path, benches):
 
 
 def test_names_and_params_are_checked_before_running(benches):
-    assert list(benches)[:4] == ["decode", "augment", "step_overhead", "memory"]
+    assert list(benches)[:5] == ["decode", "transcode", "augment", "step_overhead", "memory"]
     with pytest.raises(SpeedError, match="unknown benchmark 'decod'; known: decode"):
         select(benches, ["decod"])
     chosen = select(benches, ["decode", "study"])
@@ -133,6 +133,27 @@ def test_cli_decode_quick_writes_results(tmp_path, workdir, capsys):
     text = output.read_text()
     assert "rho bench --quick decode" in text and "## decode" in text and "load average" in text
     assert "| decode | quick |" in capsys.readouterr().out
+
+
+def test_transcode_times_every_variant_on_the_same_clip_starts(benches, workdir):
+    from harness.data.decode import _keyframe_indices, keyframe_spacing, open_video
+
+    result = quick(benches, workdir, "transcode")
+    inputs = ["source", "gop 16", "gop 8", "gop 1"]
+    assert [(row[1], row[2]) for row in result.rows] == [(rho, name) for rho in (1, 4) for name in inputs]
+    for row in result.rows:
+        record = dict(zip(result.columns, row, strict=True))
+        assert record["items/s"] > 0 and math.isfinite(record["speed-up"])
+        assert (record["speed-up"] == 1 and record["disk"] == 1) == (record["input"] == "source")
+    # the variants are what they say: all-intra and GOP-8 copies (the source, x264's GOP 250)
+    for gop in (1, 8):
+        copy = next((workdir / "transcode" / "transcoded").rglob(f"short32_gop{gop}/*.mp4"))
+        with open_video(copy) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate)
+            keyframes = _keyframe_indices(stream, fps, stream.start_time or 0, stream.time_base)
+        assert keyframe_spacing(keyframes) == gop
+    assert result.checks[0].name.startswith("best speed-up at ρ=4")
 
 
 def test_augment_is_bit_identical_to_the_v2_pipeline(benches, workdir):
