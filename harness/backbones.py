@@ -1,10 +1,11 @@
 """Video backbones as feature extractors: clips [B, C, T, H, W] -> pooled features [B, D].
 
 ``build(name)`` returns ``(module, feature_dim)``: the network with its classifier removed and
-global average pooling over time and space (transformers: their class token), randomly
-initialised: nothing is downloaded. Fixed-size head pools are replaced by global pooling, so
-the convolutional networks take any clip at least as large as their strides need; the MViTs
-take only the size they are built for, given by the module's ``input_size`` attribute (T, H, W).
+global average pooling over time and space (the MViTs: their class token; the ViTs: the mean
+of their tokens), randomly initialised: nothing is downloaded. Fixed-size head pools are
+replaced by global pooling, so the convolutional networks take any clip at least as large as
+their strides need; the MViTs take only the size they are built for, given by the module's
+``input_size`` attribute (T, H, W); the ViTs any clip that divides into their tubelets.
 
 ==============  =====  ==========================================================
 name            D      input (T, H, W)
@@ -24,7 +25,18 @@ mc3_18          512    any (torchvision)
 s3d             1024   T >= 5, H, W >= 17 (torchvision; trained on 16x224x224)
 mvit_v2_s       768    exactly 16x224x224 (torchvision)
 swin3d_t        768    any (torchvision)
+vit_tiny        96     T a multiple of 2, H and W of 8 (ours, ``harness.vit``: 4 blocks, 3 heads,
+                       8x8 patches; trains in seconds on the demo's 4x32x32 clips)
+vit_s           384    T a multiple of 2, H and W of 16 (ViT-S/16 over 2x16x16 tubelets: 12
+                       blocks, 6 heads)
+vit_b           768    as vit_s (ViT-B/16: 12 blocks, 12 heads)
+vit_l           1024   as vit_s (ViT-L/16: 24 blocks, 16 heads)
 ==============  =====  ==========================================================
+
+The ViTs (``harness.vit.VideoViT``) also give tokens: ``forward_tokens(clips, keep=None)`` ->
+[B, N, D] and ``token_grid(clip_shape)``, what the masked methods (VideoMAE) need;
+``gives_tokens(module)`` says whether a built backbone has them, ``TOKEN_BACKBONES`` names those
+that do. Their feature dim is their ``embed_dim``.
 
 Keyword arguments go to the underlying constructor (``params_of(name)`` lists the ones a
 backbone takes, which ``harness.config`` checks ``backbone.*`` keys against). All modules
@@ -45,6 +57,7 @@ from torch import nn
 import harness.compat  # noqa: F401  (torchvision shim; must precede pytorchvideo imports)
 from harness import plugins
 from harness.schema import keyword_params
+from harness.vit import TOKEN_BACKBONES, VideoViT, gives_tokens  # noqa: F401  (re-exported)
 
 # isort: split
 from pytorchvideo.models.csn import create_csn
@@ -246,6 +259,15 @@ def _r3d_tiny(width: int = 32) -> tuple[nn.Module, int]:
     return model, model.feature_dim
 
 
+def _vit(embed_dim: int, depth: int, num_heads: int, **defaults: Any) -> Callable[..., tuple[nn.Module, int]]:
+    """A ``VideoViT`` size; ``defaults`` are its own defaults of the other arguments (``_FORWARDED`` lists them)."""
+
+    def build_vit(**kwargs: object) -> tuple[nn.Module, int]:
+        return VideoViT(embed_dim, depth, num_heads, **{**defaults, **kwargs}), embed_dim
+
+    return build_vit
+
+
 Builder = Callable[..., tuple[nn.Module, int]]
 
 ENTRY_POINT_GROUP = "rho.backbones"
@@ -265,6 +287,10 @@ _BUILTIN: dict[str, Builder] = {
     "s3d": _s3d,
     "mvit_v2_s": _mvit_v2_s,
     "swin3d_t": _swin3d_t,
+    "vit_tiny": _vit(96, 4, 3, frames=4, image_size=32, patch_size=8),
+    "vit_s": _vit(384, 12, 6),
+    "vit_b": _vit(768, 12, 12),
+    "vit_l": _vit(1024, 24, 16),
 }
 
 
@@ -277,6 +303,7 @@ class Forwarding(NamedTuple):
 
 
 _VIDEO_RESNET = Forwarding(tv_video.VideoResNet, ("block", "conv_makers", "layers", "stem"))
+_VIT = Forwarding(VideoViT, ("embed_dim", "depth", "num_heads"))  # the size is the name's
 _FORWARDED: dict[str, Forwarding] = {
     "slow_r50": Forwarding(create_resnet, ("model_depth", "stem_conv_kernel_size", "head")),
     "r2plus1d_r50": Forwarding(create_r2plus1d, ("model_depth",)),
@@ -325,6 +352,14 @@ _FORWARDED: dict[str, Forwarding] = {
         tv_video.SwinTransformer3d,
         ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "stochastic_depth_prob"),
     ),
+    # the CPU ViT: sized for the demo's 4x32x32 clips (2x4x4 = 32 tokens); the defaults _BUILTIN's
+    # _vit(...) call sets (tests/harness/test_vit.py holds the two together)
+    "vit_tiny": Forwarding(
+        VideoViT, ("embed_dim", "depth", "num_heads"), {"frames": 4, "image_size": 32, "patch_size": 8}
+    ),
+    "vit_s": _VIT,
+    "vit_b": _VIT,
+    "vit_l": _VIT,
 }
 
 

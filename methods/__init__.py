@@ -28,6 +28,8 @@ from methods.random_init import RandomInit
 from methods.simclr import SimCLR
 from methods.supervised import Supervised
 from methods.swav import SwAV
+from methods.videomae import VideoMAE
+from methods.vjepa import VJEPA
 
 ENTRY_POINT_GROUP = "rho.methods"
 
@@ -38,6 +40,8 @@ _BUILTIN: dict[str, type[SSLMethod]] = {
     "byol": BYOL,
     "supervised": Supervised,
     "random": RandomInit,
+    "videomae": VideoMAE,
+    "vjepa": VJEPA,
 }
 
 __all__ = [

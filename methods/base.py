@@ -84,10 +84,17 @@ class SSLMethod(nn.Module, ABC):
             hand it unlabeled data.
         trainable: False for methods with nothing to train (random init): the engine skips
             pre-training and evaluates ``encoder`` as built.
+        min_clips: the fewest clips V per video a step takes: 2 for the methods that compare
+            clips (ρ = 1 then gives two augmentations of one clip), 1 for those that take each
+            clip on its own (VideoMAE: the engine hands them V = ρ clips, ρ = 1 included).
+        needs_tokens: the method needs a backbone that gives tokens (``harness.vit``'s token API:
+            the ViTs), as the masked methods do; it refuses any other at construction.
     """
 
     uses_labels: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
+    min_clips: ClassVar[int] = 2
+    needs_tokens: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
@@ -104,7 +111,7 @@ class SSLMethod(nn.Module, ABC):
         """Compute one step's loss (and, in low-memory mode, its gradients; see the module doc).
 
         Args:
-            batch: ``clips`` float [B, V, C, T, H, W] with V >= 2 clips of each video,
+            batch: ``clips`` float [B, V, C, T, H, W] with V >= ``min_clips`` clips of each video,
                 ``label`` long [B], ``index`` long [B].
         """
 

@@ -36,6 +36,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "harness.progress": set(),
     "harness.distributed": set(),
     "harness.plugins": set(),
+    "harness.vit": set(),
     "harness.signatures": {"harness.plugins"},
     "harness.dashboard": set(),
     "harness.schema": {"harness.errors"},
@@ -43,8 +44,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "harness.checkpoint": {"harness.atomic", "harness.errors"},
     "harness.retry": {"harness.errors", "harness.redact", "harness.schema"},
     "harness.tracking": {"harness.redact", "harness.retry"},
-    "methods": {"harness.distributed", "harness.errors", "harness.plugins", "harness.schema"},
-    "harness.backbones": {"harness.compat", "harness.errors", "harness.plugins", "harness.schema"},
+    "methods": {"harness.distributed", "harness.errors", "harness.plugins", "harness.schema", "harness.vit"},
+    "harness.backbones": {
+        "harness.compat",
+        "harness.errors",
+        "harness.plugins",
+        "harness.schema",
+        "harness.vit",
+    },
     "harness.config": {
         "harness.backbones",
         "harness.errors",
@@ -68,6 +75,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "harness.resources",
         "harness.runtime",
         "harness.schema",
+        "harness.vit",
         "methods",
     },
     "harness.report": {"harness.errors", "harness.redact", "harness.tracking"},
@@ -162,7 +170,13 @@ FORBIDDEN: list[tuple[str, str, str]] = [
 ]
 
 #: What ``methods`` may take from harness: small shared pieces that import nothing heavy.
-METHODS_MAY_USE = {"harness.distributed", "harness.errors", "harness.plugins", "harness.schema"}
+METHODS_MAY_USE = {
+    "harness.distributed",
+    "harness.errors",
+    "harness.plugins",
+    "harness.schema",
+    "harness.vit",
+}
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ from harness.cli.common import print_metrics
 
 def _evaluate(args: argparse.Namespace) -> int:
     from harness.eval import check_manifests, evaluate, load_benchmark
+    from harness.eval.attentive import require_tokens
     from harness.train import load_trained
 
     benchmarks = [load_benchmark(path) for path in args.benchmark]  # every file read before compute
     for benchmark in benchmarks:
         check_manifests(benchmark)
     method, experiment, state = load_trained(args.checkpoint)
+    for benchmark in benchmarks:  # before any compute: an attentive benchmark needs token features
+        require_tokens(method.encoder, benchmark)
     metrics = {}
     for benchmark in benchmarks:
         metrics.update(
@@ -36,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """``rho evaluate``."""
     evaluate = commands.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on benchmarks (linear, knn, finetune protocols)",
+        help="evaluate a checkpoint on benchmarks (linear, linear_slowfast, knn, finetune, attentive protocols)",
         description="Evaluate the encoder of CHECKPOINT on each --benchmark YAML; prints top-1/top-5.",
     )
     evaluate.add_argument("checkpoint", help="a checkpoint written by rho pretrain (last.pt)")

@@ -5,6 +5,11 @@
   readable videos; the unreadable ones are skipped and listed in the dataset's ``bad_files``.
 - ``FeatureCache``: those features on disk, keyed by the encoder's weights, the videos of the
   manifest and the view settings.
+
+With ``tokens=True`` (the attentive probe) the encoder's token features are extracted instead
+(``encoder.forward_tokens``: [B, L, D] per clip, ``harness.vit.gives_tokens``), kept as float16 [N, V, L, D]
+in memory and in the cache: L × D numbers per view instead of D, so the extraction first checks
+that the whole tensor fits in half the free memory and says how big it would be.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def extract_features(
     workers: int = 0,
     device: Device = "cpu",
     progress: bool = True,
+    tokens: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of the frozen ``encoder`` for every view of every readable video.
 
@@ -85,13 +91,15 @@ def extract_features(
             eval mode without gradients, its train/eval mode restored afterwards.
         dataset: items with ``clips`` [V, C, T, H, W] and ``label`` (see ``collate_views``).
         batch_size: videos per forward pass (V clips each).
+        tokens: the token features (``encoder.forward_tokens``) instead of the pooled ones.
 
     Returns:
-        features float32 [N, V, D] on the CPU, labels int64 [N], of the readable videos in
-        dataset order.
+        features float32 [N, V, D] (tokens: float16 [N, V, L, D]) on the CPU, labels int64 [N],
+        of the readable videos in dataset order.
 
     Raises:
         ManifestError: no video could be read.
+        TokensTooLarge: the token features of every video would not fit in half the free memory.
     """
     runtime = Runtime.for_device(device)
     runtime.prepare_model(encoder)
@@ -111,8 +119,14 @@ def extract_features(
             if "clips" in batch:
                 clips = batch["clips"]
                 videos, views = clips.shape[:2]
-                out = encoder(runtime.clips_to_device(clips.flatten(0, 1)))
-                features.append(out.float().view(videos, views, -1).cpu())
+                inputs = runtime.clips_to_device(clips.flatten(0, 1))
+                if tokens:
+                    out = encoder.forward_tokens(inputs)
+                    features.append(out.half().view(videos, views, *out.shape[1:]).cpu())
+                    if len(features) == 1:
+                        _check_token_memory(features[0], len(dataset), dataset.source)
+                else:
+                    features.append(encoder(inputs).float().view(videos, views, -1).cpu())
                 labels.append(torch.as_tensor(batch["label"], dtype=torch.int64))
             if bar:
                 bar.update(step, {})
@@ -124,6 +138,26 @@ def extract_features(
             f"run `rho data check {dataset.source or 'MANIFEST'}` to list them all"
         )
     return torch.cat(features), torch.cat(labels)
+
+
+class TokensTooLarge(MemoryError):
+    """Token features of a benchmark's videos that would not fit in memory (the message says how big)."""
+
+
+def _check_token_memory(first: torch.Tensor, videos: int, source) -> None:
+    """Refuse, before extracting the rest, token features that would take over half the free memory."""
+    from harness.data.decode import available_memory
+
+    per_video = first[0].numel() * first.element_size()
+    needed, free = per_video * videos, available_memory()
+    if needed > free // 2:
+        views, length, width = first.shape[1:]
+        raise TokensTooLarge(
+            f"{source or 'benchmark'}: token features of {videos} videos x {views} views x {length} "
+            f"tokens x {width} would take {needed / 2**30:.1f} GiB (float16), over half the "
+            f"{free / 2**30:.1f} GiB free; use fewer views (views.train_temporal / test_temporal), "
+            "smaller clips or fewer videos, or the linear or kNN protocol (pooled features)"
+        )
 
 
 def _tensor_digest(tensors: list[tuple[str, torch.Tensor]]) -> str:
@@ -168,11 +202,10 @@ class FeatureCache:
     def __init__(self, root: str | Path = "mlruns/features"):
         self.root = Path(root)
 
-    def key(self, encoder_id: str, dataset: ViewDataset) -> str:
-        """The cache key of ``dataset``'s features under the encoder ``encoder_id``."""
-        text = json.dumps(
-            {"format": CACHE_FORMAT, "encoder": encoder_id, "data": dataset_fingerprint(dataset)}
-        )
+    def key(self, encoder_id: str, dataset: ViewDataset, tokens: bool = False) -> str:
+        """The cache key of ``dataset``'s features (``tokens``: token features) under the encoder ``encoder_id``."""
+        fields = {"format": CACHE_FORMAT, "encoder": encoder_id, "data": dataset_fingerprint(dataset)}
+        text = json.dumps({**fields, "tokens": True} if tokens else fields)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def path(self, encoder_id: str, key: str) -> Path:
@@ -227,32 +260,34 @@ class FeatureCache:
         workers: int = 0,
         device: Device = "cpu",
         progress: bool = True,
+        tokens: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached features [N, V, D] and labels [N] of ``dataset``'s readable videos; extracted and
-        stored on a miss. ``dataset.bad_files`` gets the unreadable ones either way.
+        """Cached features [N, V, D] (``tokens``: [N, V, L, D]) and labels [N] of ``dataset``'s
+        readable videos; extracted and stored on a miss. ``dataset.bad_files`` gets the
+        unreadable ones either way.
 
         ``encoder_id`` must change whenever the weights do (``cached_features`` appends
         ``weights_fingerprint``).
         """
-        key = self.key(encoder_id, dataset)
+        key = self.key(encoder_id, dataset, tokens)
         path = self.path(encoder_id, key)
         cached = self.load(path, key)
         if cached is not None:
             features, labels, unreadable = cached
             dataset.bad_files.update({Path(video): why for video, why in unreadable.items()})
             return features, labels
-        features, labels = extract_features(encoder, dataset, batch_size, workers, device, progress)
+        features, labels = extract_features(encoder, dataset, batch_size, workers, device, progress, tokens)
         unreadable = {str(video): why for video, why in dataset.bad_files.items()}
         self.save(path, key, features, labels, unreadable)
         return features, labels
 
 
 def cached_features(
-    encoder: nn.Module, benchmark: Benchmark, context: EvalContext
+    encoder: nn.Module, benchmark: Benchmark, context: EvalContext, tokens: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training features [N, V, D] and labels [N], test features [M, V', D] and labels [M] of
-    ``benchmark``'s readable videos; the unreadable ones are noted in ``context`` (which refuses
-    too many).
+    ``benchmark``'s readable videos (``tokens``: token features, [N, V, L, D] and [M, V', L, D]);
+    the unreadable ones are noted in ``context`` (which refuses too many).
 
     Read from the cache of ``context.cache_dir`` under ``context.encoder_key`` and the weights'
     fingerprint (so changed weights never hit), extracted and stored on a miss.
@@ -264,6 +299,7 @@ def cached_features(
         workers=context.workers,
         device=context.runtime.device,
         progress=context.progress,
+        tokens=tokens,
     )
     outputs = []
     for split, manifest in (("train", benchmark.train), ("test", benchmark.val)):

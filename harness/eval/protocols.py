@@ -15,12 +15,14 @@ from pathlib import Path
 
 from torch import nn
 
+from harness.eval.attentive import run_attentive
 from harness.eval.context import EvalContext
 from harness.eval.finetune import run_finetune
 from harness.eval.knn import run_knn
 from harness.eval.linear import run_linear
 from harness.eval.linear_slowfast import run_linear_slowfast
 from harness.eval.spec import (
+    AttentiveSpec,
     Benchmark,
     FinetuneSpec,
     KnnSpec,
@@ -55,6 +57,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "linear_slowfast": Protocol(LinearSlowFastSpec, run_linear_slowfast),
     "knn": Protocol(KnnSpec, run_knn),
     "finetune": Protocol(FinetuneSpec, run_finetune),
+    "attentive": Protocol(AttentiveSpec, run_attentive),
 }
 
 

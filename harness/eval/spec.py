@@ -169,12 +169,36 @@ class LinearSlowFastSpec:
     augment: AugmentConfig = field_spec(factory=linear_clip_augment, help="per-clip training augmentation")
 
 
-ProtocolSpec = LinearSpec | LinearSlowFastSpec | KnnSpec | FinetuneSpec
+@dataclass
+class AttentiveSpec:
+    """V-JEPA's attentive probe on frozen, cached token features: one learned query cross-attends
+    to a video's tokens (every temporal view's, concatenated), then a linear classifier; AdamW, a
+    half-cosine lr to 0, gradients clipped at 1. Needs an encoder that gives tokens (the video ViTs).
+
+    Defaults: facebookresearch/jepa configs/evals/vitl16_k400_16x8x3.yaml (20 epochs, lr 1e-3,
+    weight decay 0.01, no warmup; batch 4 per GPU x 64 GPUs = 256) and AttentiveClassifier (one
+    query, heads as the encoder's, MLP ratio 4).
+    """
+
+    epochs: int = field_spec(20, help="passes over the training videos' cached tokens", min=1)
+    lr: float = field_spec(1e-3, help="peak learning rate (AdamW)", gt=0.0)
+    batch_size: int = field_spec(256, help="samples (a video's spatial view) per step", min=1)
+    weight_decay: float = field_spec(0.01, help="AdamW weight decay (not on biases and norms)", min=0.0)
+    warmup_epochs: float = field_spec(0.0, help="linear warmup epochs before the half-cosine", min=0.0)
+    heads: int | None = field_spec(
+        None, help="attention heads of the pooler (null: the encoder's num_heads, else width / 64)", min=1
+    )
+    mlp_ratio: float = field_spec(4.0, help="the pooler's MLP width over the token width", gt=0.0)
+    clip_grad: float = field_spec(1.0, help="gradient norm clip (0: none)", min=0.0)
+
+
+ProtocolSpec = LinearSpec | LinearSlowFastSpec | KnnSpec | FinetuneSpec | AttentiveSpec
 PROTOCOL_SPECS: dict[str, type] = {
     "linear": LinearSpec,
     "linear_slowfast": LinearSlowFastSpec,
     "knn": KnnSpec,
     "finetune": FinetuneSpec,
+    "attentive": AttentiveSpec,
 }
 PROTOCOL_NAMES = tuple(PROTOCOL_SPECS)  # the built-in protocols
 PROTOCOL_ENTRY_POINT_GROUP = "rho.protocols"

@@ -14,7 +14,7 @@ totals instead of starting them again:
   .FlopCounterMode``: matrix multiplies and convolutions, the operations it knows).
 - ``cost.flops_per_clip``: ``cost.step_flops`` / the clips of that step (videos × views).
 - ``cost.train_flops``: ``cost.step_flops`` × devices × the steps trained (so far).
-- ``cost.clips_seen``: clips trained on, over every device (videos × views per step, V = max(ρ, 2)).
+- ``cost.clips_seen``: clips trained on, over every device (videos × views per step, V = max(ρ, the method's `min_clips`)).
 - ``cost.bytes_decoded``: compressed bytes the data loader decoded for those clips (PyAV's
   demuxed packets; the file size for another decoder; 0 for frames from ``data.cache``), counted
   on rank 0 and × the world size on more devices (each rank reads its own share).

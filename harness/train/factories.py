@@ -27,8 +27,19 @@ from harness.optim import build_optimizer
 
 
 def build_method(experiment: Experiment) -> methods.SSLMethod:
-    """Backbone + method as the config says."""
+    """Backbone + method as the config says.
+
+    Raises:
+        ConfigError: for a method that needs tokens (VideoMAE) on a backbone that gives none.
+    """
     backbone, feature_dim = backbones.build(experiment.backbone.name, **experiment.backbone.params)
+    if methods.get(experiment.method.name).needs_tokens and not backbones.gives_tokens(backbone):
+        raise ConfigError(
+            "backbone.name",
+            experiment.backbone.name,
+            f"a backbone that gives tokens, which method {experiment.method.name} needs: "
+            f"{', '.join(backbones.TOKEN_BACKBONES)}",
+        )
     return methods.build(experiment.method.name, backbone, feature_dim, **experiment.method.params)
 
 
@@ -117,6 +128,7 @@ def train_dataset(
         decoder=decoder(data.decoder, data.decode_device),
         decode_short_side=data.decode_short_side,
         source=data.train,
+        min_views=methods.get(experiment.method.name).min_clips,
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import methods
+from harness import backbones
 from harness import distributed as dist_utils
 from harness.config import ConfigError, DataConfig, Experiment
 from harness.data import ManifestError, MultiClipDataset
@@ -139,13 +140,14 @@ def preflight_manifests(experiment: Experiment) -> ManifestRows:
 def check_other_manifests(experiment: Experiment) -> None:
     """Read every manifest the run will read besides ``data.train``, as it will read them: the kNN
     monitor's ``data.val`` (under the data root rules) and each ``eval.benchmarks`` file with its
-    ``train`` and ``val`` manifests. A bad one is found here, before any compute and before the
+    ``train`` and ``val`` manifests (and that an attentive benchmark has a backbone with token
+    features). A bad one is found here, before any compute and before the
     MLflow run exists, not after the first epoch or at the end of training. Each is read with
     ``checked_manifest``: once per process while it does not change.
 
     Raises:
         ManifestError: naming the config key, the manifest, its line and the fix.
-        ConfigError: a bad benchmark file.
+        ConfigError: a bad benchmark file, or an attentive benchmark on a backbone without tokens.
     """
     from harness.eval import load_benchmark
 
@@ -161,6 +163,13 @@ def check_other_manifests(experiment: Experiment) -> None:
             raise ManifestError(f"data.val: {exc}") from None
     for path in experiment.eval.benchmarks:
         benchmark = load_benchmark(path)
+        if benchmark.protocol == "attentive" and not _backbone_gives_tokens(experiment):
+            raise ConfigError(
+                "backbone.name",
+                experiment.backbone.name,
+                f"a backbone that gives token features, which eval.benchmarks' {benchmark.source} "
+                f"(protocol attentive) needs: {', '.join(backbones.TOKEN_BACKBONES)}; or drop that benchmark",
+            )
         for split in ("train", "val"):  # as harness.eval.check_manifests, through the cache
             try:
                 checked_manifest(
@@ -170,6 +179,13 @@ def check_other_manifests(experiment: Experiment) -> None:
                 raise ManifestError(
                     f"eval.benchmarks: benchmark {benchmark.source} ({split}): {exc}"
                 ) from None
+
+
+def _backbone_gives_tokens(experiment: Experiment) -> bool:
+    """Whether the configured backbone has token features, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        module, _ = backbones.build(experiment.backbone.name, **experiment.backbone.params)
+    return backbones.gives_tokens(module)
 
 
 def _method_classes(experiment: Experiment) -> ClassCount | None:

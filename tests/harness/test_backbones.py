@@ -10,7 +10,8 @@ from plugin_dist import install_distribution
 from harness import backbones
 from harness.config import ConfigError, build_experiment
 
-# name: (feature_dim, smallest (T, H, W) it accepts; the MViTs: the one size they are built for)
+# name: (feature_dim, smallest (T, H, W) it accepts; the MViTs: the one size they are built for;
+# the ViTs: one tubelet)
 EXPECTED = {
     "r3d_tiny": (128, (1, 1, 1)),
     "slow_r50": (2048, (1, 1, 1)),
@@ -26,8 +27,22 @@ EXPECTED = {
     "s3d": (1024, (5, 17, 17)),
     "mvit_v2_s": (768, (16, 224, 224)),
     "swin3d_t": (768, (1, 1, 1)),
+    "vit_tiny": (96, (2, 8, 8)),
+    "vit_s": (384, (2, 16, 16)),
+    "vit_b": (768, (2, 16, 16)),
+    "vit_l": (1024, (2, 16, 16)),
 }
-HEAVY = {"slow_r50", "r2plus1d_r50", "csn_r101", "slowfast_r50", "mvit_b", "mvit_v2_s", "swin3d_t"}
+HEAVY = {
+    "slow_r50",
+    "r2plus1d_r50",
+    "csn_r101",
+    "slowfast_r50",
+    "mvit_b",
+    "mvit_v2_s",
+    "swin3d_t",
+    "vit_b",
+    "vit_l",
+}
 
 
 def _names():

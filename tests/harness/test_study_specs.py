@@ -20,7 +20,7 @@ STUDIES = REPO / "studies"
 SPECS = sorted(
     path for path in STUDIES.rglob("*.yaml") if "experiments" not in path.relative_to(STUDIES).parts
 )
-CPU_BACKBONES = {"r3d_tiny", "x3d_xs"}
+CPU_BACKBONES = {"r3d_tiny", "x3d_xs", "vit_tiny"}
 METHODS = {"simclr", "swav", "moco", "byol"}
 
 

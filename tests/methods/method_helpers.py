@@ -1,7 +1,8 @@
 """Helpers for the method tests: a tiny r3d backbone, tiny heads, tiny multi-clip batches, one engine step.
 
 Sizes keep the whole suite fast on two CPU cores: B=4 videos, clips of 3x4x16x16, an r3d_tiny
-of width 4 (16 features) and heads of width 32/16.
+of width 4 (16 features) and heads of width 32/16; the methods that need tokens (VideoMAE) get
+a vit_tiny (8x8 patches: a 2x2x2 token grid) and a decoder (predictor) of width 16.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ TINY_SIZES: dict[str, object] = {
     "num_prototypes": 10,
     "queue_size": 64,
     "num_classes": 5,
+    "decoder_dim": 16,
+    "pred_dim": 16,
+    "pred_depth": 1,
 }
 
 
@@ -43,9 +47,13 @@ def low_memory_methods() -> list[str]:
 
 
 def build_method(name: str, seed: int = 0, **params) -> methods.SSLMethod:
-    """``methods.build(name)`` around a fresh r3d_tiny (width 4), tiny heads, deterministic init."""
+    """``methods.build(name)`` around a fresh r3d_tiny (width 4), or vit_tiny for the methods that
+    need tokens, tiny heads, deterministic init."""
     torch.manual_seed(seed)
-    backbone, feature_dim = backbones.build("r3d_tiny", width=4)
+    if methods.get(name).needs_tokens:
+        backbone, feature_dim = backbones.build("vit_tiny")
+    else:
+        backbone, feature_dim = backbones.build("r3d_tiny", width=4)
     return methods.build(name, backbone, feature_dim, **{**tiny_params(name), **params})
 
 

@@ -94,6 +94,7 @@ def test_ema_update_arithmetic_and_buffer_copy():
 EMA_TARGETS = {
     "byol": {"backbone": "target_backbone", "projector": "target_projector"},
     "moco": {"backbone": "target_backbone", "head": "target_head"},
+    "vjepa": {"backbone": "target_backbone"},
 }
 
 

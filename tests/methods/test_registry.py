@@ -11,7 +11,7 @@ from plugin_dist import install_distribution
 import methods
 from methods.simclr import SimCLR
 
-BUILTIN = ["byol", "moco", "random", "simclr", "supervised", "swav"]
+BUILTIN = ["byol", "moco", "random", "simclr", "supervised", "swav", "videomae", "vjepa"]
 
 
 def test_available_lists_builtins():
