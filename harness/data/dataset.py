@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from harness.config import CLIP_ORDERS, T_MAX_MODES
+from harness.config import CLIP_ORDERS, T_MAX_MODES, DataConfig
 from harness.data.batched import DRAWS, FRAMES, DeferredAugment
 from harness.data.clip_starts import clip_order, clip_starts, gap_clip_starts
-from harness.data.decode import BadVideo, BytesRead, Decoder, FrameCache, decode_clips
+from harness.data.decode import BadVideo, BytesRead, Decoder, FrameCache, decode_clips, decoder
 from harness.data.manifest import ManifestRows, VideoEntry, read_manifest
 from harness.data.transforms import ClipTransform
 from harness.errors import RhoError
@@ -85,6 +85,22 @@ def unreadable_videos(
     return UnreadableVideos(
         f"{len(bad)} videos in a row of {manifest}, from row {start + 1} of {videos}, failed to decode "
         f"(first: {first}); run {check} to list the broken files"
+    )
+
+
+def sampling_options(data: DataConfig) -> dict:
+    """``MultiClipDataset``'s sampling and decoding keywords as the ``data.*`` keys set them (t_max,
+    fps, seeking, rotation, clip order, the decoder): what training and ``rho data profile`` share."""
+    return dict(
+        t_max=data.t_max,
+        fps=data.fps,
+        seek_threshold=data.seek_threshold,
+        autorotate=data.autorotate,
+        clip_order=data.clip_order,
+        t_max_mode=data.t_max_mode,
+        t_min=data.t_min,
+        decoder=decoder(data.decoder, data.decode_device),
+        decode_short_side=data.decode_short_side,
     )
 
 

@@ -27,8 +27,8 @@ import av
 import numpy as np
 
 from harness.config import DataConfig
-from harness.data.dataset import MultiClipDataset
-from harness.data.decode import BadVideo, decoder, open_video, probe
+from harness.data.dataset import MultiClipDataset, sampling_options
+from harness.data.decode import BadVideo, open_video, probe
 from harness.data.manifest import VideoEntry
 from harness.data.transcode import TranscodeSettings, transcode_video
 
@@ -131,21 +131,7 @@ def stream_stats(path: str | Path) -> StreamStats:
 def item_dataset(entries: list[VideoEntry], data: DataConfig, seed: int = 0) -> MultiClipDataset:
     """The training dataset of ``data`` over ``entries``, without augmentation (only decoding)."""
     return MultiClipDataset(
-        entries,
-        data.clips,
-        data.frames,
-        data.stride,
-        data.t_max,
-        transform=None,
-        seed=seed,
-        fps=data.fps,
-        seek_threshold=data.seek_threshold,
-        autorotate=data.autorotate,
-        clip_order=data.clip_order,
-        t_max_mode=data.t_max_mode,
-        t_min=data.t_min,
-        decoder=decoder(data.decoder, data.decode_device),
-        decode_short_side=data.decode_short_side,
+        entries, data.clips, data.frames, data.stride, transform=None, seed=seed, **sampling_options(data)
     )
 
 

@@ -22,9 +22,10 @@ from torch import nn
 
 from harness.eval.context import EvalContext
 from harness.eval.features import cached_features
+from harness.eval.linear import minibatch_schedule
 from harness.eval.metrics import accuracy, class_count, view_probabilities
 from harness.eval.spec import AttentiveSpec, Benchmark
-from harness.optim import lr_at, set_lr
+from harness.optim import set_lr
 from harness.runtime import Device
 from harness.vit import TOKEN_BACKBONES, gives_tokens
 
@@ -124,21 +125,14 @@ def fit_attentive(
     torch.manual_seed(seed)
     model = AttentiveClassifier(train.shape[-1], num_classes, heads, settings.mlp_ratio).to(train.device)
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    total, warmup = settings.epochs * steps_per_epoch, round(settings.warmup_epochs * steps_per_epoch)
-    step = 0
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(train), generator=generator).to(train.device)
-        for batch in order.split(settings.batch_size):
-            set_lr(optimizer, lr_at(step, total, warmup, settings.lr))
-            loss = F.cross_entropy(model(train[batch].float()), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
-            optimizer.step()
-            step += 1
+    for lr, batch in minibatch_schedule(len(train), settings, seed, train.device):
+        set_lr(optimizer, lr)
+        loss = F.cross_entropy(model(train[batch].float()), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
+        optimizer.step()
     return model
 
 

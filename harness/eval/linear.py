@@ -10,6 +10,7 @@ softmax probabilities are averaged over its K temporal × S spatial views.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import nn
 from harness.eval.context import EvalContext
 from harness.eval.features import cached_features
 from harness.eval.metrics import accuracy, class_count, view_probabilities
-from harness.eval.spec import Benchmark, LinearSpec
+from harness.eval.spec import AttentiveSpec, Benchmark, LinearSpec
 from harness.optim import lr_at, set_lr
 from harness.runtime import Device
 
@@ -66,17 +67,27 @@ def fit_linear(
     shuffling comes from a generator seeded with ``seed``.
     """
     classifier, optimizer = new_probe(features.shape[1], num_classes, settings, features.device)
+    for lr, batch in minibatch_schedule(len(features), settings, seed, features.device):
+        set_lr(optimizer, lr)
+        probe_step(classifier, optimizer, features[batch], labels[batch])
+    return classifier
+
+
+def minibatch_schedule(
+    samples: int, settings: LinearSpec | AttentiveSpec, seed: int, device: torch.device | str = "cpu"
+) -> Iterator[tuple[float, torch.Tensor]]:
+    """(lr, sample indices) of every step of a probe's training: ``settings.epochs`` shuffled passes
+    over ``samples`` in minibatches of ``settings.batch_size`` (a generator seeded with ``seed``),
+    the lr warming up linearly over ``settings.warmup_epochs`` then a half-cosine to 0."""
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(features) / settings.batch_size)
+    steps_per_epoch = math.ceil(samples / settings.batch_size)
     total, warmup = settings.epochs * steps_per_epoch, round(settings.warmup_epochs * steps_per_epoch)
     step = 0
     for _ in range(settings.epochs):
-        order = torch.randperm(len(features), generator=generator).to(features.device)
+        order = torch.randperm(samples, generator=generator).to(device)
         for batch in order.split(settings.batch_size):
-            set_lr(optimizer, lr_at(step, total, warmup, settings.lr))
-            probe_step(classifier, optimizer, features[batch], labels[batch])
+            yield lr_at(step, total, warmup, settings.lr), batch
             step += 1
-    return classifier
 
 
 def linear_probe(

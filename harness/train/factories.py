@@ -20,7 +20,8 @@ from harness.checkpoint import CheckpointError, load_checkpoint
 from harness.config import ConfigError, Experiment, OptimConfig, load_experiment_text
 from harness.data import MultiClipDataset, read_manifest, train_transform
 from harness.data.batched import DeferredAugment, collate_frames
-from harness.data.decode import CacheFull, FrameCache, decoder
+from harness.data.dataset import sampling_options
+from harness.data.decode import CacheFull, FrameCache
 from harness.data.epoch_order import EpochBatchSampler, EpochSampler
 from harness.data.manifest import num_classes
 from harness.optim import build_optimizer
@@ -115,20 +116,12 @@ def train_dataset(
         data.clips,
         data.frames,
         data.stride,
-        data.t_max,
-        transform,
+        transform=transform,
         seed=experiment.runtime.seed,
-        fps=data.fps,
-        seek_threshold=data.seek_threshold,
         cache=FrameCache(autorotate=data.autorotate) if data.cache else None,
-        autorotate=data.autorotate,
-        clip_order=data.clip_order,
-        t_max_mode=data.t_max_mode,
-        t_min=data.t_min,
-        decoder=decoder(data.decoder, data.decode_device),
-        decode_short_side=data.decode_short_side,
         source=data.train,
         min_views=methods.get(experiment.method.name).min_clips,
+        **sampling_options(data),
     )
 
 
