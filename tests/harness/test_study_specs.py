@@ -123,7 +123,7 @@ def test_clips_sweep_covers_every_method_and_rho_with_both_bounds(scale):
     assert set(itertools.product(METHODS, (1, 2, 3, 4))) <= cells
     bounds = {b["method"]["name"] for b in spec.baselines if isinstance(b.get("method"), dict)}
     assert {"random", "supervised"} <= bounds
-    assert len(spec.seeds) >= (2 if scale == "cpu" else 1)
+    assert len(spec.seeds) >= (3 if scale == "cpu" else 1)  # findings need intervals: 3 seeds at CPU scale
 
 
 @pytest.mark.parametrize("scale", ["cpu", "full"])
