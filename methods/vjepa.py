@@ -168,6 +168,12 @@ class VJEPA(SSLMethod):
         )
         self.target_backbone = momentum_copy(backbone)
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The EMA target encoder: what V-JEPA evaluates (its eval configs' ``checkpoint_key:
+        target_encoder``), the slower-moving average of the context encoder."""
+        return self.target_backbone
+
     @torch.no_grad()
     def targets(self, clips: Tensor) -> Tensor:
         """The target encoder's LayerNorm-ed tokens [B, V, N, D] of clips [B, V, C, T, H, W]; with

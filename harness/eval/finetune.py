@@ -46,7 +46,8 @@ def classifier_network(
     ``frames`` and ``crop`` give the clip shape used once to find the encoder's feature size.
     """
     runtime = Runtime.for_device(device)
-    body = copy.deepcopy(encoder).to(runtime.device)
+    # every weight trains, also where the encoder is an EMA copy kept without gradients (V-JEPA's target)
+    body = copy.deepcopy(encoder).to(runtime.device).requires_grad_(True)
     head = nn.Linear(_feature_dim(body, frames, crop, runtime.device), num_classes)
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)

@@ -93,7 +93,16 @@ def test_the_target_sees_every_token_and_moves_only_by_ema():
     assert seen == [32] and out.metrics["momentum"] == 0.998
     assert all(p.grad is None and not p.requires_grad for p in method.target_backbone.parameters())
     assert method.predictor.mask_token.grad is not None
-    assert method.encoder is method.backbone
+    assert method.encoder is method.target_backbone  # V-JEPA evaluates its target encoder
+
+
+def test_fine_tuning_trains_a_copy_of_the_target_encoder():
+    from harness.eval import classifier_network
+
+    method = jepa()
+    network = classifier_network(method.encoder, num_classes=3, dropout=0.0, frames=4, crop=32)
+    assert all(p.requires_grad for p in network.parameters())
+    assert not any(p.requires_grad for p in method.target_backbone.parameters())  # the original stays frozen
 
 
 def test_cross_clip_targets_come_from_the_next_clip_of_the_video():
