@@ -128,7 +128,7 @@ def test_the_examples_register_their_names_and_parameters(installed, tiny_synth,
         load_benchmark(centroid_benchmark(tiny_synth, tmp_path, metric="manhattan"))
     with pytest.raises(
         ConfigError,
-        match=r"did you mean 'centroid'\?.*one of linear, linear_slowfast, knn, finetune, centroid",
+        match=r"did you mean 'centroid'\?.*one of linear, linear_slowfast, knn, finetune, attentive, centroid",
     ):
         path = centroid_benchmark(tiny_synth, tmp_path)
         path.write_text(path.read_text().replace("protocol: centroid", "protocol: centroids"))
@@ -140,7 +140,7 @@ def test_without_the_examples_their_names_are_refused(tiny_synth, tmp_path):
     assert refusal({"data": {"decoder": "pyav_threads"}}).endswith("one of pyav, torchcodec")
     with pytest.raises(
         ConfigError,
-        match=r"protocol = 'centroid' is not allowed: .*one of linear, linear_slowfast, knn, finetune$",
+        match=r"protocol = 'centroid' is not allowed: .*one of linear, linear_slowfast, knn, finetune, attentive$",
     ):
         load_benchmark(centroid_benchmark(tiny_synth, tmp_path))
 

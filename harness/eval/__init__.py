@@ -2,11 +2,13 @@
 
 ``spec`` reads and validates the benchmark files; ``protocols`` holds the registry of the
 linear probe on cached features (``linear``), SlowFast's linear protocol on augmented clips
-(``linear_slowfast``), kNN (``knn``) and fine-tuning (``finetune``) protocols and ``evaluate``,
-which dispatches through it; ``features`` extracts and caches frozen features; ``monitor`` is
+(``linear_slowfast``), kNN (``knn``), fine-tuning (``finetune``) and V-JEPA's attentive probe on
+cached token features (``attentive``) protocols and ``evaluate``, which dispatches through it;
+``features`` extracts and caches frozen (pooled or token) features; ``monitor`` is
 the kNN monitor of pretraining; ``metrics`` scores class predictions.
 """
 
+from harness.eval.attentive import AttentiveClassifier, attentive_probe, run_attentive
 from harness.eval.context import EvalContext
 from harness.eval.features import (
     FeatureCache,
@@ -35,6 +37,7 @@ from harness.eval.metrics import accuracy, topk_accuracy, view_probabilities
 from harness.eval.monitor import knn_monitor
 from harness.eval.protocols import PROTOCOLS, Protocol, evaluate
 from harness.eval.spec import (
+    AttentiveSpec,
     Benchmark,
     FinetuneSpec,
     KnnSpec,
@@ -47,6 +50,8 @@ from harness.eval.spec import (
 
 __all__ = [
     "PROTOCOLS",
+    "AttentiveClassifier",
+    "AttentiveSpec",
     "Benchmark",
     "EvalContext",
     "FeatureCache",
@@ -58,6 +63,7 @@ __all__ = [
     "Protocol",
     "ViewsSpec",
     "accuracy",
+    "attentive_probe",
     "benchmark_views",
     "cached_features",
     "check_manifests",
@@ -72,6 +78,7 @@ __all__ = [
     "linear_probe",
     "load_benchmark",
     "probe_network",
+    "run_attentive",
     "run_finetune",
     "run_knn",
     "run_linear",

@@ -88,7 +88,10 @@ def welch_interval(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, 
 
 
 def verdict(low: float, high: float, n: int, a: str = "A", b: str = "B") -> str:
-    """``A > B`` when the interval lies above 0, ``B > A`` below it, else not resolved at n seeds."""
+    """``A > B`` when the interval lies above 0, ``B > A`` below it, else not resolved at n seeds
+    (with one seed there is no interval: the verdict says to add seeds)."""
+    if n < 2:
+        return "one seed: no interval (run 3 or more seeds; `rho study plan` says how many)"
     if low > 0:
         return f"{a} > {b}"
     if high < 0:

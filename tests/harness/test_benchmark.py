@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.eval import PROTOCOLS, FinetuneSpec, KnnSpec, LinearSlowFastSpec, LinearSpec, load_benchmark
+from harness.eval import (
+    PROTOCOLS,
+    AttentiveSpec,
+    FinetuneSpec,
+    KnnSpec,
+    LinearSlowFastSpec,
+    LinearSpec,
+    load_benchmark,
+)
 from harness.eval.spec import PROTOCOL_SPECS
 from harness.schema import ConfigError, expand_env
 
@@ -70,6 +78,7 @@ def test_every_shipped_benchmark_loads(path, data_root):
             "linear_slowfast": LinearSlowFastSpec,
             "knn": KnnSpec,
             "finetune": FinetuneSpec,
+            "attentive": AttentiveSpec,
         }[benchmark.protocol],
     )
     assert benchmark.train.is_relative_to(data_root) and benchmark.val.is_relative_to(data_root)
@@ -111,7 +120,7 @@ def test_unknown_keys_get_a_suggestion_and_the_file_name(tmp_path, data_root):
 def test_bad_protocol_and_foreign_sections_are_refused(tmp_path, data_root):
     with pytest.raises(
         ConfigError,
-        match=r"protocol = 'linaer' .*did you mean 'linear'\? one of linear, linear_slowfast, knn, finetune",
+        match=r"protocol = 'linaer' .*did you mean 'linear'\? one of linear, linear_slowfast, knn, finetune, attentive",
     ):
         load_benchmark(write(tmp_path, GOOD.replace("protocol: linear", "protocol: linaer")))
     with pytest.raises(ConfigError, match=r"linear = .*only the section of the protocol \(knn\)"):

@@ -69,6 +69,7 @@ def test_verdicts():
     assert verdict(0.5, 3.0, 3, "ρ=2", "ρ=1") == "ρ=2 > ρ=1"
     assert verdict(-3.0, -0.5, 3, "ρ=2", "ρ=1") == "ρ=1 > ρ=2"
     assert verdict(-0.5, 3.0, 3) == "not resolved at n=3"
+    assert verdict(math.nan, math.nan, 1).startswith("one seed: no interval")  # n = 1: nothing to resolve
     runs = _frame()
     byol = difference("", "ρ=2", "ρ=1", _cell(runs, "byol", 2), _cell(runs, "byol", 1), METRIC)
     assert byol.test == PAIRED and byol.verdict == "ρ=2 > ρ=1"  # +5, +5.5, +4.5: resolved
