@@ -185,7 +185,7 @@ def _data_transcode(args: argparse.Namespace) -> int:
 
 
 def _add_transcode_parser(data: argparse._SubParsersAction) -> None:
-    from harness.data.transcode import TranscodeSettings
+    from harness.data.transcode_settings import TranscodeSettings
 
     defaults = TranscodeSettings()
     transcode = data.add_parser(

@@ -55,62 +55,13 @@ from harness.data.decode import (
     scaled_size,
 )
 from harness.data.manifest import CLASSES_FILE, VideoEntry, read_manifest, write_manifest
-from harness.errors import RhoError
+from harness.data.transcode_settings import TranscodeError, TranscodeSettings
 
 STAMP = "transcode.json"
 FRAME_SLACK = 2  # frames an output's count or duration may differ from what was expected
 
 
-class TranscodeError(RhoError, ValueError):
-    """Options or folders that cannot work; the message names the option or file and the fix."""
-
-
-@dataclass(frozen=True)
-class TranscodeSettings:
-    """How every video is re-encoded (``rho data transcode``'s options)."""
-
-    short_side: int | None = 256  # None: keep the size (made even)
-    gop: int = 16  # keyframe interval in frames; 1: all-intra
-    fps: float | None = None  # None: the source's average rate
-    codec: str = "libx264"
-    crf: int = 23
-    preset: str = "veryfast"
-
-    def check(self) -> None:
-        """Raise ``TranscodeError`` naming the first bad option and what is allowed."""
-        if self.short_side is not None and (self.short_side < 16 or self.short_side % 2):
-            raise TranscodeError(
-                f"--short-side {self.short_side}: use an even number >= 16 (4:2:0 video needs even sizes)"
-            )
-        if self.gop < 1:
-            raise TranscodeError(f"--gop {self.gop}: use a keyframe interval >= 1 frame (1: all-intra)")
-        if self.fps is not None and not (0 < self.fps <= 240):
-            raise TranscodeError(
-                f"--fps {self.fps}: use a frame rate in (0, 240], or leave it out to keep each video's"
-            )
-        if not 0 <= self.crf <= 51:
-            raise TranscodeError(
-                f"--crf {self.crf}: use 0..51 (0 lossless, 18 visually lossless, 23 x264's default)"
-            )
-        try:
-            codec = av.codec.Codec(self.codec, "w")
-        except (av.codec.codec.UnknownCodecError, ValueError):
-            codec = None
-        if codec is None or codec.type != "video":
-            raise TranscodeError(
-                f"--codec {self.codec}: not a video encoder in this PyAV build; use libx264 (the default), "
-                "or another name from `python -c 'import av; print(sorted(av.codecs_available))'`"
-            )
-        try:
-            _trial_encode(self)
-        except (av.FFmpegError, ValueError) as exc:
-            raise TranscodeError(
-                f"--codec {self.codec} --crf {self.crf} --preset {self.preset}: the encoder refuses them "
-                f"({type(exc).__name__}: {exc}); for libx264 use a preset such as veryfast, fast or medium"
-            ) from None
-
-
-def _trial_encode(settings: TranscodeSettings) -> None:
+def trial_encode(settings: TranscodeSettings) -> None:
     """Encode two small frames in memory with ``settings``, so a bad option fails before any work."""
     with av.open(io.BytesIO(), mode="w", format="mp4") as output:
         encoder = output.add_stream(settings.codec, rate=25, options=_encoder_options(settings))
@@ -349,7 +300,7 @@ def default_workers() -> int:
 def transcode_manifest(
     manifest: str | Path,
     out: str | Path,
-    settings: TranscodeSettings = TranscodeSettings(),
+    settings: TranscodeSettings | None = None,
     workers: int = 1,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> TranscodeSummary:
@@ -369,6 +320,7 @@ def transcode_manifest(
         TranscodeError or ManifestError: bad options, folders or manifest, before any work.
     """
     manifest, out = Path(manifest), Path(out)
+    settings = settings or TranscodeSettings()
     settings.check()
     if workers < 1:
         raise TranscodeError(f"--workers {workers}: use 1 or more processes")
