@@ -26,7 +26,9 @@ interpolated to the grid of a clip of another size. Clips whose T, H, W do not d
 tubelet and patch sizes are refused (nothing is cropped silently).
 
 Pure torch, imports nothing of ours: ``harness.backbones`` registers the sizes, and methods build
-their decoders and predictors from ``Block`` and ``sincos_pos_embed``.
+their decoders and predictors from ``Block`` and ``sincos_pos_embed``. Written here rather than
+taken from timm: about 150 lines against a new dependency, and the token API (encode only the
+kept tokens, position embeddings computed for any grid) is what timm's ViT would need patching for.
 """
 
 from __future__ import annotations
