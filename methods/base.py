@@ -115,6 +115,13 @@ class SSLMethod(nn.Module, ABC):
                 ``label`` long [B], ``index`` long [B].
         """
 
+    @property
+    def clips_needed(self) -> int:
+        """The fewest clips per video (``data.clips``, ρ) this method, as configured, needs: 1 for
+        the built-in ones (at ρ = 1 the pairwise methods take two views of one clip); ``vjepa``
+        with ``cross_clip``, 2. Checked before any compute (``harness.train.build_method``)."""
+        return 1
+
     def on_step_end(self, progress: float) -> None:
         """Called after ``optimizer.step()``; ``progress`` in [0, 1] is the fraction of training done."""
 

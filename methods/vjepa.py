@@ -169,6 +169,11 @@ class VJEPA(SSLMethod):
         self.target_backbone = momentum_copy(backbone)
 
     @property
+    def clips_needed(self) -> int:
+        """2 with ``cross_clip`` (a clip's targets come from another clip of the video), else 1."""
+        return 2 if self.cross_clip else 1
+
+    @property
     def encoder(self) -> nn.Module:
         """The EMA target encoder: what V-JEPA evaluates (its eval configs' ``checkpoint_key:
         target_encoder``), the slower-moving average of the context encoder."""

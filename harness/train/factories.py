@@ -31,7 +31,8 @@ def build_method(experiment: Experiment) -> methods.SSLMethod:
     """Backbone + method as the config says.
 
     Raises:
-        ConfigError: for a method that needs tokens (VideoMAE) on a backbone that gives none.
+        ConfigError: for a method that needs tokens (VideoMAE) on a backbone that gives none, or
+            more clips per video than ``data.clips`` (vjepa's ``cross_clip``).
     """
     backbone, feature_dim = backbones.build(experiment.backbone.name, **experiment.backbone.params)
     if methods.get(experiment.method.name).needs_tokens and not backbones.gives_tokens(backbone):
@@ -41,7 +42,15 @@ def build_method(experiment: Experiment) -> methods.SSLMethod:
             f"a backbone that gives tokens, which method {experiment.method.name} needs: "
             f"{', '.join(backbones.TOKEN_BACKBONES)}",
         )
-    return methods.build(experiment.method.name, backbone, feature_dim, **experiment.method.params)
+    method = methods.build(experiment.method.name, backbone, feature_dim, **experiment.method.params)
+    if method.clips_needed > experiment.data.clips:
+        raise ConfigError(
+            "data.clips",
+            experiment.data.clips,
+            f"at least {method.clips_needed}: method {experiment.method.name} as configured takes "
+            f"{method.clips_needed} clips of each video (vjepa's cross_clip predicts one clip from another)",
+        )
+    return method
 
 
 def load_trained(path: str | Path) -> tuple[methods.SSLMethod, Experiment, dict[str, Any]]:

@@ -147,3 +147,17 @@ def test_pretrain_end_to_end_with_cross_clip_targets(tiny_synth, tmp_path, mlflo
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
     assert result.cost["cost.clips_seen"] == 2 * 12 * 2
+
+
+def test_cross_clip_at_rho_1_is_refused_before_any_compute(tiny_synth, tmp_path):
+    from harness.config import ConfigError
+    from harness.train.factories import build_method
+
+    tree = tiny_experiment_tree(tiny_synth, tmp_path)
+    tree["data"].update({"clips": 1, "frames": 4, "crop": 32})
+    tree["backbone"] = {"name": "vit_tiny"}
+    tree["method"] = {"name": "vjepa", "pred_dim": 32, "pred_depth": 1, "cross_clip": True}
+    with pytest.raises(ConfigError, match=r"data.clips = 1 is not allowed: at least 2: method vjepa"):
+        build_method(build_experiment(tree))
+    tree["method"]["cross_clip"] = False
+    assert build_method(build_experiment(tree)).clips_needed == 1
